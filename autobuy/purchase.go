@@ -1,0 +1,95 @@
+package autobuy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+
+	"github.com/quotastack/quotastack-go"
+	"github.com/quotastack/quotastack-go/plan"
+)
+
+// flightResult is what one purchase attempt tells every gate that waited for it.
+type flightResult struct {
+	purchase    *plan.Purchase // nil when nothing was bought
+	walletShort bool
+	walletMC    int64
+}
+
+// purchase buys p for customer under the customer's lock. The order id is
+// derived from the customer's lifetime_earned, which a debit doesn't change
+// and the plan's own grant does: every gate of every replica that sees the
+// same exhaustion sends the same idempotency keys, and a gate that finds a
+// half-done purchase (debited, not granted) finishes it instead of starting
+// another.
+func (g *Gatekeeper) purchase(ctx context.Context, customer quotastack.Customer, p plan.Plan, ent *quotastack.Entitlement) (flightResult, error) {
+	var fr flightResult
+	unlock, err := g.locker.Lock(ctx, "quotastack:autobuy:"+customer.String())
+	if err != nil {
+		return fr, fmt.Errorf("autobuy: locking %s: %w", customer, err)
+	}
+	defer func() {
+		if err := unlock(context.WithoutCancel(ctx)); err != nil {
+			// The lock expired while held; the derived keys kept the purchase single.
+			g.log.WarnContext(ctx, "autobuy: lock was lost before release", "customer", customer.String(), "error", err)
+		}
+	}()
+
+	bal, err := g.client.BalanceWithBlocks(ctx, customer)
+	if err != nil {
+		return fr, err
+	}
+	fr.walletMC = bal.WalletMC()
+	if covered(bal, p, ent) {
+		// A plan of this type with enough credits appeared since the check:
+		// another gate bought it. Don't buy again; the caller re-checks.
+		return fr, nil
+	}
+
+	pur, err := plan.Buy(ctx, g.client, customer, p, orderID(customer, p, bal),
+		append([]plan.Option{plan.WithTrigger(plan.TriggerAutoBuy)}, g.planOpts...)...)
+	switch {
+	case errors.Is(err, plan.ErrWalletShort):
+		fr.walletShort = true
+		return fr, nil
+	case err != nil:
+		g.log.ErrorContext(ctx, "autobuy: purchase failed", "customer", customer.String(), "plan", p.Type, "error", err)
+		if g.hooks.PurchaseFailed != nil {
+			g.hooks.PurchaseFailed(ctx, customer, err)
+		}
+		return fr, err
+	}
+	fr.purchase = pur
+	return fr, nil
+}
+
+// covered reports whether live blocks of plan p already hold the cost of the
+// action that was refused.
+func covered(bal *quotastack.Balance, p plan.Plan, ent *quotastack.Entitlement) bool {
+	need := max(ent.EstimatedCost, 1)
+	var have int64
+	for _, b := range bal.PlanBlocks() {
+		if b.Metadata["plan_type"] == p.Type && b.Priority == p.BlockPriority() {
+			have += b.RemainingAmount
+		}
+	}
+	// Holds may sit on these blocks; count them against the plan credits.
+	return have-bal.ReservedBalance >= need
+}
+
+// orderID derives the purchase's order id from the ledger state that marks
+// this exhaustion. lifetime_earned only grows with grants, so it is the same
+// before and after this purchase's debit and changes with its grant.
+func orderID(customer quotastack.Customer, p plan.Plan, bal *quotastack.Balance) string {
+	switch {
+	case bal.LifetimeEarned > 0:
+		return plan.DeriveOrderID("autobuy", customer.String(), p.Type, "earned", strconv.FormatInt(bal.LifetimeEarned, 10))
+	case bal.Version > 0:
+		// A server without lifetime_earned: racing replicas that read the same
+		// version still share a key; a half-done purchase is not recognised.
+		return plan.DeriveOrderID("autobuy", customer.String(), p.Type, "version", strconv.FormatInt(bal.Version, 10))
+	}
+	// Nothing to derive from: the lock alone keeps purchases single.
+	return plan.NewOrderID()
+}

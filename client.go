@@ -1,0 +1,416 @@
+// Package quotastack is the Go client of QuotaStack, a credit-native billing
+// API: entitlement checks, balances, usage events and topups. Amounts are
+// int64 millicredits (1 credit = 1,000 mc). A Client is safe for concurrent use.
+package quotastack
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"runtime"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/go-retryablehttp"
+
+	"github.com/quotastack/quotastack-go/internal/idem"
+	"github.com/quotastack/quotastack-go/internal/retry"
+)
+
+// Version is the version of this SDK, sent in the User-Agent.
+const Version = "0.1.0"
+
+// Environment variables read by NewClientFromEnv.
+const (
+	EnvAPIKey  = "QUOTASTACK_API_KEY"
+	EnvBaseURL = "QUOTASTACK_BASE_URL"
+)
+
+// Client talks to one QuotaStack tenant environment with one API key. It is
+// safe for concurrent use and should be reused: it keeps connections alive.
+type Client struct {
+	base      *url.URL
+	apiKey    string
+	userAgent string
+	cfg       config
+	rc        *retryablehttp.Client
+	transport http.RoundTripper // the caller's or ours, below the attempt timeout
+	log       *slog.Logger
+}
+
+// ResponseMeta describes the HTTP exchange behind a result.
+type ResponseMeta struct {
+	StatusCode     int    // final HTTP status
+	RequestID      string // X-Request-Id, when the server sent one
+	IdempotencyKey string // the Idempotency-Key sent (POST only)
+	Replayed       bool   // the server answered from its idempotency store: the call had already executed
+	Attempts       int    // HTTP attempts made (1 = no retry)
+}
+
+// NewClient returns a client for apiKey. The key is required (an empty key
+// is an error, never an offline client) and is sent only in the X-API-Key header.
+func NewClient(apiKey string, opts ...Option) (*Client, error) {
+	cfg := config{
+		baseURL:        DefaultBaseURL,
+		maxAttempts:    DefaultMaxAttempts,
+		waitMin:        DefaultRetryWaitMin,
+		waitMax:        DefaultRetryWaitMax,
+		attemptTimeout: DefaultAttemptTimeout,
+		timeout:        DefaultTimeout,
+		maxBodyBytes:   DefaultMaxBodyBytes,
+	}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	if err := checkAPIKey(apiKey); err != nil {
+		return nil, err
+	}
+	base, err := parseBaseURL(cfg.baseURL, cfg.allowInsecure)
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case cfg.maxAttempts < 1:
+		return nil, inputErr("retry", "max attempts must be at least 1")
+	case cfg.waitMin <= 0 || cfg.waitMax < cfg.waitMin:
+		return nil, inputErr("retry", "need 0 < min wait <= max wait")
+	case cfg.attemptTimeout <= 0 || cfg.timeout <= 0:
+		return nil, inputErr("timeout", "timeouts must be positive")
+	case cfg.maxBodyBytes <= 0:
+		return nil, inputErr("max body bytes", "must be positive")
+	}
+
+	c := &Client{base: base, apiKey: apiKey, cfg: cfg, log: cfg.logger}
+	if c.log == nil {
+		c.log = slog.New(slog.DiscardHandler)
+	}
+	c.userAgent = "quotastack-go/" + Version + " go/" + runtime.Version()
+	if cfg.userAgent != "" {
+		c.userAgent += " " + cfg.userAgent
+	}
+
+	hc := &http.Client{}
+	if cfg.httpClient != nil {
+		*hc = *cfg.httpClient //nolint:govet // copying the caller's settings, not a lock
+	}
+	c.transport = hc.Transport
+	if c.transport == nil {
+		c.transport = cfg.transport
+	}
+	if c.transport == nil {
+		c.transport = defaultTransport()
+	}
+	hc.Transport = &attemptTransport{base: c.transport, timeout: cfg.attemptTimeout}
+	// Never follow a redirect: the API doesn't send them, and following one
+	// could carry the X-API-Key header to another host.
+	hc.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+
+	rc := retryablehttp.NewClient()
+	rc.HTTPClient = hc
+	rc.Logger = nil // the library's default logger prints URLs to stderr
+	rc.RetryMax = cfg.maxAttempts - 1
+	rc.RetryWaitMin, rc.RetryWaitMax = cfg.waitMin, cfg.waitMax
+	rc.CheckRetry = c.checkRetry
+	rc.Backoff = retry.Backoff
+	rc.ErrorHandler = retryablehttp.PassthroughErrorHandler // keep the last status and problem body
+	rc.RequestLogHook = c.logAttempt
+	c.rc = rc
+	return c, nil
+}
+
+// NewClientFromEnv returns a client configured from QUOTASTACK_API_KEY
+// (required) and QUOTASTACK_BASE_URL (optional); opts are applied after them.
+func NewClientFromEnv(opts ...Option) (*Client, error) {
+	key := os.Getenv(EnvAPIKey)
+	if key == "" {
+		return nil, inputErr("api key", EnvAPIKey+" is not set")
+	}
+	if u := os.Getenv(EnvBaseURL); u != "" {
+		opts = append([]Option{WithBaseURL(u)}, opts...)
+	}
+	return NewClient(key, opts...)
+}
+
+// BaseURL returns the API root the client sends to.
+func (c *Client) BaseURL() string { return c.base.String() }
+
+// CloseIdleConnections closes the idle keep-alive connections of the client's
+// transport. The client stays usable.
+func (c *Client) CloseIdleConnections() {
+	if ci, ok := c.transport.(interface{ CloseIdleConnections() }); ok {
+		ci.CloseIdleConnections()
+	}
+}
+
+func checkAPIKey(key string) error {
+	if key == "" {
+		return inputErr("api key", "empty API key")
+	}
+	for i := 0; i < len(key); i++ {
+		if key[i] <= ' ' || key[i] > '~' {
+			// Never echo the key, not even in part.
+			return inputErr("api key", "API key contains whitespace or non-printable characters")
+		}
+	}
+	return nil
+}
+
+func parseBaseURL(raw string, allowInsecure bool) (*url.URL, error) {
+	u, err := url.Parse(strings.TrimRight(raw, "/"))
+	if err != nil || u.Host == "" {
+		return nil, inputErr("base URL", fmt.Sprintf("%q is not an absolute URL", raw))
+	}
+	switch {
+	case u.User != nil:
+		return nil, inputErr("base URL", "must not contain user info")
+	case u.RawQuery != "" || u.Fragment != "":
+		return nil, inputErr("base URL", "must not contain a query or fragment")
+	case u.Scheme == "https":
+	case u.Scheme == "http" && (allowInsecure || isLoopback(u.Hostname())):
+	case u.Scheme == "http":
+		return nil, inputErr("base URL", "plain http is refused for a non-loopback host (the API key would travel in clear); use https or WithInsecureHTTP")
+	default:
+		return nil, inputErr("base URL", "scheme must be https")
+	}
+	return u, nil
+}
+
+func isLoopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// defaultTransport keeps enough idle connections per host that concurrent
+// callers reuse them instead of opening new ones (Go's default keeps 2).
+func defaultTransport() *http.Transport {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.MaxIdleConns = 512
+	t.MaxIdleConnsPerHost = 256
+	t.IdleConnTimeout = 90 * time.Second
+	t.ResponseHeaderTimeout = 0 // the attempt timeout covers it
+	return t
+}
+
+type callState struct {
+	attempts int
+	body     []byte
+	readErr  error
+}
+
+type callStateKey struct{}
+
+// Do sends one request to path (e.g. "/v1/usage" or "/v1/customers/x/credits?include_blocks=true")
+// with the client's auth, retries, idempotency and error decoding, and decodes
+// a JSON answer into out (if non-nil). It is the escape hatch for endpoints
+// this package doesn't wrap yet; body is marshalled to JSON if non-nil.
+func (c *Client) Do(ctx context.Context, method, path string, body, out any, opts ...CallOption) (*ResponseMeta, error) {
+	if !strings.HasPrefix(path, "/") || strings.HasPrefix(path, "//") {
+		return nil, inputErr("path", "must be an absolute path such as /v1/usage")
+	}
+	p, q, _ := strings.Cut(path, "?")
+	query, err := url.ParseQuery(q)
+	if err != nil {
+		return nil, inputErr("path", "bad query string")
+	}
+	return c.do(ctx, method, p, query, body, out, opts)
+}
+
+func (c *Client) do(ctx context.Context, method, path string, query url.Values, body, out any, opts []CallOption) (*ResponseMeta, error) {
+	var cc callConfig
+	for _, o := range opts {
+		o(&cc)
+	}
+	if ctx == nil {
+		return nil, inputErr("ctx", "nil context")
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, &RequestError{Method: method, Path: path, Err: err}
+	}
+	switch {
+	case cc.timeout > 0:
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, cc.timeout)
+		defer cancel()
+	case !hasDeadline(ctx):
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, c.cfg.timeout)
+		defer cancel()
+	}
+
+	var raw []byte
+	if body != nil {
+		var err error
+		if raw, err = json.Marshal(body); err != nil {
+			return nil, inputErr("body", err.Error())
+		}
+	}
+
+	meta := &ResponseMeta{}
+	header := http.Header{}
+	for k, vs := range cc.header {
+		header[http.CanonicalHeaderKey(k)] = vs
+	}
+	header.Del("Idempotency-Key") // WithIdempotencyKey is the only way to set it; GETs carry none
+	safe := method == http.MethodGet || method == http.MethodHead
+	if method != http.MethodGet && method != http.MethodHead {
+		// The key is decided once, before the retry loop, so every attempt of
+		// this call carries the same one; the caller's key always wins.
+		key := cc.idempotencyKey
+		if key == "" {
+			key = idem.New()
+		} else if err := idem.Check(key); err != nil {
+			return nil, inputErr("idempotency key", err.Error())
+		}
+		header.Set("Idempotency-Key", key)
+		meta.IdempotencyKey = key
+		safe = true
+	}
+	header.Set("X-API-Key", c.apiKey)
+	header.Set("User-Agent", c.userAgent)
+	header.Set("Accept", "application/json")
+	if raw != nil {
+		header.Set("Content-Type", "application/json")
+	}
+
+	// path arrives escaped (ids are escaped by Customer.path); keep that exact
+	// encoding on the wire.
+	unescaped, err := url.PathUnescape(path)
+	if err != nil {
+		return nil, inputErr("path", "bad escaping")
+	}
+	u := *c.base
+	u.Path = c.base.Path + unescaped
+	u.RawPath = c.base.EscapedPath() + path
+	u.RawQuery = query.Encode()
+
+	st := &callState{}
+	ctx = context.WithValue(ctx, callStateKey{}, st)
+	if safe {
+		ctx = retry.MarkSafe(ctx)
+	}
+	var rawBody any
+	if raw != nil {
+		rawBody = raw
+	}
+	req, err := retryablehttp.NewRequestWithContext(ctx, method, u.String(), rawBody)
+	if err != nil {
+		return nil, inputErr("request", "cannot build request")
+	}
+	req.Header = header
+	req.SetResponseHandler(func(resp *http.Response) error {
+		// Read the body inside the retry loop, so a body cut short by a dropped
+		// connection or the attempt timeout is retried like a transport error.
+		st.body, st.readErr = readCapped(resp.Body, c.cfg.maxBodyBytes)
+		return st.readErr
+	})
+
+	start := time.Now()
+	resp, err := c.rc.Do(req)
+	meta.Attempts = st.attempts
+	if err != nil {
+		if resp != nil {
+			_ = resp.Body.Close()
+		}
+		if errors.Is(st.readErr, errBodyTooLarge) {
+			return meta, c.apiError(method, path, meta, resp, nil, st.readErr)
+		}
+		c.log.DebugContext(ctx, "quotastack request failed", "method", method, "path", path, "attempts", meta.Attempts, "error", err)
+		return meta, &RequestError{Method: method, Path: path, Attempts: meta.Attempts, Err: unwrapURLError(err)}
+	}
+	defer resp.Body.Close()
+	respBody, readErr := st.body, st.readErr
+	if respBody == nil && readErr == nil {
+		respBody, readErr = readCapped(resp.Body, c.cfg.maxBodyBytes)
+	}
+	meta.StatusCode = resp.StatusCode
+	meta.RequestID = resp.Header.Get("X-Request-Id")
+	meta.Replayed = strings.EqualFold(resp.Header.Get("X-Idempotent-Replayed"), "true")
+	c.log.DebugContext(ctx, "quotastack request", "method", method, "path", path, "status", resp.StatusCode,
+		"attempts", meta.Attempts, "request_id", meta.RequestID, "replayed", meta.Replayed, "duration", time.Since(start))
+	if readErr != nil {
+		return meta, c.apiError(method, path, meta, resp, respBody, readErr)
+	}
+	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+		return meta, c.apiError(method, path, meta, resp, respBody, nil)
+	}
+	if out != nil {
+		if len(bytes.TrimSpace(respBody)) == 0 {
+			return meta, c.apiError(method, path, meta, resp, respBody, errEmptyBody)
+		}
+		if err := json.Unmarshal(respBody, out); err != nil {
+			return meta, c.apiError(method, path, meta, resp, respBody, fmt.Errorf("decoding JSON: %w", err))
+		}
+	}
+	return meta, nil
+}
+
+func hasDeadline(ctx context.Context) bool {
+	_, ok := ctx.Deadline()
+	return ok
+}
+
+// checkRetry retries transport errors, 429 and 5xx (not 501), and only for
+// requests marked safe: GETs and POSTs carrying an Idempotency-Key.
+func (c *Client) checkRetry(ctx context.Context, resp *http.Response, err error) (bool, error) {
+	if ctx.Err() != nil {
+		return false, ctx.Err()
+	}
+	if !retry.IsSafe(ctx) {
+		return false, nil
+	}
+	if err != nil {
+		if errors.Is(err, errBodyTooLarge) {
+			return false, nil
+		}
+		return retryablehttp.DefaultRetryPolicy(ctx, nil, err)
+	}
+	if d, ok := retry.RetryAfter(resp, time.Now()); ok && d > c.cfg.waitMax {
+		// Not worth waiting for: the caller gets ErrRateLimited with the wait.
+		return false, nil
+	}
+	return retry.RetryableStatus(resp.StatusCode), nil
+}
+
+func (c *Client) logAttempt(_ retryablehttp.Logger, req *http.Request, attempt int) {
+	if st, ok := req.Context().Value(callStateKey{}).(*callState); ok {
+		st.attempts = attempt + 1
+		st.body, st.readErr = nil, nil
+	}
+	if attempt > 0 {
+		c.log.DebugContext(req.Context(), "quotastack retry", "method", req.Method, "path", req.URL.Path, "attempt", attempt+1)
+	}
+}
+
+// RequestError is a call that got no usable HTTP answer: a connection failure,
+// a timeout, or a cancelled context (errors.Is works on the cause).
+type RequestError struct {
+	Method, Path string
+	Attempts     int
+	Err          error
+}
+
+func (e *RequestError) Error() string {
+	return fmt.Sprintf("quotastack: %s %s: %v (attempts: %d)", e.Method, e.Path, e.Err, e.Attempts)
+}
+
+// Unwrap returns the cause.
+func (e *RequestError) Unwrap() error { return e.Err }
+
+// unwrapURLError drops the *url.Error layer, whose text repeats the full URL.
+func unwrapURLError(err error) error {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		return ue.Err
+	}
+	return err
+}

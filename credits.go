@@ -1,0 +1,108 @@
+package quotastack
+
+import (
+	"context"
+	"net/http"
+	"net/url"
+	"time"
+)
+
+// WalletPriority is the priority of wallet blocks; PlanPriority the default
+// priority of plan credit blocks.
+const (
+	WalletPriority = 0
+	PlanPriority   = 10
+)
+
+// Block is one immutable credit grant and what remains of it, in millicredits.
+type Block struct {
+	ID              string            `json:"id"`
+	OriginalAmount  int64             `json:"original_amount"`
+	RemainingAmount int64             `json:"remaining_amount"`
+	Priority        int               `json:"priority"`
+	ExpiresAt       *time.Time        `json:"expires_at"` // nil: never expires
+	Source          string            `json:"source"`
+	Metadata        map[string]string `json:"metadata,omitempty"`
+	CreatedAt       time.Time         `json:"created_at"`
+}
+
+// IsWallet reports whether b is wallet credit: priority 0 and no expiry.
+func (b Block) IsWallet() bool { return b.Priority == WalletPriority && b.ExpiresAt == nil }
+
+// IsPlan reports whether b looks like plan credit: a positive priority and an expiry.
+func (b Block) IsPlan() bool { return b.Priority > WalletPriority && b.ExpiresAt != nil }
+
+// Balance is a customer's credit account, in millicredits.
+type Balance struct {
+	CustomerID         string `json:"customer_id"`
+	ExternalCustomerID string `json:"external_customer_id"`
+	Balance            int64  `json:"balance"`
+	ReservedBalance    int64  `json:"reserved_balance"`
+	EffectiveBalance   int64  `json:"effective_balance"` // Balance − ReservedBalance
+	LifetimeEarned     int64  `json:"lifetime_earned"`
+	// Version is bumped on every balance change; 0 if the server doesn't send it.
+	Version int64 `json:"version"`
+	// Blocks is set only by BalanceWithBlocks.
+	Blocks []Block `json:"blocks,omitempty"`
+
+	Meta ResponseMeta `json:"-"`
+}
+
+// WalletBlocks returns the wallet blocks (priority 0, no expiry).
+func (b *Balance) WalletBlocks() []Block { return b.filter(Block.IsWallet) }
+
+// PlanBlocks returns the plan blocks (positive priority with an expiry).
+func (b *Balance) PlanBlocks() []Block { return b.filter(Block.IsPlan) }
+
+// WalletMC sums the remaining millicredits of the wallet blocks.
+func (b *Balance) WalletMC() int64 { return SumRemaining(b.WalletBlocks()) }
+
+// PlanMC sums the remaining millicredits of the plan blocks.
+func (b *Balance) PlanMC() int64 { return SumRemaining(b.PlanBlocks()) }
+
+func (b *Balance) filter(keep func(Block) bool) []Block {
+	var out []Block
+	for _, blk := range b.Blocks {
+		if keep(blk) {
+			out = append(out, blk)
+		}
+	}
+	return out
+}
+
+// SumRemaining adds up the remaining millicredits of blocks.
+func SumRemaining(blocks []Block) int64 {
+	var sum int64
+	for _, b := range blocks {
+		sum += b.RemainingAmount
+	}
+	return sum
+}
+
+// Balance returns the customer's balances without the blocks.
+func (c *Client) Balance(ctx context.Context, customer Customer, opts ...CallOption) (*Balance, error) {
+	return c.balance(ctx, customer, false, opts)
+}
+
+// BalanceWithBlocks returns the customer's balances and live credit blocks,
+// for WalletMC, PlanMC and the block filters.
+func (c *Client) BalanceWithBlocks(ctx context.Context, customer Customer, opts ...CallOption) (*Balance, error) {
+	return c.balance(ctx, customer, true, opts)
+}
+
+func (c *Client) balance(ctx context.Context, customer Customer, blocks bool, opts []CallOption) (*Balance, error) {
+	if err := customer.validate(); err != nil {
+		return nil, err
+	}
+	var q url.Values
+	if blocks {
+		q = url.Values{"include_blocks": {"true"}}
+	}
+	var out Balance
+	meta, err := c.do(ctx, http.MethodGet, customer.path()+"/credits", q, nil, &out, opts)
+	if err != nil {
+		return nil, err
+	}
+	out.Meta = *meta
+	return &out, nil
+}

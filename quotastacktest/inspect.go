@@ -1,0 +1,292 @@
+package quotastacktest
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+)
+
+// RequestRecord is one request as the server saw it. Fault is "" (none), "status" (an
+// injected status answered instead of executing), "drop" (executed, connection dropped) or
+// "ratelimit" (429 of the rate limiter).
+type RequestRecord struct {
+	Method, Path, IdempotencyKey string
+	Status                       int
+	Replayed                     bool
+	Fault                        string
+	Time                         time.Time
+}
+
+// Requests returns a copy of the request log, in arrival order of the answers.
+func (s *Server) Requests() []RequestRecord {
+	s.logMu.Lock()
+	defer s.logMu.Unlock()
+	return slices.Clone(s.log)
+}
+
+// ResetRequests empties the request log.
+func (s *Server) ResetRequests() {
+	s.logMu.Lock()
+	s.log = nil
+	s.logMu.Unlock()
+}
+
+// LedgerPart is the share of one ledger entry taken from (negative) or given to (positive)
+// one block, in mc.
+type LedgerPart struct {
+	BlockID string
+	Amount  int64
+}
+
+// LedgerEntry is one change to a customer's account. Kind is "grant", "debit", "reserve",
+// "commit", "release" or "expire". Amount is the signed change of balance in mc (+ grant,
+// − debit, commit or block expiry); Held is the signed change of reserved_balance in mc.
+// A debit or commit is exactly one entry, however many blocks it spans (see Parts).
+type LedgerEntry struct {
+	Seq                            int64
+	Kind                           string
+	CustomerID, ExternalCustomerID string
+	Amount                         int64
+	Held                           int64
+	BlockID                        string // the (first) block involved
+	EventID                        string
+	ReservationID                  string
+	MetricKey                      string
+	IdempotencyKey                 string
+	Metadata                       map[string]string
+	Time                           time.Time
+	Parts                          []LedgerPart
+}
+
+func (e LedgerEntry) clone() LedgerEntry {
+	e.Metadata = copyMeta(e.Metadata)
+	e.Parts = slices.Clone(e.Parts)
+	return e
+}
+
+// Ledger returns a copy of the customer's ledger entries in order (nil for an unknown
+// customer), after applying expiry at the server clock's now.
+func (s *Server) Ledger(externalID string) []LedgerEntry {
+	s.st.mu.Lock()
+	defer s.st.mu.Unlock()
+	c := s.st.byExternal[externalID]
+	if c == nil {
+		return nil
+	}
+	s.st.refresh(c, s.Now())
+	out := make([]LedgerEntry, 0, len(c.ledger))
+	for _, i := range c.ledger {
+		out = append(out, s.st.ledger[i].clone())
+	}
+	return out
+}
+
+// AllLedger returns a copy of every customer's ledger entries in order.
+func (s *Server) AllLedger() []LedgerEntry {
+	s.st.mu.Lock()
+	defer s.st.mu.Unlock()
+	s.refreshAll()
+	out := make([]LedgerEntry, 0, len(s.st.ledger))
+	for _, e := range s.st.ledger {
+		out = append(out, e.clone())
+	}
+	return out
+}
+
+func (s *Server) refreshAll() {
+	now := s.Now()
+	for _, c := range s.st.custOrder {
+		s.st.refresh(c, now)
+	}
+}
+
+// Block is a credit block as the ledger holds it; amounts in mc.
+type Block struct {
+	ID                              string
+	OriginalAmount, RemainingAmount int64
+	Priority                        int
+	ExpiresAt                       *time.Time
+	Source                          string
+	Metadata                        map[string]string
+	CreatedAt                       time.Time
+}
+
+// Blocks returns the customer's live blocks (unexpired, remaining != 0) in the current burn
+// order, an overdraft block last.
+func (s *Server) Blocks(externalID string) []Block {
+	s.st.mu.Lock()
+	defer s.st.mu.Unlock()
+	c := s.st.byExternal[externalID]
+	if c == nil {
+		return nil
+	}
+	s.st.refresh(c, s.Now())
+	var out []Block
+	for _, b := range s.st.listedBlocks(c) {
+		var exp *time.Time
+		if b.expiresAt != nil {
+			t := *b.expiresAt
+			exp = &t
+		}
+		out = append(out, Block{b.id, b.original, b.remaining, b.priority, exp, b.source, copyMeta(b.metadata), b.createdAt})
+	}
+	return out
+}
+
+// Account is a customer's credit account; amounts in mc.
+type Account struct {
+	CustomerID, ExternalCustomerID                                      string
+	Balance, ReservedBalance, EffectiveBalance, LifetimeEarned, Version int64
+}
+
+// Account returns the customer's account at the server clock's now, and false for an
+// unknown customer.
+func (s *Server) Account(externalID string) (Account, bool) {
+	s.st.mu.Lock()
+	defer s.st.mu.Unlock()
+	c := s.st.byExternal[externalID]
+	if c == nil {
+		return Account{}, false
+	}
+	s.st.refresh(c, s.Now())
+	return Account{c.id, c.externalID, c.balance, c.reserved, c.balance - c.reserved, c.lifetimeEarned, c.version}, true
+}
+
+// UsageRecord is one executed usage event (a POST /v1/usage, one event of a batch, or a
+// reservation commit); Cost in mc.
+type UsageRecord struct {
+	EventID, CustomerID, ExternalCustomerID, MetricKey, IdempotencyKey string
+	ReservationID                                                      string // set for a commit
+	Units, Cost                                                        int64
+	Metadata                                                           map[string]string
+	Time                                                               time.Time
+}
+
+// UsageEvents returns a copy of the customer's executed usage events in order: each debit
+// appears exactly once, however often its request was retried.
+func (s *Server) UsageEvents(externalID string) []UsageRecord {
+	s.st.mu.Lock()
+	defer s.st.mu.Unlock()
+	c := s.st.byExternal[externalID]
+	if c == nil {
+		return nil
+	}
+	out := make([]UsageRecord, 0, len(c.usage))
+	for _, i := range c.usage {
+		u := s.st.usage[i].UsageRecord
+		u.Metadata = copyMeta(u.Metadata)
+		out = append(out, u)
+	}
+	return out
+}
+
+// CheckInvariants verifies the ledger at the server clock's now and returns every violation
+// found (nil if none): balance = sum of live blocks = sum of ledger amounts; reserved_balance
+// = active holds = sum of ledger holds; lifetime_earned = sum of grants; no negative block but
+// the overdraft of allow/notify debits; every usage event has exactly one debit entry of its
+// cost; no idempotency key executed a usage event twice within its 24 h.
+func (s *Server) CheckInvariants() error {
+	s.st.mu.Lock()
+	defer s.st.mu.Unlock()
+	s.refreshAll()
+	var errs []error
+	fail := func(c *customer, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("customer %q: %s", c.externalID, fmt.Sprintf(format, args...)))
+	}
+	for _, c := range s.st.custOrder {
+		s.checkCustomer(c, fail)
+	}
+	return errors.Join(errs...)
+}
+
+func (s *Server) checkCustomer(c *customer, fail func(*customer, string, ...any)) {
+	var blocks, held, ledgerAmount, ledgerHeld, grants int64
+	byBlock := map[string]*block{}
+	for _, b := range c.blocks {
+		byBlock[b.id] = b
+		if b.expired {
+			continue
+		}
+		blocks += b.remaining
+		held += b.held
+		switch {
+		case b.overdraft && b.remaining > 0:
+			fail(c, "overdraft block %s is positive (%d)", b.id, b.remaining)
+		case !b.overdraft && (b.remaining < 0 || b.remaining > b.original):
+			fail(c, "block %s has remaining %d of %d", b.id, b.remaining, b.original)
+		case b.held < 0 || (!b.overdraft && b.held > b.remaining):
+			fail(c, "block %s holds %d of remaining %d", b.id, b.held, b.remaining)
+		}
+	}
+	var activeHolds int64
+	for _, rs := range c.reservations {
+		if rs.status != statusActive {
+			fail(c, "reservation %s is %s but listed as active", rs.id, rs.status)
+		}
+		activeHolds += rs.heldNow()
+		for _, h := range rs.holds {
+			if h.blk == nil {
+				held += h.amount
+			}
+		}
+	}
+	debits := map[string]int{}
+	for _, i := range c.ledger {
+		e := s.st.ledger[i]
+		ledgerAmount += e.Amount
+		ledgerHeld += e.Held
+		var parts int64
+		for _, p := range e.Parts {
+			parts += p.Amount
+			if b := byBlock[p.BlockID]; b != nil && b.overdraft && e.policy == policyBlock {
+				fail(c, "entry %d overdrafts block %s under a block policy", e.Seq, b.id)
+			}
+		}
+		if e.Kind == "grant" {
+			grants += e.Amount
+		}
+		if e.Kind == "debit" || e.Kind == "commit" {
+			debits[e.EventID]++
+			if parts != e.Amount {
+				fail(c, "entry %d: parts sum to %d, amount is %d", e.Seq, parts, e.Amount)
+			}
+		}
+	}
+	if c.balance != blocks || c.balance != ledgerAmount {
+		fail(c, "balance %d, live blocks sum to %d, ledger amounts to %d", c.balance, blocks, ledgerAmount)
+	}
+	if c.reserved != activeHolds || c.reserved != held || c.reserved != ledgerHeld {
+		fail(c, "reserved_balance %d, active holds %d, block holds %d, ledger holds %d", c.reserved, activeHolds, held, ledgerHeld)
+	}
+	if c.lifetimeEarned != grants {
+		fail(c, "lifetime_earned %d, grants sum to %d", c.lifetimeEarned, grants)
+	}
+	s.checkUsage(c, debits, fail)
+}
+
+func (s *Server) checkUsage(c *customer, debits map[string]int, fail func(*customer, string, ...any)) {
+	type execKey struct {
+		key   string
+		index int
+	}
+	seen := map[execKey]UsageRecord{}
+	for _, i := range c.usage {
+		u := s.st.usage[i]
+		if n := debits[u.EventID]; n != 1 {
+			fail(c, "usage event %s has %d debit entries", u.EventID, n)
+		}
+		delete(debits, u.EventID)
+		if u.IdempotencyKey == "" {
+			continue
+		}
+		k := execKey{u.IdempotencyKey, u.batchIndex}
+		if prev, ok := seen[k]; ok && u.Time.Before(prev.Time.Add(idemRetention)) {
+			fail(c, "idempotency key %q executed twice within 24h (events %s and %s)", u.IdempotencyKey, prev.EventID, u.EventID)
+		}
+		seen[k] = u.UsageRecord
+	}
+	for evt := range debits {
+		fail(c, "debit entry for event %s has no usage event", evt)
+	}
+}

@@ -1,0 +1,116 @@
+package quotastacktest
+
+import (
+	"fmt"
+	"time"
+)
+
+// Tier is one step of a graduated or volume rule: units up to UpTo (nil: no upper bound)
+// cost UnitCost mc each.
+type Tier struct {
+	UpTo     *int64 `json:"up_to"`
+	UnitCost int64  `json:"unit_cost"`
+}
+
+// Eligibility restricts which credit blocks may pay for a rule; nil fields do not restrict.
+// {MinPriority: 10} is "plan credits only"; {MaxPriority: 0, Expiring: false} is "wallet only".
+type Eligibility struct {
+	MinPriority *int  `json:"min_priority,omitempty"`
+	MaxPriority *int  `json:"max_priority,omitempty"`
+	Expiring    *bool `json:"expiring,omitempty"`
+}
+
+// Rule is a metering rule for seeding. Costs are in mc; CostType is "per_unit", "flat",
+// "graduated" or "volume"; OveragePolicy is "block" (the default), "allow" or "notify".
+type Rule struct {
+	MetricKey     string
+	CostType      string
+	UnitCost      int64
+	FlatCost      int64
+	Tiers         []Tier
+	Eligible      *Eligibility
+	OveragePolicy string
+}
+
+// Grant is a credit block to seed: Credits mc at Priority, expiring at ExpiresAt (nil: never).
+// Source defaults to "topup".
+type Grant struct {
+	Credits   int64
+	Priority  int
+	ExpiresAt *time.Time
+	Source    string
+	Metadata  map[string]string
+}
+
+// Ptr returns a pointer to v, for the optional fields of Tier, Eligibility and Grant.
+func Ptr[T any](v T) *T { return &v }
+
+// CreateMetric adds a billable metric (key lowercase_with_underscores). It fails if the key
+// is malformed or already exists.
+func (s *Server) CreateMetric(key, name string) error {
+	s.st.mu.Lock()
+	defer s.st.mu.Unlock()
+	_, p := s.st.createMetric(key, name, "", s.Now())
+	return asError(p)
+}
+
+// CreateRule makes r the active rule of its metric (creating the metric if missing and
+// replacing any active rule) and returns the rule's id.
+func (s *Server) CreateRule(r Rule) (ruleID string, err error) {
+	s.st.mu.Lock()
+	defer s.st.mu.Unlock()
+	now := s.Now()
+	if metricKeyRE.MatchString(r.MetricKey) && s.st.metrics[r.MetricKey] == nil {
+		if _, p := s.st.createMetric(r.MetricKey, r.MetricKey, "", now); p != nil {
+			return "", asError(p)
+		}
+	}
+	r.Tiers = append([]Tier(nil), r.Tiers...)
+	if r.Eligible != nil {
+		e := *r.Eligible
+		r.Eligible = &e
+	}
+	nr, p := s.st.createRule(r, now)
+	if p != nil {
+		return "", asError(p)
+	}
+	return nr.id, nil
+}
+
+// CreateCustomer adds a customer and returns its customer_id. It fails if the external id
+// is empty or already taken.
+func (s *Server) CreateCustomer(externalID, displayName string) (customerID string, err error) {
+	s.st.mu.Lock()
+	defer s.st.mu.Unlock()
+	c, p := s.st.createCustomer(externalID, displayName, s.Now())
+	if p != nil {
+		return "", asError(p)
+	}
+	return c.id, nil
+}
+
+// Grant gives the customer a credit block (creating the customer if missing) and returns the
+// block's id. Credits must be positive.
+func (s *Server) Grant(externalID string, g Grant) (blockID string, err error) {
+	if g.Credits <= 0 {
+		return "", fmt.Errorf("quotastacktest: grant of %d mc: credits must be positive", g.Credits)
+	}
+	if g.Source == "" {
+		g.Source = "topup"
+	}
+	s.st.mu.Lock()
+	defer s.st.mu.Unlock()
+	now := s.Now()
+	c, p := s.st.customerRef("", externalID, true, now)
+	if p != nil {
+		return "", asError(p)
+	}
+	return s.st.addBlock(c, g, now, "").id, nil
+}
+
+func asError(p *problem) error {
+	if p == nil {
+		return nil
+	}
+	return fmt.Errorf("quotastacktest: %s", p.Detail)
+}

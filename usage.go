@@ -1,0 +1,124 @@
+package quotastack
+
+import (
+	"context"
+	"net/http"
+	"time"
+)
+
+// UsageParams is one usage event: units of a billable metric used by a customer.
+type UsageParams struct {
+	Customer  Customer
+	MetricKey string
+	Units     int64 // > 0
+	Metadata  map[string]string
+}
+
+func (p UsageParams) validate() error {
+	if err := p.Customer.validate(); err != nil {
+		return err
+	}
+	if err := validateMetric(p.MetricKey); err != nil {
+		return err
+	}
+	if p.Units <= 0 {
+		return inputErr("units", "must be > 0")
+	}
+	return nil
+}
+
+type usageBody struct {
+	customerFields
+	BillableMetricKey string            `json:"billable_metric_key"`
+	Units             int64             `json:"units"`
+	Metadata          map[string]string `json:"metadata,omitempty"`
+}
+
+func (p UsageParams) body() usageBody {
+	return usageBody{customerFields: p.Customer.fields(), BillableMetricKey: p.MetricKey, Units: p.Units, Metadata: p.Metadata}
+}
+
+// UsageEvent is a recorded usage event. Cost and BalanceAfter are in
+// millicredits; a postpaid server may answer 202 with fewer fields.
+type UsageEvent struct {
+	ID                 string    `json:"id"`
+	CustomerID         string    `json:"customer_id"`
+	ExternalCustomerID string    `json:"external_customer_id"`
+	BillableMetricKey  string    `json:"billable_metric_key"`
+	Units              int64     `json:"units"`
+	Cost               int64     `json:"cost"`
+	BalanceAfter       int64     `json:"balance_after"`
+	CreatedAt          time.Time `json:"created_at"`
+
+	Meta ResponseMeta `json:"-"`
+}
+
+// Record records a usage event, which the server prices and debits. Pass
+// WithIdempotencyKey("usage:"+yourEventID) so a retry never charges twice;
+// otherwise one random key is used for all retries of this call. When the
+// eligible credits can't cover it the error matches ErrInsufficientCredits
+// and nothing was recorded.
+func (c *Client) Record(ctx context.Context, p UsageParams, opts ...CallOption) (*UsageEvent, error) {
+	if err := p.validate(); err != nil {
+		return nil, err
+	}
+	var out UsageEvent
+	meta, err := c.do(ctx, http.MethodPost, "/v1/usage", nil, p.body(), &out, opts)
+	if err != nil {
+		return nil, err
+	}
+	out.Meta = *meta
+	return &out, nil
+}
+
+// MaxBatchEvents is the largest batch RecordBatch sends.
+const MaxBatchEvents = 100
+
+// BatchResult is the outcome of one event of a batch.
+type BatchResult struct {
+	Index  int         `json:"index"`
+	Status int         `json:"status"`
+	Event  *UsageEvent `json:"event,omitempty"`
+	Error  *BatchError `json:"error,omitempty"`
+}
+
+// BatchError is the problem of one rejected event of a batch.
+type BatchError struct {
+	Type      string `json:"type"`
+	Title     string `json:"title"`
+	Detail    string `json:"detail"`
+	Required  int64  `json:"required"`
+	Available int64  `json:"available"`
+}
+
+// UsageBatch is the answer to RecordBatch, one result per event, in order.
+type UsageBatch struct {
+	Results []BatchResult `json:"results"`
+
+	Meta ResponseMeta `json:"-"`
+}
+
+// RecordBatch records up to 100 usage events in one request under one
+// idempotency key (the whole batch is the unit of replay). Per-event
+// failures are in the results, not in the error.
+func (c *Client) RecordBatch(ctx context.Context, events []UsageParams, opts ...CallOption) (*UsageBatch, error) {
+	if len(events) == 0 || len(events) > MaxBatchEvents {
+		return nil, inputErr("events", "a batch holds 1 to 100 events")
+	}
+	body := struct {
+		Events []usageBody `json:"events"`
+	}{Events: make([]usageBody, len(events))}
+	for i, e := range events {
+		if err := e.validate(); err != nil {
+			return nil, err
+		}
+		body.Events[i] = e.body()
+	}
+	var out UsageBatch
+	meta, err := c.do(ctx, http.MethodPost, "/v1/usage/batch", nil, body, &out, opts)
+	if err != nil {
+		return nil, err
+	}
+	out.Meta = *meta
+	return &out, nil
+}
