@@ -17,6 +17,7 @@ import (
 
 	"github.com/quotastack/quotastack-go"
 	"github.com/quotastack/quotastack-go/internal/flight"
+	"github.com/quotastack/quotastack-go/internal/idem"
 	"github.com/quotastack/quotastack-go/plan"
 )
 
@@ -168,8 +169,9 @@ type gateConfig struct {
 func WithUnits(n int64) GateOption { return func(c *gateConfig) { c.units = n } }
 
 // WithEventID names the business event of the action (e.g. a message id): the
-// usage record gets the key "usage:{event}", so gating the same event again
-// never charges twice. Without it each Gate call is a new event.
+// usage record gets the key "usage:{event}" ("usage:{event}:2" when that key
+// already holds a 402 answer), so gating the same event again never charges
+// twice. Without it each Gate call is a new event.
 func WithEventID(id string) GateOption { return func(c *gateConfig) { c.eventID = id } }
 
 // WithMetadata attaches metadata to the usage record.
@@ -201,6 +203,9 @@ func (g *Gatekeeper) Gate(ctx context.Context, customer quotastack.Customer, met
 	usageKey := ""
 	if cfg.eventID != "" {
 		usageKey = "usage:" + cfg.eventID
+		if err := idem.Check(usageKey + ":2"); err != nil {
+			return Decision{}, fmt.Errorf("%w: autobuy: event id: %w", quotastack.ErrInvalidInput, err)
+		}
 	}
 	d, err := g.gate(ctx, customer, metric, cfg, usageKey)
 	if err != nil && !errors.Is(err, quotastack.ErrInvalidInput) {
@@ -222,7 +227,13 @@ func (g *Gatekeeper) gate(ctx context.Context, customer quotastack.Customer, met
 			d.Reason = ReasonEntitled
 			return d, err
 		}
-		// 402: spent by a concurrent action since the check; go on as not entitled.
+		// 402: spent by a concurrent action since the check; go on as not
+		// entitled. The server stored that 402 under the usage key, so the
+		// record after a purchase needs a key of its own (still derived from
+		// the event, so gating the same event again stays idempotent).
+		if usageKey != "" {
+			usageKey += ":2"
+		}
 	}
 
 	enabled := true
