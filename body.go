@@ -51,6 +51,7 @@ func (c *Client) apiError(method, path string, meta *ResponseMeta, resp *http.Re
 	if resp != nil {
 		e.StatusCode = resp.StatusCode
 		e.RequestID = c.redact(resp.Header.Get("X-Request-Id"))
+		e.Replayed = strings.EqualFold(resp.Header.Get("X-Idempotent-Replayed"), "true")
 		if d, ok := retry.RetryAfter(resp, time.Now()); ok {
 			e.RetryAfter = d
 		}
@@ -64,7 +65,7 @@ func (c *Client) apiError(method, path string, meta *ResponseMeta, resp *http.Re
 			e.Type, e.Title, e.Detail, e.Instance = c.redact(p.Type), c.redact(p.Title), c.redact(p.Detail), c.redact(p.Instance)
 			e.Errors, e.Required, e.Available = p.Errors, p.Required, p.Available
 			for i := range e.Errors {
-				e.Errors[i].Message = c.redact(e.Errors[i].Message)
+				e.Errors[i].Field, e.Errors[i].Message = c.redact(e.Errors[i].Field), c.redact(e.Errors[i].Message)
 			}
 			return e
 		}
@@ -75,7 +76,8 @@ func (c *Client) apiError(method, path string, meta *ResponseMeta, resp *http.Re
 		}
 	}
 	if len(body) > 0 {
-		e.Body = c.redact(snippet(body))
+		// Redact before cutting, so a key straddling the cut can't leave a fragment.
+		e.Body = snippet([]byte(c.redact(string(body))))
 	}
 	return e
 }
@@ -133,7 +135,7 @@ type cancelOnClose struct {
 
 func (b *cancelOnClose) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
-	if err != nil && err != io.EOF && b.parent.Err() == nil && b.attempt.Err() != nil {
+	if err != nil && !errors.Is(err, io.EOF) && b.parent.Err() == nil && b.attempt.Err() != nil {
 		err = fmt.Errorf("%w after %s (reading body)", errAttemptTimeout, b.timeout)
 	}
 	return n, err

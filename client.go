@@ -165,7 +165,8 @@ func checkAPIKey(key string) error {
 func parseBaseURL(raw string, allowInsecure bool) (*url.URL, error) {
 	u, err := url.Parse(strings.TrimRight(raw, "/"))
 	if err != nil || u.Host == "" {
-		return nil, inputErr("base URL", fmt.Sprintf("%q is not an absolute URL", raw))
+		// The value is not echoed: it might be a key pasted in the wrong place.
+		return nil, inputErr("base URL", "not an absolute URL")
 	}
 	switch {
 	case u.User != nil:
@@ -333,7 +334,7 @@ func (c *Client) do(ctx context.Context, method, path string, query url.Values, 
 		respBody, readErr = readCapped(resp.Body, c.cfg.maxBodyBytes)
 	}
 	meta.StatusCode = resp.StatusCode
-	meta.RequestID = resp.Header.Get("X-Request-Id")
+	meta.RequestID = c.redact(resp.Header.Get("X-Request-Id"))
 	meta.Replayed = strings.EqualFold(resp.Header.Get("X-Idempotent-Replayed"), "true")
 	c.log.DebugContext(ctx, "quotastack request", "method", method, "path", path, "status", resp.StatusCode,
 		"attempts", meta.Attempts, "request_id", meta.RequestID, "replayed", meta.Replayed, "duration", time.Since(start))
@@ -344,7 +345,7 @@ func (c *Client) do(ctx context.Context, method, path string, query url.Values, 
 		return meta, c.apiError(method, path, meta, resp, respBody, nil)
 	}
 	if out != nil {
-		if len(bytes.TrimSpace(respBody)) == 0 {
+		if trimmed := bytes.TrimSpace(respBody); len(trimmed) == 0 || bytes.Equal(trimmed, []byte("null")) {
 			return meta, c.apiError(method, path, meta, resp, respBody, errEmptyBody)
 		}
 		if err := json.Unmarshal(respBody, out); err != nil {

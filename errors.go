@@ -61,6 +61,7 @@ type APIError struct {
 	IdempotencyKey      string        // the key the request carried, if it was a POST
 	Method, Path        string        // the request line (no host, no query secrets)
 	Attempts            int           // attempts made; more than 1 means it was retried
+	Replayed            bool          // the server replayed a stored answer (X-Idempotent-Replayed)
 	RetryAfter          time.Duration // the server's Retry-After on 429/503, uncapped
 	Body                string        // the start of the raw body (at most 512 bytes), when it wasn't a problem document
 	cause               error         // decode failure, for Unwrap
@@ -77,15 +78,18 @@ func (e *APIError) Error() string {
 	}
 	switch {
 	case e.Detail != "":
-		fmt.Fprintf(&b, ": %s", e.Detail)
+		fmt.Fprintf(&b, ": %s", trim(e.Detail))
 	case e.Title != "":
-		fmt.Fprintf(&b, ": %s", e.Title)
+		fmt.Fprintf(&b, ": %s", trim(e.Title))
 	}
 	if e.cause != nil {
 		fmt.Fprintf(&b, ": %v", e.cause)
 	}
 	if e.Body != "" && e.Type == "" {
 		fmt.Fprintf(&b, ": body %q", e.Body)
+	}
+	if e.Attempts > 1 {
+		fmt.Fprintf(&b, " (after %d attempts)", e.Attempts)
 	}
 	if e.RetryAfter > 0 {
 		fmt.Fprintf(&b, " (retry after %s)", e.RetryAfter)
@@ -161,3 +165,12 @@ func (e *InputError) Error() string {
 func (e *InputError) Is(target error) bool { return target == ErrInvalidInput }
 
 func inputErr(field, reason string) error { return &InputError{Field: field, Reason: reason} }
+
+// trim caps server-provided text in error strings.
+func trim(s string) string {
+	const maxText = 512
+	if len(s) <= maxText {
+		return s
+	}
+	return strings.ToValidUTF8(s[:maxText], "") + "..."
+}

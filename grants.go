@@ -60,7 +60,9 @@ func SignupGrantKey(userID string) string { return DeriveKey("signup-grant", use
 
 // ActionGrantKey is the idempotency key of a bonus for one action of a user:
 // "action-grant:{user}:{action}".
-func ActionGrantKey(userID, actionID string) string { return DeriveKey("action-grant", userID, actionID) }
+func ActionGrantKey(userID, actionID string) string {
+	return DeriveKey("action-grant", userID, actionID)
+}
 
 // DeriveKey joins prefix and ids with ':' into an idempotency key. Ids that
 // would make an invalid key (spaces, non-ASCII, too long) are replaced by a

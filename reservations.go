@@ -18,7 +18,8 @@ type Reservation struct {
 	EstimatedUnits     int64             `json:"estimated_units"`
 	ReservedAmount     int64             `json:"reserved_amount"`
 	ActualUnits        int64             `json:"actual_units,omitempty"`
-	Cost               int64             `json:"cost,omitempty"` // debited on commit
+	CommittedAmount    int64             `json:"committed_amount,omitempty"` // debited on commit, in millicredits
+	EventID            string            `json:"event_id,omitempty"`         // the usage event a commit recorded
 	ExpiresAt          time.Time         `json:"expires_at"`
 	Metadata           map[string]string `json:"metadata,omitempty"`
 
@@ -99,9 +100,11 @@ func (c *Client) reservationCall(ctx context.Context, path string, body any, opt
 }
 
 // WithReservation reserves p, runs fn, and then commits the units fn reports
-// when it returns nil, or releases the hold when fn fails, panics or ctx ends.
-// The commit and release use keys derived from the reservation id, so their
-// retries are safe. fn's error is returned as is; a failed release is joined to it.
+// when it returns nil, or releases the hold when fn fails, panics or ctx ends;
+// it returns the reservation in its final state. The commit and release use
+// keys derived from the reservation id, so their retries are safe. fn's error
+// is returned as is; a failed release is joined to it. A failed commit is
+// returned and leaves the hold to expire (or to a Release of yours).
 func (c *Client) WithReservation(ctx context.Context, p ReserveParams, fn func(ctx context.Context, r *Reservation) (actualUnits int64, err error), opts ...CallOption) (res *Reservation, err error) {
 	r, err := c.Reserve(ctx, p, opts...)
 	if err != nil {
@@ -110,25 +113,26 @@ func (c *Client) WithReservation(ctx context.Context, p ReserveParams, fn func(c
 	// Settle on a context that survives the caller's cancellation: a hold
 	// left behind would block credits until its TTL.
 	settle := context.WithoutCancel(ctx)
-	release := func(cause error) error {
-		_, rerr := c.Release(settle, r.ID, WithIdempotencyKey("release:"+r.ID), WithCallTimeout(c.cfg.timeout))
+	// release returns the released reservation (or r, if the release failed).
+	release := func(cause error) (*Reservation, error) {
+		released, rerr := c.Release(settle, r.ID, WithIdempotencyKey("release:"+r.ID), WithCallTimeout(c.cfg.timeout))
 		if rerr != nil {
-			return errors.Join(cause, fmt.Errorf("releasing reservation %s: %w", r.ID, rerr))
+			return r, errors.Join(cause, fmt.Errorf("releasing reservation %s: %w", r.ID, rerr))
 		}
-		return cause
+		return released, cause
 	}
 	defer func() {
 		if p := recover(); p != nil {
-			_ = release(nil)
+			_, _ = release(nil)
 			panic(p)
 		}
 	}()
 	units, ferr := fn(ctx, r)
 	if ferr != nil {
-		return r, release(ferr)
+		return release(ferr)
 	}
 	if cerr := ctx.Err(); cerr != nil {
-		return r, release(cerr)
+		return release(cerr)
 	}
 	committed, err := c.Commit(settle, r.ID, units, WithIdempotencyKey("commit:"+r.ID), WithCallTimeout(c.cfg.timeout))
 	if err != nil {

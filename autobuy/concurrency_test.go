@@ -51,19 +51,23 @@ func TestConcurrentGatesBuyOnePlan(t *testing.T) {
 	tests := []struct {
 		name     string
 		replicas int
-		latency  bool
+		actions  int
+		latency  time.Duration
 	}{
-		{"100 goroutines, one client", 1, false},
-		{"4 replicas without a shared lock", 4, false},
-		{"4 replicas without a shared lock, slow server", 4, true},
+		// One process: gates that saw the exhaustion share one purchase; the
+		// 50 actions the plan covers go through, the other 50 are denied.
+		{"100 goroutines, one client", 1, 100, 0},
+		// Replicas without a shared lock: only the derived keys keep the
+		// purchase single. 40 actions fit in one plan, so the plan never runs
+		// out and a second purchase could only be a double charge.
+		{"4 replicas without a shared lock", 4, 40, 0},
+		{"4 replicas without a shared lock, slow server", 4, 40, 2 * time.Millisecond},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			w := setup(t, 250_000)
-			if tt.latency {
-				w.srv.SetLatency(2 * time.Millisecond) // 2 ms per request widens every race window
-			}
+			w.srv.SetLatency(tt.latency) // widens every race window
 			var bought atomic.Int32
 			hooks := autobuy.WithHooks(autobuy.Hooks{AutoBought: func(context.Context, quotastack.Customer, *plan.Purchase) { bought.Add(1) }})
 			gates := make([]*autobuy.Gatekeeper, tt.replicas)
@@ -71,12 +75,12 @@ func TestConcurrentGatesBuyOnePlan(t *testing.T) {
 				gates[i] = w.gate(t, hooks) // each with its own client and LocalLocker
 			}
 
-			allowed := runGates(t, w, gates, 100)
+			allowed := runGates(t, w, gates, tt.actions)
 
 			assert.Equal(t, 1, w.planGrants(), "exactly one plan")
 			assert.Len(t, w.usageFor("plan_purchase_1hr"), 1, "exactly one debit")
 			assert.Equal(t, int64(150_000), w.wallet())
-			assert.Equal(t, 50, allowed, "every action the 50,000 mc plan covers is allowed")
+			assert.Equal(t, min(tt.actions, 50), allowed, "every action the 50,000 mc plan covers is allowed")
 			assert.Len(t, w.usageFor("chat_message"), allowed, "one usage event per allowed action")
 			assert.GreaterOrEqual(t, bought.Load(), int32(1))
 		})
@@ -88,12 +92,14 @@ func TestConcurrentGatesUnderFaults(t *testing.T) {
 	w := setup(t, 250_000)
 	w.srv.SetRandomFaults(&quotastacktest.RandomFaults{Seed: 7, P503: 0.05, P429: 0.03, PDrop: 0.05, RetryAfter: "0"})
 	gates := []*autobuy.Gatekeeper{w.gate(t), w.gate(t), w.gate(t)}
-	allowed := runGates(t, w, gates, 60)
+	// 40 actions fit in one plan: the plan never runs out, so a second
+	// purchase can only be a double charge, whatever the timing.
+	allowed := runGates(t, w, gates, 40)
 	w.srv.SetRandomFaults(nil)
 
 	assert.Equal(t, 1, w.planGrants())
 	assert.Len(t, w.usageFor("plan_purchase_1hr"), 1)
-	assert.Equal(t, 50, allowed)
+	assert.Equal(t, 40, allowed)
 	assert.Len(t, w.usageFor("chat_message"), allowed)
 	fc := w.srv.FaultCounts()
 	assert.Positive(t, fc.Status503+fc.Status429+fc.Drops, "faults were injected")

@@ -22,8 +22,9 @@ const (
 	// ReasonEntitlementFailedAfterPurchase: denied; a plan was bought but the
 	// check still fails (a misconfigured plan or rule). Never retried in a loop.
 	ReasonEntitlementFailedAfterPurchase Reason = "entitlement_failed_after_purchase"
-	// ReasonInsufficientCredits: denied; the credits were spent by concurrent
-	// actions between the check and the record, after this gate's one purchase.
+	// ReasonInsufficientCredits: denied; the plan bought for the exhaustion this
+	// gate saw went to concurrent actions before this one. A new gate (the
+	// user's retry) meets a new exhaustion and may buy again.
 	ReasonInsufficientCredits Reason = "insufficient_credits"
 	// ReasonUnavailable: QuotaStack could not be asked and the gate's fallback
 	// policy decided (see Decision.Fallback and Decision.Err).

@@ -67,6 +67,7 @@ type Gatekeeper struct {
 	purchaseTimeout time.Duration
 	planOpts        []plan.Option
 	flights         flight.Group[flightResult]
+	recent          recentPurchases
 }
 
 // Option configures a Gatekeeper.
@@ -216,6 +217,7 @@ func (g *Gatekeeper) Gate(ctx context.Context, customer quotastack.Customer, met
 
 func (g *Gatekeeper) gate(ctx context.Context, customer quotastack.Customer, metric string, cfg gateConfig, usageKey string) (Decision, error) {
 	var d Decision
+	started := time.Now()
 	ent, err := g.client.Check(ctx, customer, metric, cfg.units)
 	if err != nil {
 		return d, err
@@ -252,13 +254,25 @@ func (g *Gatekeeper) gate(ctx context.Context, customer quotastack.Customer, met
 		return g.deny(ctx, customer, d, ReasonPlanExpired), nil
 	}
 
-	fr, shared, err := g.flights.Do(ctx, customer.String()+"\x00"+p.Type, func(fctx context.Context) (flightResult, error) {
-		fctx, cancel := context.WithTimeout(fctx, g.purchaseTimeout)
-		defer cancel()
-		return g.purchase(fctx, customer, p, ent)
-	})
-	if err != nil {
-		return d, err
+	key := customer.String() + "\x00" + p.Type
+	var fr flightResult
+	shared := true
+	if !g.recent.since(key, started) {
+		// No purchase for this customer finished since this gate's check began
+		// (one that did was for the exhaustion this gate saw): buy, or join the
+		// purchase in flight.
+		fr, shared, err = g.flights.Do(ctx, key, func(fctx context.Context) (flightResult, error) {
+			fctx, cancel := context.WithTimeout(fctx, g.purchaseTimeout)
+			defer cancel()
+			fr, err := g.purchase(fctx, customer, p, ent)
+			if fr.purchase != nil {
+				g.recent.mark(key, time.Now())
+			}
+			return fr, err
+		})
+		if err != nil {
+			return d, err
+		}
 	}
 	d.WalletMC = fr.walletMC
 	if fr.walletShort {
@@ -280,7 +294,12 @@ func (g *Gatekeeper) gate(ctx context.Context, customer quotastack.Customer, met
 	}
 	d.Entitlement = ent
 	if !ent.Allowed {
-		return g.deny(ctx, customer, d, ReasonEntitlementFailedAfterPurchase), nil
+		if fr.purchase != nil && !shared || fr.covered {
+			// This gate's own purchase, or unspent credits of the plan, don't entitle.
+			return g.deny(ctx, customer, d, ReasonEntitlementFailedAfterPurchase), nil
+		}
+		// The plan bought for this exhaustion went to concurrent actions.
+		return g.deny(ctx, customer, d, ReasonInsufficientCredits), nil
 	}
 	ok, err = g.consume(ctx, &d, customer, metric, cfg, usageKey)
 	if err != nil {

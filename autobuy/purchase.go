@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"sync"
+	"time"
 
 	"github.com/quotastack/quotastack-go"
 	"github.com/quotastack/quotastack-go/plan"
@@ -14,7 +16,42 @@ import (
 type flightResult struct {
 	purchase    *plan.Purchase // nil when nothing was bought
 	walletShort bool
+	covered     bool // live credits of the plan already covered the action
 	walletMC    int64
+}
+
+// recentPurchases remembers when this process last finished a purchase per
+// customer and plan, so a gate whose check predates that purchase doesn't buy
+// a second plan for the exhaustion it saw. Entries older than a minute are pruned.
+type recentPurchases struct {
+	mu   sync.Mutex
+	last map[string]time.Time
+}
+
+const recentTTL = time.Minute
+
+func (r *recentPurchases) mark(key string, at time.Time) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.last == nil {
+		r.last = map[string]time.Time{}
+	}
+	if len(r.last) > 1024 {
+		for k, t := range r.last {
+			if at.Sub(t) > recentTTL {
+				delete(r.last, k)
+			}
+		}
+	}
+	r.last[key] = at
+}
+
+// since reports whether a purchase for key finished after t.
+func (r *recentPurchases) since(key string, t time.Time) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	last, ok := r.last[key]
+	return ok && last.After(t)
 }
 
 // purchase buys p for customer under the customer's lock. The order id is
@@ -44,6 +81,7 @@ func (g *Gatekeeper) purchase(ctx context.Context, customer quotastack.Customer,
 	if covered(bal, p, ent) {
 		// A plan of this type with enough credits appeared since the check:
 		// another gate bought it. Don't buy again; the caller re-checks.
+		fr.covered = true
 		return fr, nil
 	}
 

@@ -22,11 +22,11 @@ type Fault struct {
 // RandomFaults injects failures at random, for soak tests: each request matching PathPrefix
 // draws once, deterministically for a given Seed and request order.
 type RandomFaults struct {
-	Seed                     int64
-	P500, P503, P429, PDrop  float64       // probabilities per request
-	RetryAfter               string        // Retry-After of random 429s and 503s, optional
-	MaxLatency               time.Duration // each request waits a random duration below it
-	PathPrefix               string        // "" matches any path
+	Seed                    int64
+	P500, P503, P429, PDrop float64       // probabilities per request
+	RetryAfter              string        // Retry-After of random 429s and 503s, optional
+	MaxLatency              time.Duration // each request waits a random duration below it
+	PathPrefix              string        // "" matches any path
 }
 
 // FaultCounts counts the faults injected so far, scripted and random.

@@ -112,13 +112,13 @@ func handleEntitlement(rq *request) (int, any, *problem) {
 }
 
 type creditsJSON struct {
-	CustomerID         string      `json:"customer_id"`
-	ExternalCustomerID string      `json:"external_customer_id"`
-	Balance            int64       `json:"balance"`
-	ReservedBalance    int64       `json:"reserved_balance"`
-	EffectiveBalance   int64       `json:"effective_balance"`
-	LifetimeEarned     int64       `json:"lifetime_earned"`
-	Version            int64       `json:"version"`
+	CustomerID         string       `json:"customer_id"`
+	ExternalCustomerID string       `json:"external_customer_id"`
+	Balance            int64        `json:"balance"`
+	ReservedBalance    int64        `json:"reserved_balance"`
+	EffectiveBalance   int64        `json:"effective_balance"`
+	LifetimeEarned     int64        `json:"lifetime_earned"`
+	Version            int64        `json:"version"`
 	Blocks             *[]blockJSON `json:"blocks,omitempty"` // nil: not asked for
 }
 

@@ -12,18 +12,17 @@ const (
 )
 
 type reservationJSON struct {
-	ID                 string            `json:"id"`
-	Status             string            `json:"status"`
-	CustomerID         string            `json:"customer_id"`
-	ExternalCustomerID string            `json:"external_customer_id"`
-	BillableMetricKey  string            `json:"billable_metric_key"`
-	EstimatedUnits     int64             `json:"estimated_units"`
-	ReservedAmount     int64             `json:"reserved_amount"`
-	ExpiresAt          time.Time         `json:"expires_at"`
-	ActualUnits        *int64            `json:"actual_units,omitempty"`
-	CommittedAmount    *int64            `json:"committed_amount,omitempty"`
-	EventID            string            `json:"event_id,omitempty"`
-	Metadata           map[string]string `json:"metadata,omitempty"`
+	ID                 string    `json:"id"`
+	Status             string    `json:"status"`
+	CustomerID         string    `json:"customer_id"`
+	ExternalCustomerID string    `json:"external_customer_id"`
+	BillableMetricKey  string    `json:"billable_metric_key"`
+	EstimatedUnits     int64     `json:"estimated_units"`
+	ReservedAmount     int64     `json:"reserved_amount"`
+	ExpiresAt          time.Time `json:"expires_at"`
+	ActualUnits        *int64    `json:"actual_units,omitempty"`
+	CommittedAmount    *int64    `json:"committed_amount,omitempty"`
+	EventID            string    `json:"event_id,omitempty"`
 }
 
 func reservationView(rs *reservation) reservationJSON {
@@ -31,7 +30,6 @@ func reservationView(rs *reservation) reservationJSON {
 		ID: rs.id, Status: rs.status, CustomerID: rs.cust.id, ExternalCustomerID: rs.cust.externalID,
 		BillableMetricKey: rs.metricKey, EstimatedUnits: rs.estimatedUnits, ReservedAmount: rs.reservedAmount,
 		ExpiresAt: rs.expiresAt, ActualUnits: rs.actualUnits, CommittedAmount: rs.committed, EventID: rs.eventID,
-		Metadata: rs.metadata,
 	}
 }
 

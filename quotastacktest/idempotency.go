@@ -15,7 +15,13 @@ const idemRetention = 24 * time.Hour
 type idemStore struct {
 	mu      sync.Mutex
 	entries map[string]*idemEntry
-	inserts int
+	order   []idemRef // entries in creation order, for expiring the oldest first
+	head    int       // order[:head] is already expired
+}
+
+type idemRef struct {
+	key string
+	e   *idemEntry
 }
 
 type idemEntry struct {
@@ -44,10 +50,8 @@ func (st *idemStore) do(s *Server, r *http.Request, key, fingerprint string, exe
 		if e == nil {
 			e = &idemEntry{fingerprint: fingerprint, done: make(chan struct{})}
 			st.entries[key] = e
-			st.inserts++
-			if st.inserts%1024 == 0 {
-				st.sweepLocked(now)
-			}
+			st.order = append(st.order, idemRef{key, e})
+			st.expireOldestLocked(now)
 			st.mu.Unlock()
 			return st.execute(s, key, e, exec), false, true
 		}
@@ -89,11 +93,21 @@ func (st *idemStore) execute(s *Server, key string, e *idemEntry, exec func() re
 	return resp
 }
 
-// sweepLocked drops expired entries; the caller holds st.mu.
-func (st *idemStore) sweepLocked(now time.Time) {
-	for k, e := range st.entries {
-		if e.stored && !now.Before(e.storedAt.Add(idemRetention)) {
-			delete(st.entries, k)
+// expireOldestLocked forgets expired entries from the oldest on, stopping at the first one
+// still kept or in flight, so each insert costs O(1) amortized; the caller holds st.mu.
+func (st *idemStore) expireOldestLocked(now time.Time) {
+	for ; st.head < len(st.order); st.head++ {
+		ref := st.order[st.head]
+		if st.entries[ref.key] == ref.e { // not already replaced or dropped after a 5xx
+			if !ref.e.stored || now.Before(ref.e.storedAt.Add(idemRetention)) {
+				break
+			}
+			delete(st.entries, ref.key)
 		}
+		st.order[st.head] = idemRef{}
+	}
+	if st.head > 1024 && st.head > len(st.order)/2 {
+		st.order = append([]idemRef(nil), st.order[st.head:]...)
+		st.head = 0
 	}
 }

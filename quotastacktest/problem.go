@@ -60,7 +60,7 @@ type fieldError struct {
 	Message string `json:"message"`
 }
 
-// problem is an RFC 7807 body. It doubles as the Go error the handlers return.
+// problem is an RFC 7807 body, which handlers return instead of a result.
 type problem struct {
 	Type      string       `json:"type"`
 	Title     string       `json:"title"`
@@ -71,8 +71,6 @@ type problem struct {
 	Required  *int64       `json:"required,omitempty"`
 	Available *int64       `json:"available,omitempty"`
 }
-
-func (p *problem) Error() string { return p.Title + ": " + p.Detail }
 
 func newProblem(status int, slug, detail string) *problem {
 	return &problem{Type: errorTypeBase + slug, Title: titles[slug], Status: status, Detail: detail}
@@ -158,10 +156,6 @@ func decodeProblem(err error) *problem {
 		field := strings.Trim(strings.TrimPrefix(err.Error(), "json: unknown field "), `"`)
 		return invalid(field, "unknown field")
 	default:
-		var p *problem
-		if errors.As(err, &p) {
-			return p
-		}
 		return invalid("body", err.Error())
 	}
 }
@@ -179,9 +173,6 @@ func jsonKind(goKind string) string {
 	}
 	return goKind
 }
-
-// timeJSON is a time rendered as RFC 3339 in UTC.
-func utc(t time.Time) time.Time { return t.UTC() }
 
 func randomHex(n int) string {
 	b := make([]byte, n)
