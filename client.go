@@ -328,7 +328,7 @@ func (c *Client) do(ctx context.Context, method, path string, query url.Values, 
 		c.log.DebugContext(ctx, "quotastack request failed", "method", method, "path", path, "attempts", meta.Attempts, "error", err)
 		return meta, &RequestError{Method: method, Path: path, Attempts: meta.Attempts, Err: unwrapURLError(err)}
 	}
-	defer resp.Body.Close()
+	defer func() { _ = resp.Body.Close() }()
 	respBody, readErr := st.body, st.readErr
 	if respBody == nil && readErr == nil {
 		respBody, readErr = readCapped(resp.Body, c.cfg.maxBodyBytes)

@@ -71,16 +71,6 @@ func (w *world) grantPlanCredits(t *testing.T, mc int64) {
 	require.NoError(t, err)
 }
 
-func (w *world) count(kind, metric string) int {
-	n := 0
-	for _, e := range w.srv.Ledger(user) {
-		if e.Kind == kind && (metric == "" || e.MetricKey == metric) {
-			n++
-		}
-	}
-	return n
-}
-
 func (w *world) planGrants() int {
 	n := 0
 	for _, e := range w.srv.Ledger(user) {

@@ -171,7 +171,8 @@ func (s *Server) SetRandomFaults(rf *RandomFaults) {
 	}
 	c := *rf
 	s.faults.random = &c
-	s.faults.rng = rand.New(rand.NewPCG(uint64(c.Seed), uint64(c.Seed)^0x9e3779b97f4a7c15))
+	seed := uint64(c.Seed) //nolint:gosec // any bit pattern is a fine seed
+	s.faults.rng = rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
 }
 
 // FaultCounts returns how many faults have been injected so far.

@@ -295,7 +295,7 @@ func (s *state) placeHolds(c *customer, r *rule, amount int64) ([]hold, *problem
 	holds := make([]hold, 0, len(parts)+1)
 	for _, p := range parts {
 		p.blk.held += p.amount
-		holds = append(holds, hold{p.blk, p.amount})
+		holds = append(holds, hold(p))
 	}
 	if short > 0 {
 		holds = append(holds, hold{nil, short})

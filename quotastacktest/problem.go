@@ -188,7 +188,7 @@ func newUUIDv7(t time.Time) string {
 	_, _ = rand.Read(u[:])
 	ms := uint64(t.UnixMilli())
 	for i := 0; i < 6; i++ {
-		u[i] = byte(ms >> (40 - 8*i))
+		u[i] = byte(ms >> (40 - 8*i)) //nolint:gosec // taking bytes of the 48-bit timestamp is the point
 	}
 	u[6] = u[6]&0x0f | 0x70
 	u[8] = u[8]&0x3f | 0x80

@@ -1,6 +1,7 @@
 package quotastacktest
 
 import (
+	"context"
 	"io"
 	"net"
 	"net/http"
@@ -90,7 +91,7 @@ func NewServer(opts ...Option) *Server {
 	s.limit.set(cfg.rateN, cfg.ratePer, s.clock.Now())
 	s.ts = httptest.NewUnstartedServer(s)
 	if cfg.addr != "" {
-		l, err := net.Listen("tcp", cfg.addr)
+		l, err := (&net.ListenConfig{}).Listen(context.Background(), "tcp", cfg.addr)
 		if err != nil {
 			panic("quotastacktest: listen on " + cfg.addr + ": " + err.Error())
 		}

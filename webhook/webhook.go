@@ -157,15 +157,13 @@ func (v *Verifier) Verify(headers http.Header, body []byte) error {
 	if !v.signatureMatches(id, ts, body, sigs) {
 		return ErrNoValidSignature
 	}
-	// Compare whole seconds: time.Unix wraps around for huge timestamps. The unsigned
-	// differences cannot overflow.
+	// Compare whole seconds: time.Unix wraps around for huge timestamps.
 	now := v.now().Unix()
-	tolerance := uint64(v.tolerance / time.Second)
-	if now > unix && uint64(now)-uint64(unix) > tolerance {
-		return fmt.Errorf("%w: sent %ds ago, tolerance %s", ErrTimestampTooOld, uint64(now)-uint64(unix), v.tolerance)
-	}
-	if unix > now && uint64(unix)-uint64(now) > tolerance {
-		return fmt.Errorf("%w: %ds ahead, tolerance %s", ErrTimestampTooNew, uint64(unix)-uint64(now), v.tolerance)
+	tolerance := uint64(v.tolerance / time.Second) //nolint:gosec // positive: checked by WithTolerance
+	if d := distance(now, unix); now > unix && d > tolerance {
+		return fmt.Errorf("%w: sent %ds ago, tolerance %s", ErrTimestampTooOld, d, v.tolerance)
+	} else if unix > now && d > tolerance {
+		return fmt.Errorf("%w: %ds ahead, tolerance %s", ErrTimestampTooNew, d, v.tolerance)
 	}
 	return nil
 }
@@ -224,4 +222,12 @@ func headerValue(headers http.Header, name string) string {
 		}
 	}
 	return strings.Join(values, " ")
+}
+
+// distance returns |a-b| without overflowing, whatever the two values.
+func distance(a, b int64) uint64 {
+	if a < b {
+		a, b = b, a
+	}
+	return uint64(a) - uint64(b) //nolint:gosec // a >= b: two's complement subtraction gives the distance
 }

@@ -112,7 +112,7 @@ func send(ctx context.Context, url, user, msgID string) (int, string, error) {
 	if err != nil {
 		return 0, "", err
 	}
-	defer resp.Body.Close()
+	defer func() { _ = resp.Body.Close() }()
 	body, err := io.ReadAll(resp.Body)
 	return resp.StatusCode, string(bytes.TrimSpace(body)), err
 }

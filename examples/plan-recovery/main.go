@@ -78,7 +78,7 @@ func outage(ctx context.Context, env *story.Env, c quotastack.Customer) (*plan.P
 
 	_, err := plan.Buy(ctx, env.Client, c, p, order)
 	if !errors.Is(err, plan.ErrHalfDone) {
-		return nil, fmt.Errorf("expected a half-done purchase, got %v", err)
+		return nil, fmt.Errorf("expected a half-done purchase, got %w", err)
 	}
 	env.Printf("plan.Buy failed half done (errors.Is(err, plan.ErrHalfDone) is true):\n  %v\n", err)
 	if err := printWallet(ctx, env, c); err != nil {

@@ -84,7 +84,7 @@ func run(ctx context.Context, out io.Writer, getenv func(string) string) error {
 		return 0, errModel
 	})
 	if !errors.Is(err, errModel) {
-		return fmt.Errorf("expected the model's error, got %v", err)
+		return fmt.Errorf("expected the model's error, got %w", err)
 	}
 	env.Printf("WithReservation returned the action's error (%q) and released reservation %s.\n", err, res.ID)
 	final, err := printBalance(ctx, env, ivy, "after the release")

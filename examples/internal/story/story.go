@@ -57,7 +57,7 @@ func (e *Env) Close() {
 }
 
 // Printf writes to the example's transcript.
-func (e *Env) Printf(format string, args ...any) { fmt.Fprintf(e.out, format, args...) }
+func (e *Env) Printf(format string, args ...any) { _, _ = fmt.Fprintf(e.out, format, args...) }
 
 // Customer returns the external id for name (unique per run on a real server).
 func (e *Env) Customer(name string) quotastack.Customer {
