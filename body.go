@@ -47,6 +47,11 @@ type problem struct {
 
 // apiError builds the typed error for a non-2xx or undecodable response.
 func (c *Client) apiError(method, path string, meta *ResponseMeta, resp *http.Response, body []byte, cause error) error {
+	if cause != nil {
+		// A decode error quotes the server's bytes (a time.ParseError does):
+		// redact and cap its text like any other server-provided text.
+		cause = &redactedError{msg: trim(c.redact(cause.Error())), err: cause}
+	}
 	e := &APIError{Method: method, Path: path, Attempts: meta.Attempts, IdempotencyKey: meta.IdempotencyKey, cause: cause}
 	if resp != nil {
 		e.StatusCode = resp.StatusCode
@@ -55,7 +60,7 @@ func (c *Client) apiError(method, path string, meta *ResponseMeta, resp *http.Re
 		if d, ok := retry.RetryAfter(resp, time.Now()); ok {
 			e.RetryAfter = d
 		}
-		if resp.StatusCode >= 300 && resp.StatusCode < 400 && cause == nil {
+		if resp.StatusCode >= 300 && resp.StatusCode < 400 && e.cause == nil {
 			e.cause = errRedirect
 		}
 	}
@@ -146,3 +151,13 @@ func (b *cancelOnClose) Close() error {
 	b.cancel()
 	return err
 }
+
+// redactedError keeps a cause for errors.Is/As while its text goes through
+// the client's redaction.
+type redactedError struct {
+	msg string
+	err error
+}
+
+func (e *redactedError) Error() string { return e.msg }
+func (e *redactedError) Unwrap() error { return e.err }

@@ -68,6 +68,7 @@ type Gatekeeper struct {
 	planOpts        []plan.Option
 	flights         flight.Group[flightResult]
 	recent          recentPurchases
+	pending         pendingOrders
 }
 
 // Option configures a Gatekeeper.
@@ -201,21 +202,21 @@ func (g *Gatekeeper) Gate(ctx context.Context, customer quotastack.Customer, met
 	if customer.IsZero() || metric == "" || cfg.units <= 0 {
 		return Decision{}, fmt.Errorf("%w: autobuy: need a customer, a metric and units > 0", quotastack.ErrInvalidInput)
 	}
-	usageKey := ""
+	var key usageKey
 	if cfg.eventID != "" {
-		usageKey = "usage:" + cfg.eventID
-		if err := idem.Check(usageKey + ":2"); err != nil {
+		key.base = "usage:" + cfg.eventID
+		if err := idem.Check(key.base + ":2"); err != nil {
 			return Decision{}, fmt.Errorf("%w: autobuy: event id: %w", quotastack.ErrInvalidInput, err)
 		}
 	}
-	d, err := g.gate(ctx, customer, metric, cfg, usageKey)
+	d, err := g.gate(ctx, customer, metric, cfg, &key)
 	if err != nil && !errors.Is(err, quotastack.ErrInvalidInput) {
 		return g.fallbackDecision(ctx, customer, metric, d, err)
 	}
 	return d, err
 }
 
-func (g *Gatekeeper) gate(ctx context.Context, customer quotastack.Customer, metric string, cfg gateConfig, usageKey string) (Decision, error) {
+func (g *Gatekeeper) gate(ctx context.Context, customer quotastack.Customer, metric string, cfg gateConfig, key *usageKey) (Decision, error) {
 	var d Decision
 	started := time.Now()
 	ent, err := g.client.Check(ctx, customer, metric, cfg.units)
@@ -224,18 +225,12 @@ func (g *Gatekeeper) gate(ctx context.Context, customer quotastack.Customer, met
 	}
 	d.Entitlement = ent
 	if ent.Allowed {
-		ok, err := g.consume(ctx, &d, customer, metric, cfg, usageKey)
+		ok, err := g.consume(ctx, &d, customer, metric, cfg, key)
 		if err != nil || ok {
 			d.Reason = ReasonEntitled
 			return d, err
 		}
-		// 402: spent by a concurrent action since the check; go on as not
-		// entitled. The server stored that 402 under the usage key, so the
-		// record after a purchase needs a key of its own (still derived from
-		// the event, so gating the same event again stays idempotent).
-		if usageKey != "" {
-			usageKey += ":2"
-		}
+		// 402: spent by a concurrent action since the check; go on as not entitled.
 	}
 
 	enabled := true
@@ -254,19 +249,19 @@ func (g *Gatekeeper) gate(ctx context.Context, customer quotastack.Customer, met
 		return g.deny(ctx, customer, d, ReasonPlanExpired), nil
 	}
 
-	key := customer.String() + "\x00" + p.Type
+	flightKey := customer.String() + "\x00" + p.Type
 	var fr flightResult
 	shared := true
-	if !g.recent.since(key, started) {
+	if !g.recent.since(flightKey, started) {
 		// No purchase for this customer finished since this gate's check began
 		// (one that did was for the exhaustion this gate saw): buy, or join the
 		// purchase in flight.
-		fr, shared, err = g.flights.Do(ctx, key, func(fctx context.Context) (flightResult, error) {
+		fr, shared, err = g.flights.Do(ctx, flightKey, func(fctx context.Context) (flightResult, error) {
 			fctx, cancel := context.WithTimeout(fctx, g.purchaseTimeout)
 			defer cancel()
 			fr, err := g.purchase(fctx, customer, p, ent)
 			if fr.purchase != nil {
-				g.recent.mark(key, time.Now())
+				g.recent.mark(flightKey, time.Now())
 			}
 			return fr, err
 		})
@@ -301,7 +296,7 @@ func (g *Gatekeeper) gate(ctx context.Context, customer quotastack.Customer, met
 		// The plan bought for this exhaustion went to concurrent actions.
 		return g.deny(ctx, customer, d, ReasonInsufficientCredits), nil
 	}
-	ok, err = g.consume(ctx, &d, customer, metric, cfg, usageKey)
+	ok, err = g.consume(ctx, &d, customer, metric, cfg, key)
 	if err != nil {
 		return d, err
 	}
@@ -316,29 +311,57 @@ func (g *Gatekeeper) gate(ctx context.Context, customer quotastack.Customer, met
 	return d, nil
 }
 
+// usageKey holds the idempotency key of one action's usage record:
+// "usage:{event}", then "usage:{event}:2" once the first holds a stored 402
+// (the server replays that 402 for as long as it keeps the key).
+type usageKey struct {
+	base   string // "" without an event id: each record gets a random key
+	second bool
+}
+
+func (k *usageKey) current() string {
+	if k.base == "" || !k.second {
+		return k.base
+	}
+	return k.base + ":2"
+}
+
 // consume records the usage (or holds it with a reservation) of an action the
 // check allowed. ok is false on a 402: the credits went to a concurrent action.
-func (g *Gatekeeper) consume(ctx context.Context, d *Decision, customer quotastack.Customer, metric string, cfg gateConfig, usageKey string) (ok bool, err error) {
-	var opts []quotastack.CallOption
-	if usageKey != "" {
-		opts = append(opts, quotastack.WithIdempotencyKey(usageKey))
+func (g *Gatekeeper) consume(ctx context.Context, d *Decision, customer quotastack.Customer, metric string, cfg gateConfig, key *usageKey) (ok bool, err error) {
+	for {
+		var opts []quotastack.CallOption
+		if k := key.current(); k != "" {
+			opts = append(opts, quotastack.WithIdempotencyKey(k))
+		}
+		if cfg.reserve {
+			d.Hold, err = g.client.Reserve(ctx, quotastack.ReserveParams{Customer: customer, MetricKey: metric,
+				EstimatedUnits: cfg.units, TTL: cfg.reserveTTL, Metadata: cfg.metadata}, opts...)
+		} else {
+			d.Usage, err = g.client.Record(ctx, quotastack.UsageParams{Customer: customer, MetricKey: metric,
+				Units: cfg.units, Metadata: cfg.metadata}, opts...)
+		}
+		if err == nil {
+			d.Allowed = true
+			return true, nil
+		}
+		if !errors.Is(err, quotastack.ErrInsufficientCredits) {
+			return false, err
+		}
+		// Not recorded. The server stored this 402 under the key, so any later
+		// record of this event must use the second key.
+		if key.base == "" || key.second {
+			return false, nil
+		}
+		key.second = true
+		var apiErr *quotastack.APIError
+		if !errors.As(err, &apiErr) || !apiErr.Replayed {
+			return false, nil
+		}
+		// A replayed 402 is an earlier gate's of this event: the record of
+		// this one goes under the second key (which replays if that earlier
+		// gate recorded it there).
 	}
-	if cfg.reserve {
-		d.Hold, err = g.client.Reserve(ctx, quotastack.ReserveParams{Customer: customer, MetricKey: metric,
-			EstimatedUnits: cfg.units, TTL: cfg.reserveTTL, Metadata: cfg.metadata}, opts...)
-	} else {
-		d.Usage, err = g.client.Record(ctx, quotastack.UsageParams{Customer: customer, MetricKey: metric,
-			Units: cfg.units, Metadata: cfg.metadata}, opts...)
-	}
-	if errors.Is(err, quotastack.ErrInsufficientCredits) {
-		// A usage key is spent on this 402 (it is stored): the event was not recorded.
-		return false, nil
-	}
-	if err != nil {
-		return false, err
-	}
-	d.Allowed = true
-	return true, nil
 }
 
 func (g *Gatekeeper) deny(ctx context.Context, customer quotastack.Customer, d Decision, r Reason) Decision {

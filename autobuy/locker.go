@@ -7,8 +7,10 @@ import (
 
 // Locker serialises auto-buys of one customer. The in-process default covers
 // one process; across replicas use a shared implementation (the Redis one in
-// autobuy/redislock). Deterministic purchase keys keep at most one plan per
-// exhaustion even when a lock is lost, so a Locker only saves wasted work.
+// autobuy/redislock). Purchase keys derived from the ledger make replicas that
+// race on one exhaustion send the same keys even without a shared lock, or
+// when a lock is lost; they can't when another grant (a wallet topup) lands
+// in the middle of the race, which is what the shared lock is for.
 type Locker interface {
 	// Lock blocks until the key is held or ctx ends, and returns the function
 	// that releases it.

@@ -59,7 +59,10 @@ func (r *recentPurchases) since(key string, t time.Time) bool {
 // and the plan's own grant does: every gate of every replica that sees the
 // same exhaustion sends the same idempotency keys, and a gate that finds a
 // half-done purchase (debited, not granted) finishes it instead of starting
-// another.
+// another. lifetime_earned also moves with other grants (a wallet topup):
+// a half-done order of this process is remembered so a topup can't orphan it,
+// but replicas that read lifetime_earned on either side of a topup derive
+// different ids, so run replicas with a shared Locker.
 func (g *Gatekeeper) purchase(ctx context.Context, customer quotastack.Customer, p plan.Plan, ent *quotastack.Entitlement) (flightResult, error) {
 	var fr flightResult
 	unlock, err := g.locker.Lock(ctx, "quotastack:autobuy:"+customer.String())
@@ -85,8 +88,22 @@ func (g *Gatekeeper) purchase(ctx context.Context, customer quotastack.Customer,
 		return fr, nil
 	}
 
-	pur, err := plan.Buy(ctx, g.client, customer, p, orderID(customer, p, bal),
+	key := customer.String() + "\x00" + p.Type
+	order := g.pending.get(key)
+	if order == "" {
+		order = orderID(customer, p, bal)
+	}
+	pur, err := plan.Buy(ctx, g.client, customer, p, order,
 		append([]plan.Option{plan.WithTrigger(plan.TriggerAutoBuy)}, g.planOpts...)...)
+	var perr *plan.Error
+	switch {
+	case errors.As(err, &perr):
+		// Unfinished (or unknown) in this process: the next purchase for this
+		// customer resumes this order, even if a grant changed the ledger since.
+		g.pending.set(key, order)
+	case err == nil, errors.Is(err, plan.ErrWalletShort):
+		g.pending.set(key, "")
+	}
 	switch {
 	case errors.Is(err, plan.ErrWalletShort):
 		fr.walletShort = true
@@ -130,4 +147,32 @@ func orderID(customer quotastack.Customer, p plan.Plan, bal *quotastack.Balance)
 	}
 	// Nothing to derive from: the lock alone keeps purchases single.
 	return plan.NewOrderID()
+}
+
+// pendingOrders remembers, per customer and plan, an auto-buy order that
+// failed half way in this process, so the next gate finishes that order
+// instead of deriving a new one.
+type pendingOrders struct {
+	mu     sync.Mutex
+	orders map[string]string
+}
+
+func (p *pendingOrders) get(key string) string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.orders[key]
+}
+
+// set records order for key; "" forgets it.
+func (p *pendingOrders) set(key, order string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if order == "" {
+		delete(p.orders, key)
+		return
+	}
+	if p.orders == nil {
+		p.orders = map[string]string{}
+	}
+	p.orders[key] = order
 }

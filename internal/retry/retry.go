@@ -70,6 +70,10 @@ func Backoff(minWait, maxWait time.Duration, attempt int, resp *http.Response) t
 	}
 	ceiling := minWait
 	for i := 0; i < attempt && ceiling < maxWait; i++ {
+		if ceiling > maxWait/2 {
+			ceiling = maxWait // doubling would pass the cap (or overflow)
+			break
+		}
 		ceiling *= 2
 	}
 	ceiling = min(ceiling, maxWait)
