@@ -80,7 +80,7 @@ func (c *Client) CreateMetric(ctx context.Context, m Metric, opts ...CallOption)
 	}{m.Key, m.Name, m.Description}
 	opts = append([]CallOption{WithIdempotencyKey(DeriveKey("metric", m.Key))}, opts...)
 	var out Metric
-	return withMeta(&out, &out.Meta)(c.do(ctx, http.MethodPost, "/v1/billable-metrics", nil, body, &out, opts))
+	return withMeta(&out, &out.Meta)(c.do(ctx, http.MethodPost, "/v1/billable-metrics", "", body, &out, opts))
 }
 
 // GetMetric returns the billable metric with key.
@@ -89,7 +89,7 @@ func (c *Client) GetMetric(ctx context.Context, key string, opts ...CallOption) 
 		return nil, err
 	}
 	var out Metric
-	return withMeta(&out, &out.Meta)(c.do(ctx, http.MethodGet, "/v1/billable-metrics/"+escapeSegment(key), nil, nil, &out, opts))
+	return withMeta(&out, &out.Meta)(c.do(ctx, http.MethodGet, "/v1/billable-metrics/"+escapeSegment(key), "", nil, &out, opts))
 }
 
 // CreateRule creates the active metering rule of a metric (replacing the
@@ -109,7 +109,7 @@ func (c *Client) CreateRule(ctx context.Context, r Rule, opts ...CallOption) (*R
 	body := r
 	body.ID, body.Active, body.CreatedAt = "", false, time.Time{}
 	var out Rule
-	return withMeta(&out, &out.Meta)(c.do(ctx, http.MethodPost, "/v1/metering-rules", nil, body, &out, opts))
+	return withMeta(&out, &out.Meta)(c.do(ctx, http.MethodPost, "/v1/metering-rules", "", body, &out, opts))
 }
 
 // GetRule returns the metering rule with id.
@@ -118,7 +118,7 @@ func (c *Client) GetRule(ctx context.Context, id string, opts ...CallOption) (*R
 		return nil, inputErr("rule id", "empty")
 	}
 	var out Rule
-	return withMeta(&out, &out.Meta)(c.do(ctx, http.MethodGet, "/v1/metering-rules/"+escapeSegment(id), nil, nil, &out, opts))
+	return withMeta(&out, &out.Meta)(c.do(ctx, http.MethodGet, "/v1/metering-rules/"+escapeSegment(id), "", nil, &out, opts))
 }
 
 // Metrics iterates over all billable metrics, fetching pages of pageSize
@@ -158,7 +158,7 @@ func list[T any](ctx context.Context, c *Client, path string, pageSize int, opts
 				q.Set("limit", strconv.Itoa(pageSize))
 			}
 			var page Page[T]
-			if _, err := c.do(ctx, http.MethodGet, path, q, nil, &page, opts); err != nil {
+			if _, err := c.do(ctx, http.MethodGet, path, q.Encode(), nil, &page, opts); err != nil {
 				yield(zero, err)
 				return
 			}

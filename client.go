@@ -27,6 +27,8 @@ import (
 // Version is the version of this SDK, sent in the User-Agent.
 const Version = "0.1.0"
 
+var jsonMIME = []string{"application/json"}
+
 // Environment variables read by NewClientFromEnv.
 const (
 	EnvAPIKey  = "QUOTASTACK_API_KEY"
@@ -39,6 +41,7 @@ type Client struct {
 	base      *url.URL
 	apiKey    string
 	userAgent string
+	uaHeader  []string // userAgent, as a header value
 	cfg       config
 	rc        *retryablehttp.Client
 	transport http.RoundTripper // the caller's or ours, below the attempt timeout
@@ -95,6 +98,7 @@ func NewClient(apiKey string, opts ...Option) (*Client, error) {
 	if cfg.userAgent != "" {
 		c.userAgent += " " + cfg.userAgent
 	}
+	c.uaHeader = []string{c.userAgent}
 
 	hc := &http.Client{}
 	if cfg.httpClient != nil {
@@ -199,10 +203,15 @@ func defaultTransport() *http.Transport {
 	t.MaxIdleConnsPerHost = 256
 	t.IdleConnTimeout = 90 * time.Second
 	t.ResponseHeaderTimeout = 0 // the attempt timeout covers it
+	// Bound the pool: under a burst, net/http dials for every request that
+	// finds no idle connection, and the extra connections linger.
+	t.MaxConnsPerHost = 64
 	return t
 }
 
+// callState travels in the request's context to the retry hooks.
 type callState struct {
+	safe     bool // a GET, or a POST with an Idempotency-Key: retrying it is harmless
 	attempts int
 	body     []byte
 	readErr  error
@@ -223,13 +232,21 @@ func (c *Client) Do(ctx context.Context, method, path string, body, out any, opt
 	if err != nil {
 		return nil, inputErr("path", "bad query string")
 	}
-	return c.do(ctx, method, p, query, body, out, opts)
+	return c.do(ctx, method, p, query.Encode(), body, out, opts)
 }
 
-func (c *Client) do(ctx context.Context, method, path string, query url.Values, body, out any, opts []CallOption) (*ResponseMeta, error) {
+func applyCallOptions(opts []CallOption) callConfig {
 	var cc callConfig
 	for _, o := range opts {
 		o(&cc)
+	}
+	return cc
+}
+
+func (c *Client) do(ctx context.Context, method, path, query string, body, out any, opts []CallOption) (*ResponseMeta, error) {
+	var cc callConfig
+	if len(opts) > 0 {
+		cc = applyCallOptions(opts) // kept apart: the options make cc escape to the heap
 	}
 	if ctx == nil {
 		return nil, inputErr("ctx", "nil context")
@@ -257,7 +274,7 @@ func (c *Client) do(ctx context.Context, method, path string, query url.Values, 
 	}
 
 	meta := &ResponseMeta{}
-	header := http.Header{}
+	header := make(http.Header, 6+len(cc.header))
 	for k, vs := range cc.header {
 		header[http.CanonicalHeaderKey(k)] = vs
 	}
@@ -276,11 +293,12 @@ func (c *Client) do(ctx context.Context, method, path string, query url.Values, 
 		meta.IdempotencyKey = key
 		safe = true
 	}
-	header.Set("X-API-Key", c.apiKey)
-	header.Set("User-Agent", c.userAgent)
-	header.Set("Accept", "application/json")
+	// Canonical keys set directly: Header.Set would canonicalise them on every call.
+	header["X-Api-Key"] = []string{c.apiKey}
+	header["User-Agent"] = c.uaHeader
+	header["Accept"] = jsonMIME
 	if raw != nil {
-		header.Set("Content-Type", "application/json")
+		header["Content-Type"] = jsonMIME
 	}
 
 	// path arrives escaped (ids are escaped by Customer.path); keep that exact
@@ -292,13 +310,10 @@ func (c *Client) do(ctx context.Context, method, path string, query url.Values, 
 	u := *c.base
 	u.Path = c.base.Path + unescaped
 	u.RawPath = c.base.EscapedPath() + path
-	u.RawQuery = query.Encode()
+	u.RawQuery = query
 
-	st := &callState{}
+	st := &callState{safe: safe}
 	ctx = context.WithValue(ctx, callStateKey{}, st)
-	if safe {
-		ctx = retry.MarkSafe(ctx)
-	}
 	var rawBody any
 	if raw != nil {
 		rawBody = raw
@@ -325,7 +340,9 @@ func (c *Client) do(ctx context.Context, method, path string, query url.Values, 
 		if errors.Is(st.readErr, errBodyTooLarge) {
 			return meta, c.apiError(method, path, meta, resp, nil, st.readErr)
 		}
-		c.log.DebugContext(ctx, "quotastack request failed", "method", method, "path", path, "attempts", meta.Attempts, "error", err)
+		if c.log.Enabled(ctx, slog.LevelDebug) {
+			c.log.DebugContext(ctx, "quotastack request failed", "method", method, "path", path, "attempts", meta.Attempts, "error", err)
+		}
 		return meta, &RequestError{Method: method, Path: path, Attempts: meta.Attempts, Err: unwrapURLError(err)}
 	}
 	defer func() { _ = resp.Body.Close() }()
@@ -336,8 +353,10 @@ func (c *Client) do(ctx context.Context, method, path string, query url.Values, 
 	meta.StatusCode = resp.StatusCode
 	meta.RequestID = c.redact(resp.Header.Get("X-Request-Id"))
 	meta.Replayed = strings.EqualFold(resp.Header.Get("X-Idempotent-Replayed"), "true")
-	c.log.DebugContext(ctx, "quotastack request", "method", method, "path", path, "status", resp.StatusCode,
-		"attempts", meta.Attempts, "request_id", meta.RequestID, "replayed", meta.Replayed, "duration", time.Since(start))
+	if c.log.Enabled(ctx, slog.LevelDebug) { // the arguments would allocate even for a discarding logger
+		c.log.DebugContext(ctx, "quotastack request", "method", method, "path", path, "status", resp.StatusCode,
+			"attempts", meta.Attempts, "request_id", meta.RequestID, "replayed", meta.Replayed, "duration", time.Since(start))
+	}
 	if readErr != nil {
 		return meta, c.apiError(method, path, meta, resp, respBody, readErr)
 	}
@@ -366,7 +385,7 @@ func (c *Client) checkRetry(ctx context.Context, resp *http.Response, err error)
 	if ctx.Err() != nil {
 		return false, ctx.Err()
 	}
-	if !retry.IsSafe(ctx) {
+	if st, _ := ctx.Value(callStateKey{}).(*callState); st == nil || !st.safe {
 		return false, nil
 	}
 	if err != nil {

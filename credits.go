@@ -3,7 +3,6 @@ package quotastack
 import (
 	"context"
 	"net/http"
-	"net/url"
 	"time"
 )
 
@@ -94,9 +93,9 @@ func (c *Client) balance(ctx context.Context, customer Customer, blocks bool, op
 	if err := customer.validate(); err != nil {
 		return nil, err
 	}
-	var q url.Values
+	q := ""
 	if blocks {
-		q = url.Values{"include_blocks": {"true"}}
+		q = "include_blocks=true"
 	}
 	var out Balance
 	meta, err := c.do(ctx, http.MethodGet, customer.path()+"/credits", q, nil, &out, opts)

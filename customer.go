@@ -81,6 +81,9 @@ func (c Customer) MarshalJSON() ([]byte, error) { return json.Marshal(c.fields()
 // (url.PathEscape would leave ':' and '@' as they are).
 func escapeSegment(s string) string {
 	const hex = "0123456789ABCDEF"
+	if s != "." && s != ".." && !needsEscape(s) {
+		return s
+	}
 	if s == "." || s == ".." {
 		// Dot segments would be removed by path normalisation on the way.
 		return strings.Repeat("%2E", len(s))
@@ -89,8 +92,7 @@ func escapeSegment(s string) string {
 	b.Grow(len(s) + 8)
 	for i := 0; i < len(s); i++ {
 		c := s[i]
-		if 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' ||
-			c == '-' || c == '.' || c == '_' || c == '~' {
+		if !needsEscape(s[i : i+1]) {
 			b.WriteByte(c)
 			continue
 		}
@@ -99,4 +101,14 @@ func escapeSegment(s string) string {
 		b.WriteByte(hex[c&15])
 	}
 	return b.String()
+}
+
+func needsEscape(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' ||
+			c == '-' || c == '.' || c == '_' || c == '~') {
+			return true
+		}
+	}
+	return false
 }

@@ -32,7 +32,7 @@ func (c *Client) CreateCustomer(ctx context.Context, externalID, displayName str
 	}{externalID, displayName}
 	opts = append([]CallOption{WithIdempotencyKey(DeriveKey("customer", externalID))}, opts...)
 	var out CustomerRecord
-	meta, err := c.do(ctx, http.MethodPost, "/v1/customers", nil, body, &out, opts)
+	meta, err := c.do(ctx, http.MethodPost, "/v1/customers", "", body, &out, opts)
 	if err != nil {
 		return nil, err
 	}
@@ -46,7 +46,7 @@ func (c *Client) GetCustomer(ctx context.Context, customer Customer, opts ...Cal
 		return nil, err
 	}
 	var out CustomerRecord
-	meta, err := c.do(ctx, http.MethodGet, customer.path(), nil, nil, &out, opts)
+	meta, err := c.do(ctx, http.MethodGet, customer.path(), "", nil, &out, opts)
 	if err != nil {
 		return nil, err
 	}

@@ -3,7 +3,6 @@ package quotastack
 import (
 	"context"
 	"net/http"
-	"net/url"
 	"strconv"
 )
 
@@ -41,7 +40,7 @@ func (c *Client) Check(ctx context.Context, customer Customer, metricKey string,
 		return nil, inputErr("units", "must be > 0")
 	}
 	var out Entitlement
-	q := url.Values{"units": {strconv.FormatInt(units, 10)}}
+	q := "units=" + strconv.FormatInt(units, 10)
 	meta, err := c.do(ctx, http.MethodGet, customer.path()+"/entitlements/"+escapeSegment(metricKey), q, nil, &out, opts)
 	if err != nil {
 		return nil, err

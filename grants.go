@@ -46,7 +46,7 @@ func (c *Client) GrantCredits(ctx context.Context, customer Customer, p CreditGr
 		body.ExpiresAt = &t
 	}
 	var out Grant
-	meta, err := c.do(ctx, http.MethodPost, customer.path()+"/credits/grant", nil, body, &out, opts)
+	meta, err := c.do(ctx, http.MethodPost, customer.path()+"/credits/grant", "", body, &out, opts)
 	if err != nil {
 		return nil, err
 	}

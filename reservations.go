@@ -91,7 +91,7 @@ func (c *Client) Release(ctx context.Context, reservationID string, opts ...Call
 
 func (c *Client) reservationCall(ctx context.Context, path string, body any, opts []CallOption) (*Reservation, error) {
 	var out Reservation
-	meta, err := c.do(ctx, http.MethodPost, path, nil, body, &out, opts)
+	meta, err := c.do(ctx, http.MethodPost, path, "", body, &out, opts)
 	if err != nil {
 		return nil, err
 	}

@@ -67,7 +67,7 @@ func (c *Client) Topup(ctx context.Context, p TopupParams, opts ...CallOption) (
 		body.ExpiresAt = &t
 	}
 	var out Grant
-	meta, err := c.do(ctx, http.MethodPost, "/v1/topup/grant", nil, body, &out, opts)
+	meta, err := c.do(ctx, http.MethodPost, "/v1/topup/grant", "", body, &out, opts)
 	if err != nil {
 		return nil, err
 	}

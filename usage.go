@@ -63,7 +63,7 @@ func (c *Client) Record(ctx context.Context, p UsageParams, opts ...CallOption) 
 		return nil, err
 	}
 	var out UsageEvent
-	meta, err := c.do(ctx, http.MethodPost, "/v1/usage", nil, p.body(), &out, opts)
+	meta, err := c.do(ctx, http.MethodPost, "/v1/usage", "", p.body(), &out, opts)
 	if err != nil {
 		return nil, err
 	}
@@ -115,7 +115,7 @@ func (c *Client) RecordBatch(ctx context.Context, events []UsageParams, opts ...
 		body.Events[i] = e.body()
 	}
 	var out UsageBatch
-	meta, err := c.do(ctx, http.MethodPost, "/v1/usage/batch", nil, body, &out, opts)
+	meta, err := c.do(ctx, http.MethodPost, "/v1/usage/batch", "", body, &out, opts)
 	if err != nil {
 		return nil, err
 	}

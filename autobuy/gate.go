@@ -289,7 +289,7 @@ func (g *Gatekeeper) gate(ctx context.Context, customer quotastack.Customer, met
 	}
 	d.Entitlement = ent
 	if !ent.Allowed {
-		if fr.purchase != nil && !shared || fr.covered {
+		if (fr.purchase != nil && !shared) || fr.covered {
 			// This gate's own purchase, or unspent credits of the plan, don't entitle.
 			return g.deny(ctx, customer, d, ReasonEntitlementFailedAfterPurchase), nil
 		}

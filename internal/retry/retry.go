@@ -3,7 +3,6 @@
 package retry
 
 import (
-	"context"
 	"math/rand/v2"
 	"net/http"
 	"strconv"
@@ -82,18 +81,4 @@ func Backoff(minWait, maxWait time.Duration, attempt int, resp *http.Response) t
 	}
 	// Full jitter between min and the exponential ceiling spreads replicas apart.
 	return minWait + rand.N(ceiling-minWait+1)
-}
-
-type safeKey struct{}
-
-// MarkSafe returns a context that marks its request as safe to retry: a GET,
-// or a POST that carries an Idempotency-Key.
-func MarkSafe(ctx context.Context) context.Context {
-	return context.WithValue(ctx, safeKey{}, true)
-}
-
-// IsSafe reports whether MarkSafe was applied to ctx.
-func IsSafe(ctx context.Context) bool {
-	v, _ := ctx.Value(safeKey{}).(bool)
-	return v
 }

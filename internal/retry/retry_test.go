@@ -1,7 +1,6 @@
 package retry_test
 
 import (
-	"context"
 	"math"
 	"net/http"
 	"testing"
@@ -160,16 +159,4 @@ func TestBackoffRetryAfter(t *testing.T) {
 			assert.True(t, tt.want(d), "got %s", d)
 		})
 	}
-}
-
-func TestMarkSafe(t *testing.T) {
-	t.Parallel()
-	ctx := context.Background()
-	assert.False(t, retry.IsSafe(ctx))
-	safe := retry.MarkSafe(ctx)
-	assert.True(t, retry.IsSafe(safe))
-	child, cancel := context.WithCancel(safe)
-	defer cancel()
-	assert.True(t, retry.IsSafe(child), "inherited by derived contexts")
-	assert.False(t, retry.IsSafe(ctx), "the parent is not modified")
 }
