@@ -289,12 +289,14 @@ func (g *Gatekeeper) gate(ctx context.Context, customer quotastack.Customer, met
 	}
 	d.Entitlement = ent
 	if !ent.Allowed {
-		if (fr.purchase != nil && !shared) || fr.covered {
-			// This gate's own purchase, or unspent credits of the plan, don't entitle.
-			return g.deny(ctx, customer, d, ReasonEntitlementFailedAfterPurchase), nil
+		// Usually the plan bought for this exhaustion went to concurrent actions.
+		reason := ReasonInsufficientCredits
+		if ((fr.purchase != nil && !shared) || fr.covered) && g.planUnspent(ctx, customer, p, ent) {
+			// The plan's credits are there and still don't entitle: a
+			// misconfigured plan or rule. (One more read, on this rare path only.)
+			reason = ReasonEntitlementFailedAfterPurchase
 		}
-		// The plan bought for this exhaustion went to concurrent actions.
-		return g.deny(ctx, customer, d, ReasonInsufficientCredits), nil
+		return g.deny(ctx, customer, d, reason), nil
 	}
 	ok, err = g.consume(ctx, &d, customer, metric, cfg, key)
 	if err != nil {

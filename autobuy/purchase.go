@@ -119,6 +119,14 @@ func (g *Gatekeeper) purchase(ctx context.Context, customer quotastack.Customer,
 	return fr, nil
 }
 
+// planUnspent reports whether live blocks of plan p still hold the cost of
+// the refused action (true when the balance can't be read: the caller then
+// reports the more alarming reason).
+func (g *Gatekeeper) planUnspent(ctx context.Context, customer quotastack.Customer, p plan.Plan, ent *quotastack.Entitlement) bool {
+	bal, err := g.client.BalanceWithBlocks(ctx, customer)
+	return err != nil || covered(bal, p, ent)
+}
+
 // covered reports whether live blocks of plan p already hold the cost of the
 // action that was refused.
 func covered(bal *quotastack.Balance, p plan.Plan, ent *quotastack.Entitlement) bool {
