@@ -92,7 +92,7 @@ func escapeSegment(s string) string {
 	b.Grow(len(s) + 8)
 	for i := 0; i < len(s); i++ {
 		c := s[i]
-		if !needsEscape(s[i : i+1]) {
+		if unreserved(c) {
 			b.WriteByte(c)
 			continue
 		}
@@ -105,10 +105,15 @@ func escapeSegment(s string) string {
 
 func needsEscape(s string) bool {
 	for i := 0; i < len(s); i++ {
-		if c := s[i]; !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' ||
-			c == '-' || c == '.' || c == '_' || c == '~') {
+		if !unreserved(s[i]) {
 			return true
 		}
 	}
 	return false
+}
+
+// unreserved reports whether c is an RFC 3986 unreserved character.
+func unreserved(c byte) bool {
+	return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' ||
+		c == '-' || c == '.' || c == '_' || c == '~'
 }
