@@ -18,10 +18,7 @@ import (
 // purchases by the wallet only, and a customer whose plan is used up.
 func recipeFake(walletMC int64) *quotastacktest.Server {
 	srv := quotastacktest.NewServer()
-	_, _ = srv.CreateRule(quotastacktest.Rule{MetricKey: "chat_message", CostType: "per_unit", UnitCost: 1000,
-		Eligible: &quotastacktest.Eligibility{MinPriority: quotastacktest.Ptr(10)}})
-	_, _ = srv.CreateRule(quotastacktest.Rule{MetricKey: "plan_purchase_1hr", CostType: "per_unit", UnitCost: 1,
-		Eligible: &quotastacktest.Eligibility{MaxPriority: quotastacktest.Ptr(0), Expiring: quotastacktest.Ptr(false)}})
+	_ = srv.SeedRecipe()
 	_, _ = srv.Grant("user42:companion7", quotastacktest.Grant{Credits: walletMC})
 	return srv
 }

@@ -30,12 +30,8 @@ func setup(t *testing.T, walletMC int64, opts ...quotastacktest.Option) *world {
 	t.Helper()
 	clock := quotastacktest.NewManualClock(time.Now().UTC().Truncate(time.Second))
 	srv := quotastacktest.Start(t, append([]quotastacktest.Option{quotastacktest.WithClock(clock)}, opts...)...)
-	_, err := srv.CreateRule(quotastacktest.Rule{MetricKey: "chat_message", CostType: "per_unit", UnitCost: 1000,
-		Eligible: &quotastacktest.Eligibility{MinPriority: quotastacktest.Ptr(10)}})
-	require.NoError(t, err)
-	_, err = srv.CreateRule(quotastacktest.Rule{MetricKey: "plan_purchase_1hr", CostType: "per_unit", UnitCost: 1,
-		Eligible: &quotastacktest.Eligibility{MaxPriority: quotastacktest.Ptr(0), Expiring: quotastacktest.Ptr(false)}})
-	require.NoError(t, err)
+	require.NoError(t, srv.SeedRecipe())
+	var err error
 	if walletMC > 0 {
 		_, err = srv.Grant(user, quotastacktest.Grant{Credits: walletMC})
 		require.NoError(t, err)

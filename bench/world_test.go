@@ -28,12 +28,7 @@ var hourPlan = plan.Plan{Type: "1hr", PriceMC: 100_000, CreditsMC: 50_000, Durat
 func newServer(tb testing.TB) *quotastacktest.Server {
 	tb.Helper()
 	srv := quotastacktest.Start(tb)
-	if _, err := srv.CreateRule(quotastacktest.Rule{MetricKey: metric, CostType: "per_unit", UnitCost: 1000,
-		Eligible: &quotastacktest.Eligibility{MinPriority: quotastacktest.Ptr(10)}}); err != nil {
-		tb.Fatal(err)
-	}
-	if _, err := srv.CreateRule(quotastacktest.Rule{MetricKey: hourPlan.Metric(), CostType: "per_unit", UnitCost: 1,
-		Eligible: &quotastacktest.Eligibility{MaxPriority: quotastacktest.Ptr(0), Expiring: quotastacktest.Ptr(false)}}); err != nil {
+	if err := srv.SeedRecipe(hourPlan.Metric()); err != nil {
 		tb.Fatal(err)
 	}
 	return srv

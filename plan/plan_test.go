@@ -31,13 +31,8 @@ func setup(t *testing.T, walletMC int64) *world {
 	t.Helper()
 	clock := quotastacktest.NewManualClock(time.Now().UTC().Truncate(time.Second))
 	srv := quotastacktest.Start(t, quotastacktest.WithClock(clock))
-	_, err := srv.CreateRule(quotastacktest.Rule{MetricKey: "chat_message", CostType: "per_unit", UnitCost: 1000,
-		Eligible: &quotastacktest.Eligibility{MinPriority: quotastacktest.Ptr(10)}})
-	require.NoError(t, err)
-	_, err = srv.CreateRule(quotastacktest.Rule{MetricKey: "plan_purchase_1hr", CostType: "per_unit", UnitCost: 1,
-		Eligible: &quotastacktest.Eligibility{MaxPriority: quotastacktest.Ptr(0), Expiring: quotastacktest.Ptr(false)}})
-	require.NoError(t, err)
-	_, err = srv.Grant(user, quotastacktest.Grant{Credits: walletMC})
+	require.NoError(t, srv.SeedRecipe())
+	_, err := srv.Grant(user, quotastacktest.Grant{Credits: walletMC})
 	require.NoError(t, err)
 	client, err := quotastack.NewClient(srv.APIKey, quotastack.WithBaseURL(srv.URL),
 		quotastack.WithRetry(4, time.Millisecond, 10*time.Millisecond))

@@ -114,3 +114,30 @@ func asError(p *problem) error {
 	}
 	return fmt.Errorf("quotastacktest: %s", p.Detail)
 }
+
+// The metrics of the auto-buy-from-wallet recipe, as SeedRecipe creates them.
+const (
+	RecipeChatMetric     = "chat_message"      // 1,000 mc a message, plan credits only
+	RecipePurchaseMetric = "plan_purchase_1hr" // 1 mc per unit, wallet only
+)
+
+// SeedRecipe creates the metering rules of the auto-buy-from-wallet recipe:
+// RecipeChatMetric at 1,000 mc a message, payable from plan credits only
+// (min_priority 10), and each purchase metric (RecipePurchaseMetric if none is
+// given) at 1 mc per unit, payable from the wallet only (priority 0, no expiry).
+func (s *Server) SeedRecipe(purchaseMetrics ...string) error {
+	if len(purchaseMetrics) == 0 {
+		purchaseMetrics = []string{RecipePurchaseMetric}
+	}
+	if _, err := s.CreateRule(Rule{MetricKey: RecipeChatMetric, CostType: "per_unit", UnitCost: 1000,
+		Eligible: &Eligibility{MinPriority: Ptr(10)}}); err != nil {
+		return err
+	}
+	for _, m := range purchaseMetrics {
+		if _, err := s.CreateRule(Rule{MetricKey: m, CostType: "per_unit", UnitCost: 1,
+			Eligible: &Eligibility{MaxPriority: Ptr(0), Expiring: Ptr(false)}}); err != nil {
+			return err
+		}
+	}
+	return nil
+}

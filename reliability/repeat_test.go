@@ -29,12 +29,7 @@ const envBugs = "QUOTASTACK_BUGS"
 // wallet only.
 func seedRecipe(t *testing.T, srv *quotastacktest.Server, p plan.Plan) {
 	t.Helper()
-	_, err := srv.CreateRule(quotastacktest.Rule{MetricKey: chatMetric, CostType: "per_unit", UnitCost: chatCostMC,
-		Eligible: &quotastacktest.Eligibility{MinPriority: quotastacktest.Ptr(10)}})
-	require.NoError(t, err)
-	_, err = srv.CreateRule(quotastacktest.Rule{MetricKey: p.Metric(), CostType: "per_unit", UnitCost: 1,
-		Eligible: &quotastacktest.Eligibility{MaxPriority: quotastacktest.Ptr(0), Expiring: quotastacktest.Ptr(false)}})
-	require.NoError(t, err)
+	require.NoError(t, srv.SeedRecipe(p.Metric()))
 }
 
 // seedCustomer gives c its wallet and its credits of plan p, if any.

@@ -98,13 +98,8 @@ var hourPlan = plan.Plan{Type: "1hr", PriceMC: 100_000, CreditsMC: 50_000, Durat
 func setup(t *testing.T) *world {
 	t.Helper()
 	srv := quotastacktest.Start(t)
-	_, err := srv.CreateRule(quotastacktest.Rule{MetricKey: "chat_message", CostType: "per_unit", UnitCost: 1000,
-		Eligible: &quotastacktest.Eligibility{MinPriority: quotastacktest.Ptr(10)}})
-	require.NoError(t, err)
-	_, err = srv.CreateRule(quotastacktest.Rule{MetricKey: "plan_purchase_1hr", CostType: "per_unit", UnitCost: 1,
-		Eligible: &quotastacktest.Eligibility{MaxPriority: quotastacktest.Ptr(0), Expiring: quotastacktest.Ptr(false)}})
-	require.NoError(t, err)
-	_, err = srv.Grant("user42:companion7", quotastacktest.Grant{Credits: 250_000})
+	require.NoError(t, srv.SeedRecipe())
+	_, err := srv.Grant("user42:companion7", quotastacktest.Grant{Credits: 250_000})
 	require.NoError(t, err)
 	t.Cleanup(func() { assert.NoError(t, srv.CheckInvariants()) })
 	return &world{srv: srv, cust: quotastack.ExternalID("user42:companion7")}

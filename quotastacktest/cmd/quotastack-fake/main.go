@@ -69,16 +69,7 @@ func main() {
 // seedRecipe creates the recipe's world: chat messages paid by plan credits only, plan
 // purchases paid by the wallet only, and user42:companion7 with a 500,000 mc wallet.
 func seedRecipe(srv *quotastacktest.Server) error {
-	if _, err := srv.CreateRule(quotastacktest.Rule{
-		MetricKey: "chat_message", CostType: "per_unit", UnitCost: 1000,
-		Eligible: &quotastacktest.Eligibility{MinPriority: quotastacktest.Ptr(10)},
-	}); err != nil {
-		return err
-	}
-	if _, err := srv.CreateRule(quotastacktest.Rule{
-		MetricKey: "plan_purchase_1hr", CostType: "per_unit", UnitCost: 1,
-		Eligible: &quotastacktest.Eligibility{MaxPriority: quotastacktest.Ptr(0), Expiring: quotastacktest.Ptr(false)},
-	}); err != nil {
+	if err := srv.SeedRecipe(); err != nil {
 		return err
 	}
 	_, err := srv.Grant("user42:companion7", quotastacktest.Grant{
