@@ -126,8 +126,10 @@ func GrantKey(p Plan, orderID string) string { return "plan-grant:" + p.Type + "
 // the server's 24 h idempotency window) finishes a half-done purchase without
 // debiting again, and returns the same Purchase for a finished one.
 //
-// A wallet that can't pay gives an error matching ErrWalletShort, with
-// nothing granted. Other failures are *Error values carrying the order id.
+// Every attempt of one order must use the same plan, trigger and metadata
+// (they are part of the debit's body). A wallet that can't pay gives an error
+// matching ErrWalletShort, with nothing granted. Other failures are *Error
+// values carrying the order id.
 func Buy(ctx context.Context, c *quotastack.Client, customer quotastack.Customer, p Plan, orderID string, opts ...Option) (*Purchase, error) {
 	cfg := buyConfig{trigger: TriggerManual, now: time.Now}
 	for _, o := range opts {
@@ -159,6 +161,9 @@ func Buy(ctx context.Context, c *quotastack.Client, customer quotastack.Customer
 	if errors.Is(err, quotastack.ErrInsufficientCredits) {
 		// Also a replayed 402: this order failed for good; use a new order id.
 		return nil, fmt.Errorf("%w (order %s): %w", ErrWalletShort, orderID, err)
+	}
+	if errors.Is(err, quotastack.ErrIdempotencyConflict) {
+		return nil, fail(StageDebit, fmt.Errorf("order %s was used before with another plan, trigger or metadata (pass the same ones to finish it): %w", orderID, err))
 	}
 	if err != nil {
 		return nil, fail(StageDebit, err)

@@ -336,3 +336,19 @@ func TestCatalog(t *testing.T) {
 	_, err = plan.NewCatalog(plan.Plan{Type: "bad"})
 	assert.Error(t, err)
 }
+
+func TestSameOrderWithAnotherTriggerIsRefused(t *testing.T) {
+	t.Parallel()
+	w := setup(t, 250_000)
+	_, err := plan.Buy(context.Background(), w.client, w.cust, hourPlan, "ord_x")
+	require.NoError(t, err)
+
+	_, err = plan.Buy(context.Background(), w.client, w.cust, hourPlan, "ord_x", plan.WithTrigger(plan.TriggerAutoBuy))
+	require.Error(t, err)
+	assert.ErrorIs(t, err, quotastack.ErrIdempotencyConflict)
+	var perr *plan.Error
+	require.ErrorAs(t, err, &perr)
+	assert.Equal(t, plan.StageDebit, perr.Stage)
+	assert.Equal(t, int64(150_000), w.wallet(), "charged once")
+	assert.Len(t, w.planBlocks(), 1)
+}
