@@ -24,10 +24,12 @@ func runGates(t *testing.T, w *world, gates []*autobuy.Gatekeeper, n int) (allow
 	var wg sync.WaitGroup
 	var ok atomic.Int32
 	errs := make(chan error, n)
+	start := make(chan struct{}) // all gates start together, during the same exhaustion
 	for i := range n {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			<-start
 			d, err := gates[i%len(gates)].Gate(context.Background(), w.cust, "chat_message", autobuy.WithEventID(fmt.Sprintf("msg_%d", i)))
 			if err != nil {
 				errs <- err
@@ -38,6 +40,7 @@ func runGates(t *testing.T, w *world, gates []*autobuy.Gatekeeper, n int) (allow
 			}
 		}()
 	}
+	close(start)
 	wg.Wait()
 	close(errs)
 	for err := range errs {
@@ -54,9 +57,12 @@ func TestConcurrentGatesBuyOnePlan(t *testing.T) {
 		actions  int
 		latency  time.Duration
 	}{
-		// One process: gates that saw the exhaustion share one purchase; the
-		// 50 actions the plan covers go through, the other 50 are denied.
-		{"100 goroutines, one client", 1, 100, 0},
+		// One process: gates that began during the exhaustion share one
+		// purchase; the 50 actions the plan covers go through, the other 50
+		// are denied. (The latency makes every goroutine begin before the
+		// purchase ends: a gate that began after the plan was used up would
+		// meet a new exhaustion and rightly buy the next plan.)
+		{"100 goroutines, one client", 1, 100, 5 * time.Millisecond},
 		// Replicas without a shared lock: only the derived keys keep the
 		// purchase single. 40 actions fit in one plan, so the plan never runs
 		// out and a second purchase could only be a double charge.
