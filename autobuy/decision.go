@@ -1,43 +1,91 @@
 package autobuy
 
 import (
+	"time"
+
 	"github.com/quotastack/quotastack-go"
 	"github.com/quotastack/quotastack-go/plan"
 )
 
-// Reason says why a gate allowed or denied an action.
+// Reason says why a gate allowed or denied an action. The README's table of
+// reasons says what an application should show for each and whether it is
+// final or worth retrying.
 type Reason string
 
 // The reasons of a Decision.
 const (
-	// ReasonEntitled: allowed on the credits the customer already had.
+	// ReasonEntitled: allowed on the credits the customer already had (or on a
+	// plan another gate bought for the same exhaustion).
 	ReasonEntitled Reason = "entitled"
-	// ReasonAutoBought: allowed after a plan was bought from the wallet for it
-	// (by this gate, or by a concurrent gate it waited for).
+	// ReasonAutoBought: allowed after this gate bought (or finished) a plan
+	// from the wallet for it.
 	ReasonAutoBought Reason = "auto_bought"
-	// ReasonPlanExpired: denied; the customer turned auto-buy off. Show the plan picker.
+	// ReasonPlanExpired: denied; the plan credits ran out and the customer
+	// turned auto-buy off (or no plan applies). Show the plan picker.
 	ReasonPlanExpired Reason = "plan_expired"
 	// ReasonEmptyWallet: denied; the wallet can't cover the plan. Show the paywall.
 	ReasonEmptyWallet Reason = "empty_wallet"
-	// ReasonEntitlementFailedAfterPurchase: denied; a plan was bought but the
-	// check still fails (a misconfigured plan or rule). Never retried in a loop.
+	// ReasonEntitlementFailedAfterPurchase: denied; a plan was bought and its
+	// credits are there, but the check still fails (a misconfigured plan or
+	// rule). Auto-buy is suspended for this customer and metric.
 	ReasonEntitlementFailedAfterPurchase Reason = "entitlement_failed_after_purchase"
-	// ReasonInsufficientCredits: denied; the plan bought for the exhaustion this
-	// gate saw went to concurrent actions before this one. A new gate (the
-	// user's retry) meets a new exhaustion and may buy again.
+	// ReasonInsufficientCredits: denied; the plan bought for the exhaustion
+	// this gate saw went to concurrent actions first. The user's retry (a new
+	// gate) meets a new exhaustion and may buy again.
 	ReasonInsufficientCredits Reason = "insufficient_credits"
-	// ReasonUnavailable: QuotaStack could not be asked and the gate's fallback
-	// policy decided (see Decision.Fallback and Decision.Err).
+	// ReasonActionTooLarge: denied before buying; one plan can't cover this
+	// action (its units cost more than the plan grants plus what is left).
+	ReasonActionTooLarge Reason = "action_too_large"
+	// ReasonNoAccount: denied; QuotaStack doesn't know the customer (404
+	// customer-not-found). Create the account (a grant or topup does) first.
+	ReasonNoAccount Reason = "no_account"
+	// ReasonPurchaseLimit: denied; the customer reached the gate's auto-buy
+	// limit for the period (Decision.Limit says which and when it resets).
+	// Show the paywall.
+	ReasonPurchaseLimit Reason = "purchase_limit"
+	// ReasonAutoBuySuspended: denied; auto-buy is suspended for this customer
+	// and metric after an entitlement_failed_after_purchase (Decision.Limit
+	// says until when). Show the plan picker; fix the plan or rule.
+	ReasonAutoBuySuspended Reason = "auto_buy_suspended"
+	// ReasonPurchaseUnavailable: denied; a purchase was needed but could not be
+	// attempted safely (the Locker, the Journal or the preference callback
+	// failed, or an earlier purchase of this customer awaits confirmation).
+	// Nothing was debited by this gate; worth retrying (Decision.Err says why).
+	ReasonPurchaseUnavailable Reason = "purchase_unavailable"
+	// ReasonUnavailable: QuotaStack could not answer (transport error,
+	// timeout, 5xx, 429 after retries) and the gate's fallback policy decided
+	// (see Decision.Fallback and Decision.Err).
 	ReasonUnavailable Reason = "unavailable"
 )
+
+// Final reports whether retrying the same action soon can't change the answer
+// without the customer or the tenant doing something (paying, opting in,
+// fixing configuration).
+func (r Reason) Final() bool {
+	switch r {
+	case ReasonInsufficientCredits, ReasonPurchaseUnavailable, ReasonUnavailable:
+		return false
+	}
+	return true
+}
+
+// Limit describes the limit behind a purchase_limit or auto_buy_suspended denial.
+type Limit struct {
+	Kind     string // "purchases_per_period" or "suspended"
+	Max      int    // the limit's count (purchases per period), 0 for a suspension
+	Period   time.Duration
+	ResetsAt time.Time // when auto-buy is possible again (zero: until lifted)
+}
 
 // Decision is the answer of a gate: allowed or not, and why. Denials are
 // decisions, not errors.
 type Decision struct {
 	Allowed bool
 	Reason  Reason
-	// Purchase is the plan bought (or finished) while gating, if any; it is
-	// shared by all gates that waited for the same purchase.
+	// CustomerID is the QuotaStack id of the customer the gate resolved
+	// (whichever id form the caller used); "" when the check didn't answer.
+	CustomerID string
+	// Purchase is the plan bought (or finished) while gating, if any.
 	Purchase *plan.Purchase
 	// Entitlement is the last entitlement check seen.
 	Entitlement *quotastack.Entitlement
@@ -49,8 +97,11 @@ type Decision struct {
 	Hold *quotastack.Reservation
 	// WalletMC is the wallet balance seen when a purchase was considered, in millicredits.
 	WalletMC int64
+	// Limit is set on purchase_limit and auto_buy_suspended denials.
+	Limit *Limit
 	// Fallback is true when the decision came from the gate's outage policy;
-	// Err is then the error that made QuotaStack unreachable.
+	// Err is then the error that made QuotaStack unreachable. Err is also set
+	// on purchase_unavailable denials.
 	Fallback bool
 	Err      error
 }

@@ -34,6 +34,19 @@ const (
 	FailOpen
 )
 
+// String returns the policy's name ("return_error", "fail_closed", "fail_open").
+func (p FallbackPolicy) String() string {
+	switch p {
+	case ReturnError:
+		return "return_error"
+	case FailClosed:
+		return "fail_closed"
+	case FailOpen:
+		return "fail_open"
+	}
+	return "FallbackPolicy(" + strconv.Itoa(int(p)) + ")"
+}
+
 // Hooks are called after the gate's notable outcomes; each may be nil. They
 // run on the gating goroutine and should return quickly.
 type Hooks struct {
@@ -44,6 +57,9 @@ type Hooks struct {
 	Paywall func(ctx context.Context, customer quotastack.Customer, d Decision)
 	// PurchaseFailed is called when a purchase could not be completed.
 	PurchaseFailed func(ctx context.Context, customer quotastack.Customer, err error)
+	// Decided is called once per Gate call with its outcome (the decision, or
+	// the error returned), for tracing and metrics; metric is the gated metric.
+	Decided func(ctx context.Context, customer quotastack.Customer, metric string, d Decision, err error)
 }
 
 // PlanChooser picks the plan to auto-buy for a customer whose entitlement to
@@ -211,7 +227,10 @@ func (g *Gatekeeper) Gate(ctx context.Context, customer quotastack.Customer, met
 	}
 	d, err := g.gate(ctx, customer, metric, cfg, &key)
 	if err != nil && !errors.Is(err, quotastack.ErrInvalidInput) {
-		return g.fallbackDecision(ctx, customer, metric, d, err)
+		d, err = g.fallbackDecision(ctx, customer, metric, d, err)
+	}
+	if g.hooks.Decided != nil {
+		g.hooks.Decided(ctx, customer, metric, d, err)
 	}
 	return d, err
 }
@@ -377,7 +396,7 @@ func (g *Gatekeeper) deny(ctx context.Context, customer quotastack.Customer, d D
 
 func (g *Gatekeeper) fallbackDecision(ctx context.Context, customer quotastack.Customer, metric string, d Decision, err error) (Decision, error) {
 	g.log.WarnContext(ctx, "autobuy: QuotaStack unavailable", "customer", customer.String(), "metric", metric,
-		"policy", strconv.Itoa(int(g.fallback)), "error", err)
+		"policy", g.fallback.String(), "error", err)
 	switch g.fallback {
 	case FailClosed:
 		return Decision{Allowed: false, Reason: ReasonUnavailable, Fallback: true, Err: err, Entitlement: d.Entitlement, Purchase: d.Purchase}, nil
