@@ -365,6 +365,9 @@ func (c *Client) do(ctx context.Context, method, path, query string, body, out a
 	}
 	if out != nil {
 		if trimmed := bytes.TrimSpace(respBody); len(trimmed) == 0 || bytes.Equal(trimmed, []byte("null")) {
+			if e, ok := out.(emptyAccepter); ok && e.acceptsEmpty(resp.StatusCode) {
+				return meta, nil
+			}
 			return meta, c.apiError(method, path, meta, resp, respBody, errEmptyBody)
 		}
 		if err := json.Unmarshal(respBody, out); err != nil {

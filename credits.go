@@ -1,7 +1,9 @@
 package quotastack
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"net/http"
 	"time"
 )
@@ -15,14 +17,42 @@ const (
 
 // Block is one immutable credit grant and what remains of it, in millicredits.
 type Block struct {
-	ID              string            `json:"id"`
-	OriginalAmount  int64             `json:"original_amount"`
-	RemainingAmount int64             `json:"remaining_amount"`
-	Priority        int               `json:"priority"`
-	ExpiresAt       *time.Time        `json:"expires_at"` // nil: never expires
-	Source          string            `json:"source"`
-	Metadata        map[string]string `json:"metadata,omitempty"`
-	CreatedAt       time.Time         `json:"created_at"`
+	ID              string     `json:"id"`
+	OriginalAmount  int64      `json:"original_amount"`
+	RemainingAmount int64      `json:"remaining_amount"`
+	Priority        int        `json:"priority"`
+	ExpiresAt       *time.Time `json:"expires_at"` // nil: never expires
+	Source          string     `json:"source"`
+	Metadata        Metadata   `json:"metadata,omitempty"`
+	CreatedAt       time.Time  `json:"created_at"`
+}
+
+// Metadata is a block's free-form metadata: any JSON value by key. Numbers
+// decode as json.Number (never float64), objects as map[string]any, arrays as
+// []any. The SDK's own lookups (order_id, plan_type, source) use Get, which
+// reads string values only.
+type Metadata map[string]any
+
+// Get returns the value of key when it is a JSON string, and "" otherwise.
+func (m Metadata) Get(key string) string {
+	s, _ := m[key].(string)
+	return s
+}
+
+// UnmarshalJSON decodes any JSON object, keeping numbers as json.Number.
+func (m *Metadata) UnmarshalJSON(b []byte) error {
+	if bytes.Equal(bytes.TrimSpace(b), []byte("null")) {
+		*m = nil
+		return nil
+	}
+	d := json.NewDecoder(bytes.NewReader(b))
+	d.UseNumber()
+	var out map[string]any
+	if err := d.Decode(&out); err != nil {
+		return err
+	}
+	*m = out
+	return nil
 }
 
 // IsWallet reports whether b is wallet credit: priority 0 and no expiry.

@@ -35,7 +35,7 @@ func TestMoreEndpointRequests(t *testing.T) {
 				_, err := c.CreateCustomer(ctx, "user42:companion7", "Ann")
 				return err
 			},
-			body: `{"external_id":"user42:companion7","display_name":"Ann"}`, wantKey: "customer:user42:companion7",
+			body: `{"external_id":"user42:companion7","display_name":"Ann"}`, wantKey: "customer:user42%3Acompanion7",
 		},
 		{
 			name: "create customer, caller key wins", method: http.MethodPost, path: "/v1/customers",
@@ -171,12 +171,35 @@ func TestDeriveKey(t *testing.T) {
 	assert.Equal(t, "signup-grant:u1", quotastack.SignupGrantKey("u1"))
 	assert.Equal(t, "action-grant:u1:a1", quotastack.ActionGrantKey("u1", "a1"))
 	assert.Equal(t, "plan:starter", quotastack.DeriveKey("plan", "starter"))
-	for _, id := range []string{"has space", "clé", strings.Repeat("x", 300)} {
-		k := quotastack.DeriveKey("customer", id)
-		assert.Regexp(t, `^customer:h[0-9a-f]{32}$`, k, "invalid ids are hashed")
-		assert.Equal(t, k, quotastack.DeriveKey("customer", id), "deterministic")
+	tests := []struct{ id, want string }{
+		{"has space", "customer:has%20space"},
+		{"clé", "customer:cl%C3%A9"},
+		{"user42:companion7", "customer:user42%3Acompanion7"},
+		{strings.Repeat("x", 300), "customer:%h"},
+	}
+	for _, tt := range tests {
+		k := quotastack.DeriveKey("customer", tt.id)
+		assert.True(t, strings.HasPrefix(k, tt.want) && (k == tt.want || strings.HasSuffix(tt.want, "%h")), "%q: %s", tt.id, k)
+		assert.Equal(t, k, quotastack.DeriveKey("customer", tt.id), "deterministic")
 	}
 	assert.NotEqual(t, quotastack.DeriveKey("p", "a b"), quotastack.DeriveKey("p", "a  b"))
+	// The collision of the issue: a compound user id against a compound action id.
+	assert.NotEqual(t, quotastack.ActionGrantKey("user42:companion7", "like"), quotastack.ActionGrantKey("user42", "companion7:like"))
+}
+
+// FuzzGrantKeysInjective: two different (user, action) pairs never share an
+// action-grant key, and a signup key never equals another user's.
+func FuzzGrantKeysInjective(f *testing.F) {
+	f.Add("user42:companion7", "like", "user42", "companion7:like")
+	f.Add("a%3Ab", "c", "a:b", "c")
+	f.Fuzz(func(t *testing.T, u1, a1, u2, a2 string) {
+		if (u1 != u2 || a1 != a2) && quotastack.ActionGrantKey(u1, a1) == quotastack.ActionGrantKey(u2, a2) {
+			t.Fatalf("ActionGrantKey(%q,%q) == ActionGrantKey(%q,%q)", u1, a1, u2, a2)
+		}
+		if u1 != u2 && quotastack.SignupGrantKey(u1) == quotastack.SignupGrantKey(u2) {
+			t.Fatalf("SignupGrantKey(%q) == SignupGrantKey(%q)", u1, u2)
+		}
+	})
 }
 
 func TestDecodeCustomerAndReservation(t *testing.T) {

@@ -270,7 +270,7 @@ func TestDecodeBalanceWithBlocks(t *testing.T) {
 		CreatedAt: time.Date(2026, 11, 1, 11, 0, 0, 0, time.UTC),
 	}, got.Blocks[1])
 	assert.Nil(t, got.Blocks[0].ExpiresAt)
-	assert.Equal(t, map[string]string{"package_id": "pkg_100"}, got.Blocks[0].Metadata)
+	assert.Equal(t, quotastack.Metadata{"package_id": "pkg_100"}, got.Blocks[0].Metadata)
 	assert.Equal(t, int64(100000), got.WalletMC())
 	assert.Equal(t, int64(50000), got.PlanMC())
 	assert.Equal(t, []string{"blk_wallet"}, blockIDs(got.WalletBlocks()))
@@ -302,7 +302,7 @@ func TestDecodeUsageEvent(t *testing.T) {
 				Units: 2, Cost: 2000, BalanceAfter: 148000, CreatedAt: time.Date(2026, 11, 1, 10, 0, 0, 0, time.UTC)},
 		},
 		{name: "201 accepted as success", status: 201, body: `{"id":"evt_2","units":2}`, want: quotastack.UsageEvent{ID: "evt_2", Units: 2}},
-		{name: "postpaid 202 with fewer fields", status: 202, body: `{"id":"evt_3"}`, want: quotastack.UsageEvent{ID: "evt_3"}},
+		{name: "postpaid 202 with fewer fields", status: 202, body: `{"id":"evt_3"}`, want: quotastack.UsageEvent{ID: "evt_3", Accepted: true}},
 		{name: "unknown fields ignored", status: 200, body: `{"id":"evt_4","new_field":{"x":1}}`, want: quotastack.UsageEvent{ID: "evt_4"}},
 	}
 	for _, tt := range tests {
@@ -366,7 +366,7 @@ func TestDecodeTopupGrant(t *testing.T) {
 		CustomerID: uuid, ExternalCustomerID: "user_abc",
 		Block: quotastack.Block{ID: "blk_1", OriginalAmount: 50000, RemainingAmount: 50000, Priority: 10,
 			ExpiresAt: ptr(time.Date(2026, 11, 2, 10, 0, 0, 0, time.UTC)), Source: "topup",
-			Metadata: map[string]string{"trigger": "auto_buy"}, CreatedAt: time.Date(2026, 11, 1, 10, 0, 0, 0, time.UTC)},
+			Metadata: quotastack.Metadata{"trigger": "auto_buy"}, CreatedAt: time.Date(2026, 11, 1, 10, 0, 0, 0, time.UTC)},
 		Balance: 200000, EffectiveBalance: 190000,
 		Meta: quotastack.ResponseMeta{StatusCode: 201, RequestID: "req_9", IdempotencyKey: "plan-grant:starter:ord_1",
 			Replayed: true, Attempts: 1},

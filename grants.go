@@ -2,10 +2,7 @@ package quotastack
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"net/http"
-	"strings"
 	"time"
 
 	"github.com/quotastack/quotastack-go/internal/idem"
@@ -64,14 +61,9 @@ func ActionGrantKey(userID, actionID string) string {
 	return DeriveKey("action-grant", userID, actionID)
 }
 
-// DeriveKey joins prefix and ids with ':' into an idempotency key. Ids that
-// would make an invalid key (spaces, non-ASCII, too long) are replaced by a
-// hash of the ids, so the key stays deterministic.
-func DeriveKey(prefix string, ids ...string) string {
-	k := prefix + ":" + strings.Join(ids, ":")
-	if idem.Check(k) == nil {
-		return k
-	}
-	h := sha256.Sum256([]byte(strings.Join(ids, "\x00")))
-	return prefix + ":h" + hex.EncodeToString(h[:16])
-}
+// DeriveKey builds a deterministic idempotency key "prefix:id1:id2..." from
+// business ids. It is injective: ids are escaped ('%' → "%25", ':' → "%3A",
+// and bytes outside printable ASCII as "%XX"), so two different id lists never
+// share a key; a key that would pass 255 bytes becomes "prefix:%h" + a SHA-256
+// of the ids.
+func DeriveKey(prefix string, ids ...string) string { return idem.Join(prefix, ids...) }

@@ -39,7 +39,9 @@ func (p UsageParams) body() usageBody {
 }
 
 // UsageEvent is a recorded usage event. Cost and BalanceAfter are in
-// millicredits; a postpaid server may answer 202 with fewer fields.
+// millicredits. A server that debits asynchronously answers 202 Accepted,
+// possibly with no body: the event is then Accepted, its fields may be zero,
+// and the debit is not confirmed yet.
 type UsageEvent struct {
 	ID                 string    `json:"id"`
 	CustomerID         string    `json:"customer_id"`
@@ -49,9 +51,23 @@ type UsageEvent struct {
 	Cost               int64     `json:"cost"`
 	BalanceAfter       int64     `json:"balance_after"`
 	CreatedAt          time.Time `json:"created_at"`
+	// Accepted is true when the server answered 202 Accepted: it took the
+	// event and will debit it later, so Cost and BalanceAfter are not final.
+	Accepted bool `json:"-"`
 
 	Meta ResponseMeta `json:"-"`
 }
+
+// Confirmed reports whether the answer proves the debit happened: a 200 or
+// 201 naming the recorded event. A 202 (or an answer without an event id)
+// only says the server took the event.
+func (e *UsageEvent) Confirmed() bool { return !e.Accepted && e.ID != "" }
+
+// emptyAccepter is an answer type that a body-less 2xx may leave empty.
+type emptyAccepter interface{ acceptsEmpty(status int) bool }
+
+// acceptsEmpty: a 202 may come without a body (an asynchronous debit).
+func (e *UsageEvent) acceptsEmpty(status int) bool { return status == http.StatusAccepted }
 
 // Record records a usage event, which the server prices and debits. Pass
 // WithIdempotencyKey("usage:"+yourEventID) so a retry never charges twice;
@@ -68,6 +84,7 @@ func (c *Client) Record(ctx context.Context, p UsageParams, opts ...CallOption) 
 		return nil, err
 	}
 	out.Meta = *meta
+	out.Accepted = meta.StatusCode == http.StatusAccepted
 	return &out, nil
 }
 

@@ -133,7 +133,7 @@ func covered(bal *quotastack.Balance, p plan.Plan, ent *quotastack.Entitlement) 
 	need := max(ent.EstimatedCost, 1)
 	var have int64
 	for _, b := range bal.PlanBlocks() {
-		if b.Metadata["plan_type"] == p.Type && b.Priority == p.BlockPriority() {
+		if b.Metadata.Get("plan_type") == p.Type && b.Priority == p.BlockPriority() {
 			have += b.RemainingAmount
 		}
 	}

@@ -224,10 +224,10 @@ func queuedStart(ctx context.Context, c *quotastack.Client, customer quotastack.
 		return time.Time{}, err
 	}
 	for _, b := range bal.PlanBlocks() {
-		if b.Priority != p.BlockPriority() || b.Metadata["order_id"] == orderID {
+		if b.Priority != p.BlockPriority() || b.Metadata.Get("order_id") == orderID {
 			continue
 		}
-		if t := b.Metadata["plan_type"]; t != "" && t != p.Type {
+		if t := b.Metadata.Get("plan_type"); t != "" && t != p.Type {
 			continue
 		}
 		if !debit.CreatedAt.IsZero() && b.CreatedAt.After(debit.CreatedAt) {
@@ -246,7 +246,7 @@ func findGrantedBlock(ctx context.Context, c *quotastack.Client, customer quotas
 		return quotastack.Block{}, false
 	}
 	for _, b := range bal.Blocks {
-		if b.Metadata["order_id"] == orderID && b.Metadata["source"] == "plan_grant" && b.ExpiresAt != nil {
+		if b.Metadata.Get("order_id") == orderID && b.Metadata.Get("source") == "plan_grant" && b.ExpiresAt != nil {
 			return b, true
 		}
 	}

@@ -3,7 +3,11 @@ package idem
 
 import (
 	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
+	"strconv"
+	"strings"
 )
 
 // MaxKeyLen is the longest Idempotency-Key the client sends.
@@ -29,3 +33,47 @@ func Check(key string) error {
 	}
 	return nil
 }
+
+// Join builds a deterministic, injective idempotency key from prefix and
+// parts: "prefix:part1:part2...", where each part is escaped so that it
+// holds no ':' ('%' becomes "%25", ':' "%3A", and every byte outside
+// printable ASCII "%XX"). Different part lists therefore never give the same
+// key. A key that would pass MaxKeyLen becomes "prefix:%h" + the SHA-256 of
+// the length-prefixed parts, a form no escaped part can take.
+func Join(prefix string, parts ...string) string {
+	n := len(prefix)
+	for _, p := range parts {
+		n += 1 + len(p)
+	}
+	var b strings.Builder
+	b.Grow(n + 8)
+	b.WriteString(prefix)
+	for _, p := range parts {
+		b.WriteByte(':')
+		for i := 0; i < len(p); i++ {
+			c := p[i]
+			if c <= ' ' || c > '~' || c == ':' || c == '%' {
+				b.WriteByte('%')
+				b.WriteByte(hexDigits[c>>4])
+				b.WriteByte(hexDigits[c&15])
+				continue
+			}
+			b.WriteByte(c)
+		}
+		if b.Len() > MaxKeyLen {
+			break
+		}
+	}
+	if b.Len() <= MaxKeyLen {
+		return b.String()
+	}
+	h := sha256.New()
+	for _, p := range parts {
+		h.Write([]byte(strconv.Itoa(len(p))))
+		h.Write([]byte{':'})
+		h.Write([]byte(p))
+	}
+	return prefix + ":%h" + hex.EncodeToString(h.Sum(nil))
+}
+
+const hexDigits = "0123456789ABCDEF"

@@ -119,7 +119,7 @@ func (e *Env) PrintLedger(ctx context.Context, c quotastack.Customer) error {
 			exp = blk.ExpiresAt.UTC().Format(time.RFC3339)
 		}
 		e.Printf("  block %-30s priority %2d  %9s of %9s left  expires %-20s  %s\n", blk.ID, blk.Priority,
-			MC(blk.RemainingAmount), MC(blk.OriginalAmount), exp, Meta(blk.Metadata))
+			MC(blk.RemainingAmount), MC(blk.OriginalAmount), exp, Meta(blockMeta(blk.Metadata)))
 	}
 	return nil
 }
@@ -168,4 +168,15 @@ func Meta(m map[string]string) string {
 		parts[i] = k + "=" + m[k]
 	}
 	return strings.Join(parts, " ")
+}
+
+// blockMeta keeps the string values of a block's metadata, for printing.
+func blockMeta(m quotastack.Metadata) map[string]string {
+	out := make(map[string]string, len(m))
+	for k := range m {
+		if v := m.Get(k); v != "" {
+			out[k] = v
+		}
+	}
+	return out
 }
