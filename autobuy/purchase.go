@@ -94,7 +94,7 @@ func (g *Gatekeeper) purchase(ctx context.Context, customer quotastack.Customer,
 		order = orderID(customer, p, bal)
 	}
 	pur, err := plan.Buy(ctx, g.client, customer, p, order,
-		append([]plan.Option{plan.WithTrigger(plan.TriggerAutoBuy)}, g.planOpts...)...)
+		append([]plan.Option{plan.WithTrigger(plan.TriggerAutoBuy), plan.WithWalletBefore(fr.walletMC)}, g.planOpts...)...)
 	var perr *plan.Error
 	switch {
 	case errors.As(err, &perr):

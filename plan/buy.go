@@ -30,51 +30,6 @@ const (
 	Queued
 )
 
-// Stage names the step of a purchase an error happened in.
-type Stage string
-
-// The steps of a purchase.
-const (
-	StageDebit Stage = "debit"
-	StageGrant Stage = "grant"
-)
-
-var (
-	// ErrWalletShort: the wallet can't cover the plan's price; nothing was
-	// debited or granted. Such errors also match quotastack.ErrInsufficientCredits.
-	ErrWalletShort = errors.New("plan: wallet can't cover the plan price")
-	// ErrHalfDone: the wallet was debited but the plan was not granted yet.
-	// Call Buy again with the same order id to finish it; it won't debit again.
-	ErrHalfDone = errors.New("plan: purchase half done (debited, not granted)")
-)
-
-// Error is a purchase that did not complete. OrderID is what a later Buy
-// needs to finish it; Stage says where it stopped.
-type Error struct {
-	OrderID  string
-	PlanType string
-	Customer quotastack.Customer
-	Stage    Stage
-	// Debit is the recorded debit when Stage is StageGrant.
-	Debit *quotastack.UsageEvent
-	Err   error
-}
-
-func (e *Error) Error() string {
-	if e.Stage == StageGrant {
-		return fmt.Sprintf("plan %s order %s: wallet debited but plan not granted; call Buy again with order id %q to finish (it will not debit again): %v",
-			e.PlanType, e.OrderID, e.OrderID, e.Err)
-	}
-	return fmt.Sprintf("plan %s order %s: debit failed (it may or may not have executed; Buy with order id %q again is safe for 24 h): %v",
-		e.PlanType, e.OrderID, e.OrderID, e.Err)
-}
-
-// Unwrap returns the underlying error.
-func (e *Error) Unwrap() error { return e.Err }
-
-// Is makes errors.Is(err, ErrHalfDone) true for a purchase stopped after its debit.
-func (e *Error) Is(target error) bool { return target == ErrHalfDone && e.Stage == StageGrant }
-
 // Purchase is a completed plan purchase.
 type Purchase struct {
 	OrderID   string
@@ -99,6 +54,7 @@ type buyConfig struct {
 	activation Activation
 	metadata   map[string]string
 	now        func() time.Time
+	wallet     *int64
 }
 
 // WithClock sets the clock Buy compares the server's debit time with
@@ -114,11 +70,10 @@ func WithActivation(a Activation) Option { return func(c *buyConfig) { c.activat
 // WithMetadata adds metadata to both steps (the purchase's own keys win).
 func WithMetadata(m map[string]string) Option { return func(c *buyConfig) { c.metadata = m } }
 
-// DebitKey and GrantKey return the idempotency keys of an order's two steps.
-func DebitKey(p Plan, orderID string) string { return "plan-debit:" + p.Type + ":" + orderID }
-
-// GrantKey returns the idempotency key of an order's grant step.
-func GrantKey(p Plan, orderID string) string { return "plan-grant:" + p.Type + ":" + orderID }
+// WithWalletBefore tells Buy the wallet balance (in millicredits) read just
+// before this order's first debit, so Buy need not read it itself. Buy uses
+// it only to confirm a debit the server answered 202 Accepted.
+func WithWalletBefore(mc int64) Option { return func(c *buyConfig) { c.wallet = &mc } }
 
 // Buy buys plan p for customer from its wallet: it debits p.PriceMC with key
 // "plan-debit:{type}:{order}", then grants p.CreditsMC with key
@@ -126,108 +81,215 @@ func GrantKey(p Plan, orderID string) string { return "plan-grant:" + p.Type + "
 // the server's 24 h idempotency window) finishes a half-done purchase without
 // debiting again, and returns the same Purchase for a finished one.
 //
+// A failed Buy says one of two things (besides success): ErrNotBought, the
+// order failed for good and nothing was debited (a new order id is safe;
+// ErrWalletShort is one such case); or ErrUnknownOutcome, the debit may have
+// landed: retry with the same order id, never a new one (ErrHalfDone is the
+// case where the debit is known to have landed). A plan is granted only after
+// a confirmed debit: a debit answered 202 Accepted is confirmed by the wallet
+// balance dropping by the price, read before the debit (see WithWalletBefore)
+// and after it.
+//
 // Every attempt of one order must use the same plan, trigger and metadata
-// (they are part of the debit's body). A wallet that can't pay gives an error
-// matching ErrWalletShort, with nothing granted. Other failures are *Error
-// values carrying the order id.
+// (they are part of the debit's body).
 func Buy(ctx context.Context, c *quotastack.Client, customer quotastack.Customer, p Plan, orderID string, opts ...Option) (*Purchase, error) {
 	cfg := buyConfig{trigger: TriggerManual, now: time.Now}
 	for _, o := range opts {
 		o(&cfg)
 	}
 	if c == nil {
-		return nil, errors.New("plan: nil client")
+		return nil, fmt.Errorf("%w: %w: plan: nil client", ErrNotBought, quotastack.ErrInvalidInput)
 	}
-	if err := p.Validate(); err != nil {
-		return nil, fmt.Errorf("%w: %w", quotastack.ErrInvalidInput, err)
+	o := Order{ID: orderID, Plan: p, Customer: customer, Trigger: cfg.trigger, Activation: cfg.activation, Metadata: cfg.metadata}
+	if err := o.Validate(); err != nil {
+		return nil, err
 	}
-	if customer.IsZero() {
-		return nil, fmt.Errorf("%w: plan: empty customer", quotastack.ErrInvalidInput)
+	if cfg.wallet == nil {
+		bal, err := c.BalanceWithBlocks(ctx, customer)
+		if err != nil {
+			return nil, o.fail(StageDebit, OutcomeFailed, nil, fmt.Errorf("reading the wallet before the debit: %w", err))
+		}
+		w := bal.WalletMC()
+		cfg.wallet = &w
 	}
-	pur := &Purchase{OrderID: orderID, Plan: p, Customer: customer, Trigger: cfg.trigger,
-		DebitKey: DebitKey(p, orderID), GrantKey: GrantKey(p, orderID)}
-	if orderID == "" || idem.Check(pur.GrantKey) != nil {
-		return nil, fmt.Errorf("%w: plan: order id must be non-empty printable ASCII without spaces (at most ~200 bytes)", quotastack.ErrInvalidInput)
-	}
-	fail := func(stage Stage, err error) error {
-		return &Error{OrderID: orderID, PlanType: p.Type, Customer: customer, Stage: stage, Debit: pur.Debit, Err: err}
-	}
-
-	meta := p.metadata(cfg.metadata)
-	meta["plan_type"], meta["order_id"], meta["trigger"] = p.Type, orderID, string(cfg.trigger)
-	debit, err := c.Record(ctx, quotastack.UsageParams{
-		Customer: customer, MetricKey: p.Metric(), Units: p.PriceMC, Metadata: meta,
-	}, quotastack.WithIdempotencyKey(pur.DebitKey))
-	if errors.Is(err, quotastack.ErrInsufficientCredits) {
-		// Also a replayed 402: this order failed for good; use a new order id.
-		return nil, fmt.Errorf("%w (order %s): %w", ErrWalletShort, orderID, err)
-	}
-	if errors.Is(err, quotastack.ErrIdempotencyConflict) {
-		return nil, fail(StageDebit, fmt.Errorf("order %s was used before with another plan, trigger or metadata (pass the same ones to finish it): %w", orderID, err))
-	}
+	pur := o.purchase()
+	debit, err := o.Debit(ctx, c)
 	if err != nil {
-		return nil, fail(StageDebit, err)
+		return nil, err
 	}
 	pur.Debit, pur.DebitReplayed = debit, debit.Meta.Replayed
-
-	// The grant body must be byte-identical on every attempt of this order, or
-	// the server would answer an idempotency conflict. So the expiry is derived
-	// from the debit's created_at, which a replayed debit returns unchanged.
-	start := debit.CreatedAt.UTC().Truncate(time.Second)
-	now := cfg.now().UTC().Truncate(time.Second)
-	if start.IsZero() {
-		// A server that doesn't return created_at (e.g. a 202): best effort.
-		start = now
+	if !debit.Confirmed() {
+		if err := o.Confirm(ctx, c, *cfg.wallet); err != nil {
+			return nil, err
+		}
 	}
-	if pur.DebitReplayed && now.After(start.Add(p.Duration/2)) {
-		// Finishing late (more than half the plan would be gone before the
-		// grant): start the plan now, so the customer gets what they paid for.
-		// If an earlier late attempt did grant, the server answers a conflict
-		// and the block is found below.
-		start = now
-	}
-	if cfg.activation == Queued {
-		if start, err = queuedStart(ctx, c, customer, p, orderID, debit, start); err != nil {
-			return nil, fail(StageGrant, err)
+	now := cfg.now()
+	start := o.Start(debit, now)
+	if o.Activation == Queued {
+		if start, err = o.QueuedStart(ctx, c, debit, start); err != nil {
+			return nil, o.fail(StageGrant, OutcomeUnknown, debit, err)
 		}
 	}
 	pur.ExpiresAt = start.Add(p.Duration)
-
-	grantMeta := p.metadata(cfg.metadata)
-	grantMeta["source"], grantMeta["plan_type"], grantMeta["order_id"], grantMeta["trigger"] = "plan_grant", p.Type, orderID, string(cfg.trigger)
-	grant, err := c.Topup(ctx, quotastack.TopupParams{
-		Customer: customer, Credits: p.CreditsMC, PricePaid: 0, Currency: "mc",
-		Priority: p.BlockPriority(), ExpiresAt: &pur.ExpiresAt, Metadata: grantMeta,
-	}, quotastack.WithIdempotencyKey(pur.GrantKey))
-	if errors.Is(err, quotastack.ErrIdempotencyConflict) {
-		// The grant key was used before with another body (e.g. a queued start
-		// that moved): that earlier grant is this order's. Find its block.
-		if blk, ok := findGrantedBlock(ctx, c, customer, orderID); ok {
-			pur.Block, pur.ExpiresAt, pur.GrantReplayed = blk, *blk.ExpiresAt, true
-			return pur, nil
-		}
-	}
+	blk, replayed, err := o.Grant(ctx, c, debit, pur.ExpiresAt)
 	if err != nil {
-		return nil, fail(StageGrant, err)
+		return nil, err
 	}
-	pur.Block, pur.GrantReplayed = grant.Block, grant.Meta.Replayed
+	pur.Block, pur.GrantReplayed, pur.ExpiresAt = blk, replayed, *blk.ExpiresAt
 	return pur, nil
 }
 
-// queuedStart returns when a queued plan starts: the latest expiry among the
-// live blocks of the same plan that existed before this order's debit.
-// Blocks created after the debit (including this order's own grant) are
-// ignored, so a retry computes the same start.
-func queuedStart(ctx context.Context, c *quotastack.Client, customer quotastack.Customer, p Plan, orderID string, debit *quotastack.UsageEvent, start time.Time) (time.Time, error) {
-	bal, err := c.BalanceWithBlocks(ctx, customer)
+// Order is one purchase of one plan for one customer: everything its two
+// requests send. Buy runs its steps in one call; a caller that records each
+// step before the next (the autobuy purchase journal does) runs Debit,
+// Confirm (for a 202), Start/QueuedStart and Grant itself, from a stored Order.
+type Order struct {
+	ID         string
+	Plan       Plan
+	Customer   quotastack.Customer
+	Trigger    Trigger
+	Activation Activation
+	Metadata   map[string]string // extra metadata on both steps; the order's own keys win
+}
+
+// Validate reports why o can't be sent, before any request; such errors
+// match ErrNotBought and quotastack.ErrInvalidInput.
+func (o Order) Validate() error {
+	if err := o.Plan.Validate(); err != nil {
+		return fmt.Errorf("%w: %w: %w", ErrNotBought, quotastack.ErrInvalidInput, err)
+	}
+	if o.Customer.IsZero() {
+		return fmt.Errorf("%w: %w: plan: empty customer", ErrNotBought, quotastack.ErrInvalidInput)
+	}
+	if o.ID == "" || idem.Check(o.ID) != nil || idem.Check(GrantKey(o.Plan, o.ID)) != nil {
+		return fmt.Errorf("%w: %w: plan: order id must be non-empty printable ASCII without spaces (at most ~200 bytes)", ErrNotBought, quotastack.ErrInvalidInput)
+	}
+	return nil
+}
+
+// DebitKey and GrantKey return the idempotency keys of an order's two steps:
+// "plan-debit:{type}:{order}" and "plan-grant:{type}:{order}", with the type
+// and id escaped so that two different orders never share a key.
+func DebitKey(p Plan, orderID string) string { return idem.Join("plan-debit", p.Type, orderID) }
+
+// GrantKey returns the idempotency key of an order's grant step.
+func GrantKey(p Plan, orderID string) string { return idem.Join("plan-grant", p.Type, orderID) }
+
+func (o Order) purchase() *Purchase {
+	return &Purchase{OrderID: o.ID, Plan: o.Plan, Customer: o.Customer, Trigger: o.Trigger,
+		DebitKey: DebitKey(o.Plan, o.ID), GrantKey: GrantKey(o.Plan, o.ID)}
+}
+
+func (o Order) meta(extra ...string) map[string]string {
+	m := o.Plan.metadata(o.Metadata)
+	m["plan_type"], m["order_id"], m["trigger"] = o.Plan.Type, o.ID, string(o.Trigger)
+	for i := 0; i+1 < len(extra); i += 2 {
+		m[extra[i]] = extra[i+1]
+	}
+	return m
+}
+
+// Debit sends the order's wallet debit (idempotent under DebitKey). The
+// answer may be unconfirmed (202 Accepted): check UsageEvent.Confirmed and
+// call Confirm before granting. Errors are *Error values matching
+// ErrNotBought (nothing was debited: a wallet short of the price, or a
+// request the server refused) or ErrUnknownOutcome (retry the same order).
+func (o Order) Debit(ctx context.Context, c *quotastack.Client) (*quotastack.UsageEvent, error) {
+	if err := o.Validate(); err != nil {
+		return nil, err
+	}
+	debit, err := c.Record(ctx, quotastack.UsageParams{
+		Customer: o.Customer, MetricKey: o.Plan.Metric(), Units: o.Plan.PriceMC, Metadata: o.meta(),
+	}, quotastack.WithIdempotencyKey(DebitKey(o.Plan, o.ID)))
+	switch {
+	case err == nil:
+		return debit, nil
+	case errors.Is(err, quotastack.ErrInsufficientCredits):
+		// Also a replayed 402: this order failed for good; use a new order id.
+		return nil, o.fail(StageDebit, OutcomeFailed, nil, fmt.Errorf("%w: %w", ErrWalletShort, err))
+	case errors.Is(err, quotastack.ErrIdempotencyConflict):
+		return nil, o.fail(StageDebit, OutcomeUnknown, nil, fmt.Errorf("order %s was used before with another plan, trigger or metadata (its debit may have landed: finish it with the same ones): %w", o.ID, err))
+	}
+	return nil, o.fail(StageDebit, debitOutcome(err), nil, err)
+}
+
+// debitOutcome tells whether a failed debit request may have executed.
+func debitOutcome(err error) Outcome {
+	var apiErr *quotastack.APIError
+	if errors.Is(err, quotastack.ErrInvalidInput) {
+		return OutcomeFailed // refused before sending
+	}
+	if !errors.As(err, &apiErr) || apiErr.StatusCode < 400 || apiErr.StatusCode >= 500 || errors.Is(err, quotastack.ErrUnexpectedResponse) {
+		return OutcomeUnknown // no answer, a 5xx, or an answer we couldn't read
+	}
+	switch apiErr.StatusCode {
+	case 401, 403, 429:
+		// Answered before the idempotency store is consulted: an earlier
+		// attempt of this call may have executed.
+		if apiErr.Attempts > 1 {
+			return OutcomeUnknown
+		}
+	}
+	// Any other 4xx is what the server stored under the key: nothing executed.
+	return OutcomeFailed
+}
+
+// Confirm confirms a debit the server only accepted (202): it reads the
+// wallet until it shows the price gone compared with walletBefore (the
+// wallet read before the debit was first sent), a few times within ctx. An
+// unconfirmed debit is an *Error matching ErrUnknownOutcome: nothing is
+// granted on it.
+func (o Order) Confirm(ctx context.Context, c *quotastack.Client, walletBefore int64) error {
+	var last int64
+	for i, wait := range []time.Duration{0, 100 * time.Millisecond, 300 * time.Millisecond, time.Second, 2 * time.Second} {
+		if i > 0 {
+			t := time.NewTimer(wait)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return o.fail(StageDebit, OutcomeUnknown, nil, fmt.Errorf("%w: %w", ErrUnconfirmed, ctx.Err()))
+			case <-t.C:
+			}
+		}
+		bal, err := c.BalanceWithBlocks(ctx, o.Customer)
+		if err != nil {
+			return o.fail(StageDebit, OutcomeUnknown, nil, fmt.Errorf("%w: %w", ErrUnconfirmed, err))
+		}
+		if last = bal.WalletMC(); last <= walletBefore-o.Plan.PriceMC {
+			return nil
+		}
+	}
+	return o.fail(StageDebit, OutcomeUnknown, nil, fmt.Errorf("%w: the wallet holds %d mc, was %d mc before a %d mc debit", ErrUnconfirmed, last, walletBefore, o.Plan.PriceMC))
+}
+
+// Start returns when the plan starts for an immediate activation: the debit's
+// created_at, which a replayed debit returns unchanged, so every attempt
+// sends the same grant body. A debit without created_at, or a replayed one
+// finished more than half a plan late, starts at now (the customer gets what
+// they paid for; an earlier late grant is then found by Grant).
+func (o Order) Start(debit *quotastack.UsageEvent, now time.Time) time.Time {
+	start := debit.CreatedAt.UTC().Truncate(time.Second)
+	now = now.UTC().Truncate(time.Second)
+	if start.IsZero() || debit.Meta.Replayed && now.After(start.Add(o.Plan.Duration/2)) {
+		return now
+	}
+	return start
+}
+
+// QueuedStart returns when a queued plan starts: the latest expiry among the
+// live blocks of the same plan that existed before this order's debit, or
+// start if none ends later. Blocks created after the debit (including this
+// order's own grant) are ignored, so a retry computes the same start.
+func (o Order) QueuedStart(ctx context.Context, c *quotastack.Client, debit *quotastack.UsageEvent, start time.Time) (time.Time, error) {
+	bal, err := c.BalanceWithBlocks(ctx, o.Customer)
 	if err != nil {
 		return time.Time{}, err
 	}
 	for _, b := range bal.PlanBlocks() {
-		if b.Priority != p.BlockPriority() || b.Metadata.Get("order_id") == orderID {
+		if b.Priority != o.Plan.BlockPriority() || b.Metadata.Get("order_id") == o.ID {
 			continue
 		}
-		if t := b.Metadata.Get("plan_type"); t != "" && t != p.Type {
+		if t := b.Metadata.Get("plan_type"); t != "" && t != o.Plan.Type {
 			continue
 		}
 		if !debit.CreatedAt.IsZero() && b.CreatedAt.After(debit.CreatedAt) {
@@ -240,15 +302,54 @@ func queuedStart(ctx context.Context, c *quotastack.Client, customer quotastack.
 	return start, nil
 }
 
-func findGrantedBlock(ctx context.Context, c *quotastack.Client, customer quotastack.Customer, orderID string) (quotastack.Block, bool) {
-	bal, err := c.BalanceWithBlocks(ctx, customer)
-	if err != nil {
-		return quotastack.Block{}, false
+// Grant grants the plan's credits expiring at expiresAt (idempotent under
+// GrantKey: every attempt of one order must send the same expiresAt). An
+// idempotency conflict means an earlier attempt granted with another expiry:
+// that block is looked up and returned as replayed. Errors are *Error values
+// matching ErrHalfDone and ErrUnknownOutcome.
+func (o Order) Grant(ctx context.Context, c *quotastack.Client, debit *quotastack.UsageEvent, expiresAt time.Time) (blk quotastack.Block, replayed bool, err error) {
+	grant, err := c.Topup(ctx, quotastack.TopupParams{
+		Customer: o.Customer, Credits: o.Plan.CreditsMC, PricePaid: 0, Currency: "mc",
+		Priority: o.Plan.BlockPriority(), ExpiresAt: &expiresAt, Metadata: o.meta("source", "plan_grant"),
+	}, quotastack.WithIdempotencyKey(GrantKey(o.Plan, o.ID)))
+	if errors.Is(err, quotastack.ErrIdempotencyConflict) {
+		if b, ok, ferr := o.FindGrant(ctx, c); ferr == nil && ok {
+			return b, true, nil
+		}
 	}
+	if err != nil {
+		return quotastack.Block{}, false, o.fail(StageGrant, OutcomeUnknown, debit, err)
+	}
+	if grant.Block.ExpiresAt == nil {
+		grant.Block.ExpiresAt = &expiresAt
+	}
+	return grant.Block, grant.Meta.Replayed, nil
+}
+
+// FindGrant looks for this order's plan block among the customer's live
+// blocks (metadata source=plan_grant, order_id and plan_type). Spent and
+// expired blocks are not listed by the server, so not finding it doesn't
+// prove it was never granted.
+func (o Order) FindGrant(ctx context.Context, c *quotastack.Client) (quotastack.Block, bool, error) {
+	bal, err := c.BalanceWithBlocks(ctx, o.Customer)
+	if err != nil {
+		return quotastack.Block{}, false, err
+	}
+	b, ok := o.GrantIn(bal)
+	return b, ok, nil
+}
+
+// GrantIn returns this order's plan block from bal, if it is listed.
+func (o Order) GrantIn(bal *quotastack.Balance) (quotastack.Block, bool) {
 	for _, b := range bal.Blocks {
-		if b.Metadata.Get("order_id") == orderID && b.Metadata.Get("source") == "plan_grant" && b.ExpiresAt != nil {
+		if b.Metadata.Get("order_id") == o.ID && b.Metadata.Get("source") == "plan_grant" &&
+			b.Metadata.Get("plan_type") == o.Plan.Type && b.ExpiresAt != nil {
 			return b, true
 		}
 	}
 	return quotastack.Block{}, false
+}
+
+func (o Order) fail(stage Stage, outcome Outcome, debit *quotastack.UsageEvent, err error) error {
+	return &Error{OrderID: o.ID, PlanType: o.Plan.Type, Customer: o.Customer, Stage: stage, Outcome: outcome, Debit: debit, Err: err}
 }
