@@ -28,6 +28,7 @@ func TestEntitlementRecipeShape(t *testing.T) {
 	  "effective_balance": 500000,
 	  "estimated_cost": 1000,
 	  "balance_after": -1000,
+	  "subscription_status": "active",
 	  "overage_policy": "block"
 	}`, id), string(r.body))
 
@@ -85,6 +86,11 @@ func TestUsageShape(t *testing.T) {
 	require.Len(t, ev, 1)
 	require.Equal(t, "auto_buy", ev[0].Metadata["trigger"])
 	require.Equal(t, "plan-debit:1hr:auto_msg_abc123", ev[0].IdempotencyKey)
+
+	// The purchase's second step, without which CheckInvariants reports a debit without a grant.
+	requireStatus(t, w.post("/v1/topup/grant", "plan-grant:1hr:auto_msg_abc123", `{"external_customer_id": "user42:companion7",
+	  "credits": 50000, "priority": 10, "expires_at": "2026-04-13T14:00:00Z",
+	  "metadata": {"source": "plan_grant", "plan_type": "1hr", "order_id": "auto_msg_abc123", "trigger": "auto_buy"}}`), 201)
 }
 
 func TestUsageBatch(t *testing.T) {
@@ -125,6 +131,10 @@ func TestTopupGrantShape(t *testing.T) {
 	t.Parallel()
 	w := newWorld(t)
 	w.recipeCustomer()
+	// The purchase's first step, without which CheckInvariants reports a grant without a debit.
+	requireStatus(t, w.post("/v1/usage", "plan-debit:1hr:auto_msg_abc123", `{"external_customer_id": "user42:companion7",
+	  "billable_metric_key": "plan_purchase_1hr", "units": 100000,
+	  "metadata": {"plan_type": "1hr", "order_id": "auto_msg_abc123", "trigger": "auto_buy"}}`), 200)
 	const body = `{
 	    "external_customer_id": "user42:companion7",
 	    "credits": 50000,
@@ -144,8 +154,8 @@ func TestTopupGrantShape(t *testing.T) {
 	  "expires_at": "2026-04-13T14:00:00Z", "source": "topup",
 	  "metadata": {"source": "plan_grant", "plan_type": "1hr", "order_id": "auto_msg_abc123", "trigger": "auto_buy"},
 	  "created_at": "2026-04-13T13:00:00Z"}`, blk["id"]), mustJSON(t, blk))
-	require.Equal(t, float64(550_000), m["balance"])
-	require.Equal(t, float64(550_000), m["effective_balance"])
+	require.Equal(t, float64(450_000), m["balance"])
+	require.Equal(t, float64(450_000), m["effective_balance"])
 
 	// A replay answers 201 too; an unknown external id creates the customer.
 	r2 := w.post("/v1/topup/grant", "plan-grant:1hr:auto_msg_abc123", body)

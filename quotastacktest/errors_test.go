@@ -149,9 +149,15 @@ func TestRateLimit(t *testing.T) {
 	}
 	r := w.get("/v1/billable-metrics")
 	requireProblem(t, r, 429, "rate-limited")
-	require.Equal(t, "20", r.header.Get("Retry-After"), "one token per 20 s")
+	require.Equal(t, "60", r.header.Get("Retry-After"), "the window's oldest request leaves it in 60 s")
 	w.clock.Advance(20 * time.Second)
-	requireStatus(t, w.get("/v1/billable-metrics"), 200)
+	r = w.get("/v1/billable-metrics")
+	requireProblem(t, r, 429, "rate-limited")
+	require.Equal(t, "40", r.header.Get("Retry-After"), "a sliding window: no refill before the oldest leaves")
+	w.clock.Advance(40 * time.Second)
+	for range 3 {
+		requireStatus(t, w.get("/v1/billable-metrics"), 200)
+	}
 	requireProblem(t, w.get("/v1/billable-metrics"), 429, "rate-limited")
 
 	w.srv.SetRateLimit(0, 0) // off
@@ -165,5 +171,5 @@ func TestRateLimit(t *testing.T) {
 			require.Equal(t, 429, rec.Status)
 		}
 	}
-	require.Equal(t, 2, limited)
+	require.Equal(t, 3, limited)
 }

@@ -9,29 +9,40 @@ import (
 
 // Fault scripts a failure for the requests it matches. A status fault answers instead of
 // executing (and is never stored for idempotency); a drop fault executes the request, keeps
-// its idempotency result, then closes the connection without writing a response.
+// its idempotency result, then closes the connection without writing a response; an
+// execute-then-status fault executes the request, keeps its idempotency result (so a retry
+// with the same key gets the replay), then answers ExecuteThenStatus in its place, as a
+// server whose proxy failed after the commit would.
 type Fault struct {
 	Method     string // "" matches any method
 	PathPrefix string // "" matches any path; compared with the escaped request path
-	Status     int    // 500, 503, 429, ...; 0 with Drop false means 500
+	Status     int    // 500, 503, 429, ...; 0 with Drop false and ExecuteThenStatus 0 means 500
 	RetryAfter string // Retry-After header value, optional ("1" by default for 429)
 	Drop       bool   // execute, then drop the connection before writing anything
-	Count      int    // how many matching requests it hits; 0 means 1
+	// ExecuteThenStatus (a 5xx, e.g. 500 or 502) executes the request, then answers this status
+	// with a problem body instead of the request's own answer. Drop takes precedence.
+	ExecuteThenStatus int
+	Count             int // how many matching requests it hits; 0 means 1
 }
 
 // RandomFaults injects failures at random, for soak tests: each request matching PathPrefix
 // draws once, deterministically for a given Seed and request order.
 type RandomFaults struct {
 	Seed                    int64
-	P500, P503, P429, PDrop float64       // probabilities per request
-	RetryAfter              string        // Retry-After of random 429s and 503s, optional
-	MaxLatency              time.Duration // each request waits a random duration below it
-	PathPrefix              string        // "" matches any path
+	P500, P503, P429, PDrop float64 // probabilities per request
+	// PExecute500 is the probability that a request executes and is then answered 500
+	// (its idempotency result kept, as with Fault.ExecuteThenStatus).
+	PExecute500 float64
+	RetryAfter  string        // Retry-After of random 429s and 503s, optional
+	MaxLatency  time.Duration // each request waits a random duration below it
+	PathPrefix  string        // "" matches any path
 }
 
-// FaultCounts counts the faults injected so far, scripted and random.
+// FaultCounts counts the faults injected so far, scripted, random and (for ExecuteThen) of
+// the execute-then-status mode.
 type FaultCounts struct {
 	Status500, Status503, Status429, Drops, Latency int64
+	ExecuteThen                                     int64 // executed, then answered a 5xx
 }
 
 type faultState struct {
@@ -45,10 +56,11 @@ type faultState struct {
 
 // faultPlan is what happens to one request.
 type faultPlan struct {
-	status     int
-	retryAfter string
-	drop       bool
-	latency    time.Duration
+	status      int
+	retryAfter  string
+	drop        bool
+	executeThen int
+	latency     time.Duration
 }
 
 func (f *faultState) pick(method, path string) faultPlan {
@@ -62,7 +74,7 @@ func (f *faultState) pick(method, path string) faultPlan {
 			continue
 		}
 		matched = true
-		plan.drop, plan.status, plan.retryAfter = q.Drop, q.Status, q.RetryAfter
+		plan.drop, plan.status, plan.retryAfter, plan.executeThen = q.Drop, q.Status, q.RetryAfter, q.ExecuteThenStatus
 		if q.Count--; q.Count <= 0 {
 			f.queue = append(f.queue[:i], f.queue[i+1:]...)
 		}
@@ -82,15 +94,20 @@ func (f *faultState) pick(method, path string) faultPlan {
 			plan.status, plan.retryAfter = 429, rf.RetryAfter
 		case x < rf.P500+rf.P503+rf.P429+rf.PDrop:
 			plan.drop = true
+		case x < rf.P500+rf.P503+rf.P429+rf.PDrop+rf.PExecute500:
+			plan.executeThen = 500
 		}
-		matched = plan.status != 0 || plan.drop
+		matched = plan.status != 0 || plan.drop || plan.executeThen != 0
 	}
-	if matched && !plan.drop && plan.status == 0 {
-		plan.status = 500
-	}
-	if plan.drop {
-		plan.status = 0
+	switch {
+	case plan.drop:
+		plan.status, plan.executeThen = 0, 0
 		f.counts.Drops++
+	case plan.executeThen != 0:
+		plan.status = 0
+		f.counts.ExecuteThen++
+	case matched && plan.status == 0:
+		plan.status = 500
 	}
 	switch plan.status {
 	case 0:
@@ -175,48 +192,15 @@ func (s *Server) SetRandomFaults(rf *RandomFaults) {
 	s.faults.rng = rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
 }
 
+func (f *faultState) countExecuteThen() {
+	f.mu.Lock()
+	f.counts.ExecuteThen++
+	f.mu.Unlock()
+}
+
 // FaultCounts returns how many faults have been injected so far.
 func (s *Server) FaultCounts() FaultCounts {
 	s.faults.mu.Lock()
 	defer s.faults.mu.Unlock()
 	return s.faults.counts
-}
-
-// rateLimiter is a token bucket for the one API key the server accepts, on the server clock.
-type rateLimiter struct {
-	mu     sync.Mutex
-	n      int
-	per    time.Duration
-	tokens float64
-	last   time.Time
-}
-
-func (l *rateLimiter) set(n int, per time.Duration, now time.Time) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if per <= 0 {
-		n = 0
-	}
-	l.n, l.per, l.tokens, l.last = n, per, float64(n), now
-}
-
-// take spends a token; when none is left it returns the whole seconds until one will be.
-func (l *rateLimiter) take(now time.Time) (retryAfterSec int64, ok bool) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.n <= 0 {
-		return 0, true
-	}
-	rate := float64(l.n) / float64(l.per) // tokens per nanosecond
-	if el := now.Sub(l.last); el > 0 {
-		l.tokens = min(float64(l.n), l.tokens+float64(el)*rate)
-		l.last = now
-	}
-	if l.tokens >= 1 {
-		l.tokens--
-		return 0, true
-	}
-	wait := time.Duration((1 - l.tokens) / rate)
-	secs := int64((wait + time.Second - 1) / time.Second)
-	return max(secs, 1), false
 }

@@ -24,11 +24,16 @@ type blockJSON struct {
 	ExpiresAt       *time.Time        `json:"expires_at"`
 	Source          string            `json:"source"`
 	Metadata        map[string]string `json:"metadata"`
-	CreatedAt       time.Time         `json:"created_at"`
+	CreatedAt       *time.Time        `json:"created_at,omitempty"` // nil in sparse answers
 }
 
-func blockView(b *block) blockJSON {
-	return blockJSON{b.id, b.original, b.remaining, b.priority, b.expiresAt, b.source, copyMeta(b.metadata), b.createdAt}
+func blockView(b *block, sparse bool) blockJSON {
+	v := blockJSON{b.id, b.original, b.remaining, b.priority, b.expiresAt, b.source, copyMeta(b.metadata), nil}
+	if !sparse {
+		t := b.createdAt
+		v.CreatedAt = &t
+	}
+	return v
 }
 
 // POST /v1/customers
@@ -73,6 +78,7 @@ type entitlementJSON struct {
 	EffectiveBalance   int64  `json:"effective_balance"`
 	EstimatedCost      int64  `json:"estimated_cost"`
 	BalanceAfter       int64  `json:"balance_after"`
+	SubscriptionStatus string `json:"subscription_status,omitempty"` // "" in sparse answers
 	OveragePolicy      string `json:"overage_policy"`
 }
 
@@ -104,11 +110,15 @@ func handleEntitlement(rq *request) (int, any, *problem) {
 	}
 	_, eff := st.eligibleBalances(c, rl)
 	after := eff - cost
-	return 200, entitlementJSON{
+	out := entitlementJSON{
 		Allowed: after >= 0 || rl.policy != policyBlock, CustomerID: c.id, ExternalCustomerID: c.externalID,
 		BillableMetricKey: rl.metricKey, Units: units, Balance: c.balance, ReservedBalance: c.reserved,
 		EffectiveBalance: c.balance - c.reserved, EstimatedCost: cost, BalanceAfter: after, OveragePolicy: rl.policy,
-	}, nil
+	}
+	if !rq.s.sparse.Load() {
+		out.SubscriptionStatus = "active" // as in the docs' sample
+	}
+	return 200, out, nil
 }
 
 type creditsJSON struct {
@@ -117,9 +127,9 @@ type creditsJSON struct {
 	Balance            int64        `json:"balance"`
 	ReservedBalance    int64        `json:"reserved_balance"`
 	EffectiveBalance   int64        `json:"effective_balance"`
-	LifetimeEarned     int64        `json:"lifetime_earned"`
-	Version            int64        `json:"version"`
-	Blocks             *[]blockJSON `json:"blocks,omitempty"` // nil: not asked for
+	LifetimeEarned     *int64       `json:"lifetime_earned,omitempty"` // nil in sparse answers
+	Version            *int64       `json:"version,omitempty"`         // nil in sparse answers
+	Blocks             *[]blockJSON `json:"blocks,omitempty"`          // nil: not asked for
 }
 
 // GET {c}/credits[?include_blocks=true]: blocks are listed in burn order, the overdraft last.
@@ -139,14 +149,19 @@ func handleCredits(rq *request) (int, any, *problem) {
 	if p != nil {
 		return 0, nil, p
 	}
+	sparse := rq.s.sparse.Load()
 	out := creditsJSON{
 		CustomerID: c.id, ExternalCustomerID: c.externalID, Balance: c.balance, ReservedBalance: c.reserved,
-		EffectiveBalance: c.balance - c.reserved, LifetimeEarned: c.lifetimeEarned, Version: c.version,
+		EffectiveBalance: c.balance - c.reserved,
+	}
+	if !sparse {
+		earned, version := c.lifetimeEarned, c.version
+		out.LifetimeEarned, out.Version = &earned, &version
 	}
 	if include {
 		blocks := []blockJSON{} // "blocks": [] rather than absent when there are none
 		for _, b := range st.listedBlocks(c) {
-			blocks = append(blocks, blockView(b))
+			blocks = append(blocks, blockView(b, sparse))
 		}
 		out.Blocks = &blocks
 	}
@@ -194,7 +209,7 @@ func (g grantFields) toGrant(source string) (Grant, []fieldError) {
 
 func (rq *request) grant(c *customer, g Grant) grantJSON {
 	b := rq.s.st.addBlock(c, g, rq.now, rq.idemKey)
-	return grantJSON{c.id, c.externalID, blockView(b), c.balance, c.balance - c.reserved}
+	return grantJSON{c.id, c.externalID, blockView(b, rq.s.sparse.Load()), c.balance, c.balance - c.reserved}
 }
 
 // POST /v1/topup/grant: an unknown external_customer_id creates the customer.

@@ -171,7 +171,7 @@ func handleCommit(rq *request) (int, any, *problem) {
 	st.recordUsage(c, usageRec{UsageRecord: UsageRecord{
 		EventID: evt, MetricKey: rs.metricKey, IdempotencyKey: rq.idemKey, ReservationID: rs.id,
 		Units: *body.ActualUnits, Cost: cost, Metadata: copyMeta(rs.metadata), Time: rq.now,
-	}, batchIndex: -1})
+	}, batchIndex: -1}, rq.now)
 	return 200, reservationView(rs), nil
 }
 

@@ -48,15 +48,14 @@ type usageJSON struct {
 	CreatedAt          time.Time `json:"created_at"`
 }
 
-// recordUsage prices and debits one validated event; the caller holds the state lock.
+// executeUsage prices and debits one validated event; the caller holds the state lock.
 // balance_after is the account balance after the debit.
-func (rq *request) recordUsage(b *usageBody, batchIndex int) (usageJSON, *problem) {
-	st := rq.s.st
-	c, p := st.customerRef(b.CustomerID, b.ExternalCustomerID, false, rq.now)
+func (s *state) executeUsage(b *usageBody, idemKey string, batchIndex int, now time.Time) (usageJSON, *problem) {
+	c, p := s.customerRef(b.CustomerID, b.ExternalCustomerID, false, now)
 	if p != nil {
 		return usageJSON{}, p
 	}
-	rl, p := st.activeRule(b.BillableMetricKey)
+	rl, p := s.activeRule(b.BillableMetricKey)
 	if p != nil {
 		return usageJSON{}, p
 	}
@@ -64,17 +63,17 @@ func (rq *request) recordUsage(b *usageBody, batchIndex int) (usageJSON, *proble
 	if p != nil {
 		return usageJSON{}, p
 	}
-	parts, p := st.debit(c, rl, cost, rq.now)
+	parts, p := s.debit(c, rl, cost, now)
 	if p != nil {
 		return usageJSON{}, p
 	}
 	evt := newID("evt_")
-	st.recordDebit(c, rl, "debit", evt, "", cost, 0, parts, rq.idemKey, b.Metadata, rq.now)
-	st.recordUsage(c, usageRec{UsageRecord: UsageRecord{
-		EventID: evt, MetricKey: rl.metricKey, IdempotencyKey: rq.idemKey,
-		Units: *b.Units, Cost: cost, Metadata: copyMeta(b.Metadata), Time: rq.now,
-	}, batchIndex: batchIndex})
-	return usageJSON{evt, c.id, c.externalID, rl.metricKey, *b.Units, cost, c.balance, rq.now}, nil
+	s.recordDebit(c, rl, "debit", evt, "", cost, 0, parts, idemKey, b.Metadata, now)
+	s.recordUsage(c, usageRec{UsageRecord: UsageRecord{
+		EventID: evt, MetricKey: rl.metricKey, IdempotencyKey: idemKey,
+		Units: *b.Units, Cost: cost, Metadata: copyMeta(b.Metadata), Time: now,
+	}, batchIndex: batchIndex}, now)
+	return usageJSON{evt, c.id, c.externalID, rl.metricKey, *b.Units, cost, c.balance, now}, nil
 }
 
 // recordDebit appends the one ledger entry of a debit (kind "debit" or "commit").
@@ -89,8 +88,10 @@ func (s *state) recordDebit(c *customer, rl *rule, kind, evt, rsv string, cost, 
 	s.record(c, ledgerRec{LedgerEntry: e, policy: rl.policy})
 }
 
-func (s *state) recordUsage(c *customer, u usageRec) {
+// recordUsage appends an executed usage event and files it under its plan order, if any.
+func (s *state) recordUsage(c *customer, u usageRec, now time.Time) {
 	u.CustomerID, u.ExternalCustomerID = c.id, c.externalID
+	c.notePlanDebit(u.UsageRecord, now)
 	c.usage = append(c.usage, len(s.usage))
 	s.usage = append(s.usage, u)
 }
@@ -107,7 +108,11 @@ func handleUsage(rq *request) (int, any, *problem) {
 	st := rq.s.st
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	out, p := rq.recordUsage(&body, -1)
+	if st.async != nil {
+		st.acceptUsage(&body, rq.idemKey, -1, rq.now)
+		return 202, nil, nil
+	}
+	out, p := st.executeUsage(&body, rq.idemKey, -1, rq.now)
 	if p != nil {
 		return 0, nil, p
 	}
@@ -121,7 +126,8 @@ type batchResultJSON struct {
 	Error  *problem   `json:"error,omitempty"`
 }
 
-// POST /v1/usage/batch: each event succeeds or fails on its own; the batch answers 200.
+// POST /v1/usage/batch: each event succeeds or fails on its own; the batch answers 200 (202
+// with no body in the asynchronous mode).
 func handleUsageBatch(rq *request) (int, any, *problem) {
 	var body struct {
 		Events []json.RawMessage `json:"events"`
@@ -135,10 +141,14 @@ func handleUsageBatch(rq *request) (int, any, *problem) {
 	case len(body.Events) > maxBatch:
 		return 0, nil, invalid("events", "at most 100 events per batch")
 	}
-	results := make([]batchResultJSON, len(body.Events))
 	st := rq.s.st
 	st.mu.Lock()
 	defer st.mu.Unlock()
+	if st.async != nil {
+		rq.acceptBatch(body.Events)
+		return 202, nil, nil
+	}
+	results := make([]batchResultJSON, len(body.Events))
 	for i, raw := range body.Events {
 		results[i].Index = i
 		var ev usageBody
@@ -148,7 +158,7 @@ func handleUsageBatch(rq *request) (int, any, *problem) {
 		}
 		var out usageJSON
 		if p == nil {
-			out, p = rq.recordUsage(&ev, i)
+			out, p = st.executeUsage(&ev, rq.idemKey, i, rq.now)
 		}
 		if p != nil {
 			p.Instance = rq.path
@@ -160,4 +170,22 @@ func handleUsageBatch(rq *request) (int, any, *problem) {
 	return 200, struct {
 		Results []batchResultJSON `json:"results"`
 	}{results}, nil
+}
+
+// acceptBatch takes each event of a batch in the 202 mode: a malformed one is rejected with
+// its 400 at once, the others are accepted one by one; the caller holds the state lock.
+func (rq *request) acceptBatch(events []json.RawMessage) {
+	st := rq.s.st
+	for i, raw := range events {
+		var ev usageBody
+		p := decodeBody(raw, &ev)
+		if p == nil {
+			p = ev.validate()
+		}
+		if p != nil {
+			st.reject(pendingUsage{body: ev, key: rq.idemKey, batchIndex: i, acceptedAt: rq.now}, p, rq.now)
+			continue
+		}
+		st.acceptUsage(&ev, rq.idemKey, i, rq.now)
+	}
 }

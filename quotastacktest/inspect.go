@@ -182,20 +182,45 @@ func (s *Server) UsageEvents(externalID string) []UsageRecord {
 }
 
 // CheckInvariants verifies the ledger at the server clock's now and returns every violation
-// found (nil if none): balance = sum of live blocks = sum of ledger amounts; reserved_balance
-// = active holds = sum of ledger holds; lifetime_earned = sum of grants; no negative block but
-// the overdraft of allow/notify debits; every usage event has exactly one debit entry of its
+// found (nil if none).
+//
+// The ledger: balance = sum of live blocks = sum of ledger amounts; reserved_balance = active
+// holds = sum of ledger holds; lifetime_earned = sum of grants; no negative block but the
+// overdraft of allow/notify debits; every usage event has exactly one debit entry of its
 // cost; no idempotency key executed a usage event twice within its 24 h.
-func (s *Server) CheckInvariants() error {
+//
+// Money (plan orders are matched per customer on metadata plan_type + order_id; a debit is
+// an executed usage event carrying both, a grant is a block carrying both and
+// source=plan_grant; see PlanOrders): no order is debited twice or granted twice (whatever
+// the idempotency keys); no order is granted without a debit; no auto-buy debit (metadata
+// trigger=auto_buy) executed while the customer had, for the same plan type, another order
+// debited but not granted or an auto-bought block still untouched (one exhaustion, two
+// plans); and, once the system is quiet, no order is debited without a grant.
+//
+// By default the system is taken to be quiet: call it after the test's work is done. It
+// first executes pending asynchronous usage events (AsyncUsage), as a real server
+// eventually would. Pass InFlight() to check while requests may still be running (a
+// purchase between its debit and its grant is then fine), and AllowHalfDone(orderIDs...)
+// for purchases a test leaves half done on purpose.
+func (s *Server) CheckInvariants(opts ...CheckOption) error {
+	cfg := checkConfig{quiet: true, halfDone: map[string]bool{}}
+	for _, o := range opts {
+		o(&cfg)
+	}
 	s.st.mu.Lock()
 	defer s.st.mu.Unlock()
+	if cfg.quiet {
+		s.st.drain(s.Now(), true)
+	}
 	s.refreshAll()
+	pending := s.st.pendingOrders()
 	var errs []error
 	fail := func(c *customer, format string, args ...any) {
 		errs = append(errs, fmt.Errorf("customer %q: %s", c.externalID, fmt.Sprintf(format, args...)))
 	}
 	for _, c := range s.st.custOrder {
 		s.checkCustomer(c, fail)
+		c.checkPlans(cfg, pending[c], fail)
 	}
 	return errors.Join(errs...)
 }

@@ -47,6 +47,10 @@ type customer struct {
 
 	// Counters maintained incrementally; CheckInvariants recomputes them.
 	balance, reserved, lifetimeEarned, version int64
+
+	orders     map[planKey]*planOrder // plan orders, by plan type and order id
+	orderList  []*planOrder           // in the order their first step executed
+	violations []string               // one-plan-per-exhaustion violations, as they happened
 }
 
 type block struct {
@@ -333,6 +337,7 @@ func (s *state) addBlock(c *customer, g Grant, now time.Time, idemKey string) *b
 		expiresAt: exp, source: g.Source, metadata: copyMeta(g.Metadata), createdAt: now, seq: s.nextSeq(),
 	}
 	c.blocks = append(c.blocks, b)
+	c.notePlanGrant(b)
 	c.balance += g.Credits
 	c.lifetimeEarned += g.Credits
 	c.version++

@@ -18,7 +18,7 @@ type request struct {
 	now     time.Time
 }
 
-// handlerFunc executes a request: a status and a JSON value, or a problem.
+// handlerFunc executes a request: a status and a JSON value (nil: no body), or a problem.
 type handlerFunc func(rq *request) (int, any, *problem)
 
 func (rq *request) run(h handlerFunc) response {
@@ -26,6 +26,9 @@ func (rq *request) run(h handlerFunc) response {
 	status, v, p := h(rq)
 	if p != nil {
 		return problemResponse(p, rq.path)
+	}
+	if v == nil { // an answer without a body (202 of the asynchronous usage mode)
+		return response{status: status}
 	}
 	return jsonResponse(status, v)
 }

@@ -31,6 +31,9 @@ type Server struct {
 	faults faultState
 	limit  rateLimiter
 
+	sparse   atomic.Bool  // answers without the optional members (SetSparseAnswers)
+	execThen atomic.Int64 // status answered after every first execution of a POST (SetExecuteThenStatus)
+
 	reqSeq   atomic.Int64
 	conns    atomic.Int64
 	closed   chan struct{}
@@ -47,6 +50,9 @@ type config struct {
 	rateN     int
 	ratePer   time.Duration
 	addr      string
+	async     *AsyncUsage
+	sparse    bool
+	execThen  int
 }
 
 // Option configures a Server.
@@ -62,8 +68,11 @@ func WithClock(clk Clock) Option { return func(c *config) { c.clock = clk } }
 // WithBurnOrder sets the initial burn order (default BurnOrderPriorityDesc).
 func WithBurnOrder(o BurnOrder) Option { return func(c *config) { c.burnOrder = o } }
 
-// WithRateLimit turns on a token bucket of n requests per period per API key; over it the
-// server answers 429 rate-limited with Retry-After in whole seconds. n <= 0 leaves it off.
+// WithRateLimit admits at most n requests in any window of length per, for the one API key
+// (all endpoints share it; a 429 is not counted). Over it the server answers 429 rate-limited
+// with Retry-After: the whole seconds until the oldest admitted request leaves the window, so
+// a request sent after waiting that long is admitted unless another took the slot first.
+// n <= 0 leaves it off. WithDocumentedRateLimit is the docs' 100 per 60 s.
 func WithRateLimit(n int, per time.Duration) Option {
 	return func(c *config) { c.rateN, c.ratePer = n, per }
 }
@@ -88,7 +97,10 @@ func NewServer(opts ...Option) *Server {
 		idem:   newIdemStore(),
 		closed: make(chan struct{}),
 	}
-	s.limit.set(cfg.rateN, cfg.ratePer, s.clock.Now())
+	s.st.async = cfg.async
+	s.sparse.Store(cfg.sparse)
+	s.execThen.Store(int64(cfg.execThen))
+	s.limit.set(cfg.rateN, cfg.ratePer)
 	s.ts = httptest.NewUnstartedServer(s)
 	if cfg.addr != "" {
 		l, err := (&net.ListenConfig{}).Listen(context.Background(), "tcp", cfg.addr)
@@ -135,17 +147,19 @@ func (s *Server) SetBurnOrder(o BurnOrder) {
 	s.st.mu.Unlock()
 }
 
-// SetRateLimit sets the token bucket to n requests per period per API key, starting full;
-// n <= 0 turns rate limiting off.
-func (s *Server) SetRateLimit(n int, per time.Duration) { s.limit.set(n, per, s.Now()) }
+// SetRateLimit sets the rate limit to n requests in any window of length per (see
+// WithRateLimit), forgetting the requests admitted so far; n <= 0 turns it off.
+func (s *Server) SetRateLimit(n int, per time.Duration) { s.limit.set(n, per) }
 
 // ConnectionsOpened returns how many TCP connections the server has accepted.
 func (s *Server) ConnectionsOpened() int64 { return s.conns.Load() }
 
-// ServeHTTP runs one request through the pipeline: request id, injected faults and latency,
-// auth, rate limit, routing, idempotency, execution, then the response or a dropped connection.
+// ServeHTTP runs one request through the pipeline: due asynchronous usage events, request id,
+// injected faults and latency, auth, rate limit, routing, idempotency, execution, then the
+// response (or a 5xx in its place) or a dropped connection.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	now := s.Now()
+	s.st.drainIfPending(now)
 	path := r.URL.EscapedPath()
 	w.Header().Set("X-Request-Id", "req_"+strconv.FormatInt(s.reqSeq.Add(1), 10))
 	rec := RequestRecord{
@@ -165,6 +179,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if out.rateLimited {
 			rec.Fault = "ratelimit"
 		}
+		if st := s.executeThen(f, out); st != 0 && !f.drop && out.resp.status != 0 {
+			rec.Fault = "execute-then-status"
+			out = outcome{resp: faultResponse(faultPlan{status: st}, path)}
+		}
 	}
 	rec.Status, rec.Replayed = out.resp.status, out.replayed
 	if f.drop && out.resp.status != 0 {
@@ -178,7 +196,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	s.appendLog(rec)
 	h := w.Header()
-	h.Set("Content-Type", out.resp.contentType)
+	if out.resp.contentType != "" {
+		h.Set("Content-Type", out.resp.contentType)
+	}
 	if out.resp.retryAfter != "" {
 		h.Set("Retry-After", out.resp.retryAfter)
 	}
@@ -194,6 +214,20 @@ type outcome struct {
 	resp        response
 	replayed    bool
 	rateLimited bool
+	executed    bool // a POST or PATCH ran its handler (not a replay, not a conflict)
+}
+
+// executeThen returns the status to answer in place of an executed request's own answer:
+// the scripted or random fault's, else the mode's for a first execution, else 0.
+func (s *Server) executeThen(f faultPlan, out outcome) int {
+	if f.executeThen != 0 {
+		return f.executeThen
+	}
+	if st := int(s.execThen.Load()); st != 0 && out.executed {
+		s.faults.countExecuteThen()
+		return st
+	}
+	return 0
 }
 
 // handle authenticates, rate-limits, routes and executes one request (idempotently for POST).
@@ -227,11 +261,15 @@ func (s *Server) handle(r *http.Request, path string) outcome {
 	}
 	rq.idemKey = key
 	fingerprint := r.Method + " " + path + "?" + r.URL.RawQuery + "\n" + string(body)
-	resp, replayed, ok := s.idem.do(s, r, s.APIKey+"\x00"+key, fingerprint, func() response { return rq.run(h) })
+	executed := false
+	resp, replayed, ok := s.idem.do(s, r, s.APIKey+"\x00"+key, fingerprint, func() response {
+		executed = true
+		return rq.run(h)
+	})
 	if !ok {
 		return outcome{}
 	}
-	return outcome{resp: resp, replayed: replayed}
+	return outcome{resp: resp, replayed: replayed, executed: executed}
 }
 
 // sleep waits d unless the client goes away or the server closes; it reports whether to go on.

@@ -4,6 +4,7 @@ import (
 	"math"
 	"regexp"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -24,6 +25,11 @@ type state struct {
 	resv       map[string]*reservation
 	ledger     []ledgerRec
 	usage      []usageRec
+
+	async    *AsyncUsage     // nil: usage answers synchronously
+	pending  []pendingUsage  // accepted asynchronous events not executed yet
+	pendingN atomic.Int64    // len(pending), readable without the lock
+	rejected []RejectedUsage // accepted asynchronous events that were not debited
 }
 
 func newState(order BurnOrder) *state {
