@@ -6,6 +6,15 @@
 // By default it seeds the auto-buy recipe's world and starts its clock at the recipe's time,
 // so the recipe's plan grant (expires_at 2026-04-13T14:00:00Z) is live. It serves until
 // interrupted.
+//
+// -mode picks the less kind behaviours of quotastacktest.Modes, comma-separated:
+//
+//	go run ./quotastacktest/cmd/quotastack-fake -mode usage202,sparse
+//
+// usage202 (POST /v1/usage answers 202 with no body; -async-lag delays the debit on the
+// server clock), sparse (no lifetime_earned, version, created_at, subscription_status),
+// execute-then-5xx (every POST executes, then answers -execute-then-status), rate-limited
+// (100 requests per 60 s).
 package main
 
 import (
@@ -14,6 +23,7 @@ import (
 	"log"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -34,8 +44,15 @@ func main() {
 	seed := flag.Bool("seed-recipe", true, "seed the auto-buy-from-wallet recipe's metrics, rules and customer")
 	start := flag.String("now", recipeNow, "start the server clock at this RFC 3339 time (it then runs in real time); empty for the wall clock")
 	asc := flag.Bool("burn-asc", false, "use the alternative burn order (priority ASC)")
+	modes := flag.String("mode", "kind", "comma-separated modes: "+strings.Join(modeNames(), ", "))
+	lag := flag.Duration("async-lag", 0, "usage202: execute an accepted usage event this long after acceptance (0: at the next request)")
+	execStatus := flag.Int("execute-then-status", 500, "execute-then-5xx: the status answered after executing")
 	flag.Parse()
 
+	modeOpts, err := modeOptions(*modes, *lag, *execStatus)
+	if err != nil {
+		log.Fatalf("-mode: %v", err)
+	}
 	opts := []quotastacktest.Option{quotastacktest.WithAddr(*addr), quotastacktest.WithAPIKey(*key)}
 	if *start != "" {
 		t, err := time.Parse(time.RFC3339, *start)
@@ -47,6 +64,7 @@ func main() {
 	if *asc {
 		opts = append(opts, quotastacktest.WithBurnOrder(quotastacktest.BurnOrderPriorityAsc))
 	}
+	opts = append(opts, modeOpts...)
 	srv := quotastacktest.NewServer(opts...)
 	defer srv.Close()
 	if *seed {
@@ -57,7 +75,8 @@ func main() {
 
 	fmt.Printf("quotastack-fake listening on %s\n", srv.URL)
 	fmt.Printf("API key: %s\n", srv.APIKey)
-	fmt.Printf("clock:   %s\n\n", srv.Now().Format(time.RFC3339))
+	fmt.Printf("clock:   %s\n", srv.Now().Format(time.RFC3339))
+	fmt.Printf("modes:   %s\n\n", *modes)
 	fmt.Printf("Try:\n  export API_KEY=%s\n  curl -s -H \"X-API-Key: $API_KEY\" \\\n    \"%s/v1/customer-by-external-id/user42%%3Acompanion7/entitlements/chat_message\"\n\n", srv.APIKey, srv.URL)
 	fmt.Println("(external ids go under /v1/customer-by-external-id/; Ctrl-C stops)")
 
@@ -76,4 +95,40 @@ func seedRecipe(srv *quotastacktest.Server) error {
 		Credits: 500_000, Metadata: map[string]string{"source": "wallet_recharge"},
 	})
 	return err
+}
+
+func modeNames() []string {
+	var names []string
+	for _, m := range quotastacktest.Modes() {
+		names = append(names, m.Name)
+	}
+	return names
+}
+
+// modeOptions turns the -mode list into server options; lag and execStatus refine usage202
+// and execute-then-5xx.
+func modeOptions(list string, lag time.Duration, execStatus int) ([]quotastacktest.Option, error) {
+	var opts []quotastacktest.Option
+	for _, name := range strings.Split(list, ",") {
+		name = strings.TrimSpace(name)
+		if name == "" {
+			continue
+		}
+		m, ok := quotastacktest.ModeNamed(name)
+		if !ok {
+			return nil, fmt.Errorf("unknown mode %q (known: %s)", name, strings.Join(modeNames(), ", "))
+		}
+		switch name {
+		case "usage202":
+			opts = append(opts, quotastacktest.WithAsyncUsage(quotastacktest.AsyncUsage{Defer: true, Lag: lag}))
+		case "execute-then-5xx":
+			if execStatus < 500 || execStatus > 599 {
+				return nil, fmt.Errorf("-execute-then-status %d: want a 5xx", execStatus)
+			}
+			opts = append(opts, quotastacktest.WithExecuteThenStatus(execStatus))
+		default:
+			opts = append(opts, m.Options...)
+		}
+	}
+	return opts, nil
 }

@@ -71,3 +71,55 @@ func TestRecipeCurls(t *testing.T) {
 	require.Equal(t, float64(449_000), m["balance_after"])
 	require.NoError(t, srv.CheckInvariants())
 }
+
+// TestModeFlag starts the fake with -mode usage202,sparse,execute-then-5xx and checks each
+// over raw HTTP.
+func TestModeFlag(t *testing.T) {
+	opts, err := modeOptions("usage202, sparse,execute-then-5xx", 0, 503)
+	require.NoError(t, err)
+	srv := quotastacktest.Start(t, opts...)
+	require.NoError(t, seedRecipe(srv))
+
+	send := func(method, url, key, body string) (*http.Response, []byte) {
+		req, err := http.NewRequest(method, srv.URL+url, bytes.NewBufferString(body))
+		require.NoError(t, err)
+		req.Header.Set("X-API-Key", srv.APIKey)
+		if key != "" {
+			req.Header.Set("Idempotency-Key", key)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		var buf bytes.Buffer
+		_, err = buf.ReadFrom(resp.Body)
+		require.NoError(t, err)
+		return resp, buf.Bytes()
+	}
+	const usage = `{"external_customer_id": "user42:companion7", "billable_metric_key": "plan_purchase_1hr", "units": 1000}`
+	resp, _ := send("POST", "/v1/usage", "u1", usage)
+	require.Equal(t, 503, resp.StatusCode, "execute-then-5xx")
+	resp, body := send("POST", "/v1/usage", "u1", usage)
+	require.Equal(t, 202, resp.StatusCode, "usage202, replayed")
+	require.Empty(t, body)
+	resp, body = send("GET", "/v1/customer-by-external-id/user42%3Acompanion7/credits", "", "")
+	require.Equal(t, 200, resp.StatusCode)
+	var m map[string]any
+	require.NoError(t, json.Unmarshal(body, &m))
+	require.Equal(t, float64(499_000), m["balance"])
+	require.NotContains(t, m, "version", "sparse")
+	require.NoError(t, srv.CheckInvariants())
+
+	for _, tc := range []struct{ list, err string }{
+		{"kind,nice", `unknown mode "nice"`},
+		{"execute-then-5xx", "want a 5xx"},
+	} {
+		_, err := modeOptions(tc.list, 0, 200)
+		require.ErrorContains(t, err, tc.err)
+	}
+	opts, err = modeOptions("kind", 0, 500)
+	require.NoError(t, err)
+	require.Empty(t, opts)
+	opts, err = modeOptions("rate-limited", 0, 500)
+	require.NoError(t, err)
+	require.Len(t, opts, 1)
+}
