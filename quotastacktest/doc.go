@@ -11,8 +11,16 @@
 //
 // Tests can script faults (FailNext, DropNext, InjectFault, SetLatency, SetRandomFaults),
 // turn on rate limiting, and assert on what happened (Requests, Ledger, UsageEvents, Blocks,
-// Account, CheckInvariants). Every amount is an int64 of millicredits (mc). A Server and
-// all its methods are safe for concurrent use.
+// Account, PlanOrders, CheckInvariants). CheckInvariants also checks the money of plan
+// purchases: no order debited or granted twice, no grant without its debit, no debit
+// without its grant once the system is quiet, one plan per exhaustion.
+//
+// By default the fake is as kind as the contract allows. Modes lists the ways a real server
+// may be less kind (usage answered 202 with no body, sparse answers, a 5xx after the
+// request executed, the documented rate limit); RunModes runs one scenario against each.
+//
+// Every amount is an int64 of millicredits (mc). A Server and all its methods are safe for
+// concurrent use.
 //
 // The fake knows nothing of the SDK's code (only Server.Client imports it), so it cannot
 // share the client's misunderstandings of the contract.

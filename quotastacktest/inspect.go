@@ -8,8 +8,9 @@ import (
 )
 
 // RequestRecord is one request as the server saw it. Fault is "" (none), "status" (an
-// injected status answered instead of executing), "drop" (executed, connection dropped) or
-// "ratelimit" (429 of the rate limiter).
+// injected status answered instead of executing), "drop" (executed, connection dropped;
+// Status is the executed status), "execute-then-status" (executed, then answered Status in
+// place of its own answer) or "ratelimit" (429 of the rate limiter).
 type RequestRecord struct {
 	Method, Path, IdempotencyKey string
 	Status                       int

@@ -179,9 +179,11 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if out.rateLimited {
 			rec.Fault = "ratelimit"
 		}
-		if st := s.executeThen(f, out); st != 0 && !f.drop && out.resp.status != 0 {
-			rec.Fault = "execute-then-status"
-			out = outcome{resp: faultResponse(faultPlan{status: st}, path)}
+		if !f.drop && out.resp.status != 0 {
+			if st := s.executeThen(f, out); st != 0 {
+				rec.Fault = "execute-then-status"
+				out = outcome{resp: faultResponse(faultPlan{status: st}, path)}
+			}
 		}
 	}
 	rec.Status, rec.Replayed = out.resp.status, out.replayed
