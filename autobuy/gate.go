@@ -1,9 +1,11 @@
 // Package autobuy gates paid actions: it checks the customer's entitlement
 // and, when plan credits have run out but the wallet can pay, buys the next
 // plan from the wallet and lets the action through; otherwise it answers with
-// a paywall or plan-picker decision. At most one plan is bought per
-// exhaustion, in one process (coalescing) and across replicas (a Locker and
-// purchase keys derived from the customer's ledger).
+// a paywall or plan-picker decision. Every purchase is an intent recorded in
+// a Journal before its first request and finished from that record, under the
+// customer's Locker: at most one plan per exhaustion, never a debit without
+// its grant, in one process (the defaults) and across replicas (a shared
+// Journal and Locker, e.g. autobuy/redislock).
 package autobuy
 
 import (
@@ -12,16 +14,19 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
 	"github.com/quotastack/quotastack-go"
-	"github.com/quotastack/quotastack-go/internal/flight"
 	"github.com/quotastack/quotastack-go/internal/idem"
 	"github.com/quotastack/quotastack-go/plan"
 )
 
-// FallbackPolicy decides the answer of a gate when QuotaStack can't be asked.
+// FallbackPolicy decides the answer of a gate when QuotaStack could not
+// answer (a transport error, a timeout, a 5xx, a 429 after retries). A
+// definite answer (401, 403, 404, 409, 422) is never an outage: it is an error
+// or its own decision whatever the policy.
 type FallbackPolicy int
 
 const (
@@ -50,21 +55,30 @@ func (p FallbackPolicy) String() string {
 // Hooks are called after the gate's notable outcomes; each may be nil. They
 // run on the gating goroutine and should return quickly.
 type Hooks struct {
-	// AutoBought is called by the gate that bought (or finished) a plan.
+	// AutoBought is called once per plan bought, by the gate that completed
+	// its intent (whatever number of gates or replicas raced). customer is
+	// the QuotaStack id (quotastack.CustomerID).
 	AutoBought func(ctx context.Context, customer quotastack.Customer, p *plan.Purchase)
 	// Paywall is called for a denial that needs the customer to act
-	// (ReasonEmptyWallet or ReasonPlanExpired).
+	// (ReasonEmptyWallet, ReasonPlanExpired, ReasonPurchaseLimit).
 	Paywall func(ctx context.Context, customer quotastack.Customer, d Decision)
-	// PurchaseFailed is called when a purchase could not be completed.
+	// PurchaseFailed is called when a purchase step's outcome is unknown; the
+	// intent stays open and the next gate of the customer resumes it.
 	PurchaseFailed func(ctx context.Context, customer quotastack.Customer, err error)
+	// PurchaseNeedsReview is called once when an intent can't be finished
+	// safely by the gate (see IntentReview): a person must look at order
+	// in.OrderID in the ledger and grant or refund.
+	PurchaseNeedsReview func(ctx context.Context, in Intent, why string)
+	// Suspended is called once when auto-buy is suspended for a customer and
+	// metric after entitlement_failed_after_purchase.
+	Suspended func(ctx context.Context, s Suspension)
 	// Decided is called once per Gate call with its outcome (the decision, or
 	// the error returned), for tracing and metrics; metric is the gated metric.
 	Decided func(ctx context.Context, customer quotastack.Customer, metric string, d Decision, err error)
 }
 
 // PlanChooser picks the plan to auto-buy for a customer whose entitlement to
-// metric failed. It must be deterministic for a given customer state, so
-// racing gates pick the same plan. ok false means no plan: a plan_expired denial.
+// metric failed. ok false means no plan: a plan_expired denial.
 type PlanChooser func(ctx context.Context, customer quotastack.Customer, metric string, ent *quotastack.Entitlement) (p plan.Plan, ok bool)
 
 // Preference tells whether the customer opted in to auto-buy.
@@ -77,14 +91,17 @@ type Gatekeeper struct {
 	choose          PlanChooser
 	preference      Preference
 	locker          Locker
+	journal         Journal
 	hooks           Hooks
 	log             *slog.Logger
 	fallback        FallbackPolicy
 	purchaseTimeout time.Duration
+	lockTimeout     time.Duration
 	planOpts        []plan.Option
-	flights         flight.Group[flightResult]
-	recent          recentPurchases
-	pending         pendingOrders
+	now             func() time.Time
+	limitMax        int
+	limitPeriod     time.Duration
+	suspendFor      time.Duration
 }
 
 // Option configures a Gatekeeper.
@@ -103,11 +120,17 @@ func WithPlan(p plan.Plan) Option {
 func WithPlanChooser(c PlanChooser) Option { return func(g *Gatekeeper) { g.choose = c } }
 
 // WithPreference consults the customer's auto-buy preference before buying
-// (default: everyone opted in).
+// (default: everyone opted in). An error refuses the purchase
+// (purchase_unavailable), never the fallback policy.
 func WithPreference(p Preference) Option { return func(g *Gatekeeper) { g.preference = p } }
 
-// WithLocker serialises purchases across replicas (default: a LocalLocker).
+// WithLocker serialises purchases of one customer (default: a LocalLocker,
+// one process). Replicas share one, with a shared Journal.
 func WithLocker(l Locker) Option { return func(g *Gatekeeper) { g.locker = l } }
+
+// WithJournal sets the purchase journal (default: a MemoryJournal, one
+// process). Replicas share one, with a shared Locker.
+func WithJournal(j Journal) Option { return func(g *Gatekeeper) { g.journal = j } }
 
 // WithHooks sets the outcome hooks.
 func WithHooks(h Hooks) Option { return func(g *Gatekeeper) { g.hooks = h } }
@@ -115,34 +138,61 @@ func WithHooks(h Hooks) Option { return func(g *Gatekeeper) { g.hooks = h } }
 // WithLogger logs decisions and purchases to l (silent by default).
 func WithLogger(l *slog.Logger) Option { return func(g *Gatekeeper) { g.log = l } }
 
-// WithFallback sets the answer when QuotaStack can't be asked (default ReturnError).
+// WithFallback sets the answer when QuotaStack could not answer (default ReturnError).
 func WithFallback(p FallbackPolicy) Option { return func(g *Gatekeeper) { g.fallback = p } }
 
-// WithPurchaseTimeout bounds one purchase (lock, balance, debit, grant);
-// default 30 s. A purchase runs to its end even if the caller that started it gives up.
+// WithPurchaseTimeout bounds one purchase (debit, confirmation, grant) and
+// the wait for the customer's lock; default 30 s. A purchase runs to its end
+// even if the caller that started it gives up.
 func WithPurchaseTimeout(d time.Duration) Option {
 	return func(g *Gatekeeper) { g.purchaseTimeout = d }
 }
 
-// WithPlanOptions passes options to every plan.Buy (e.g. plan.WithActivation(plan.Queued)).
+// WithPlanOptions passes options to every purchase (e.g. plan.WithActivation(plan.Queued)).
 func WithPlanOptions(opts ...plan.Option) Option {
 	return func(g *Gatekeeper) { g.planOpts = append(g.planOpts, opts...) }
 }
 
+// WithClock sets the gate's clock (default time.Now): purchase intents are
+// stamped with it and the 24 h key window and limits are measured with it.
+// Tests on a fake with a manual clock pass its Now.
+func WithClock(now func() time.Time) Option { return func(g *Gatekeeper) { g.now = now } }
+
+// WithPurchaseLimit allows at most max auto-buys per customer in any window
+// of period (counted in the Journal, so across replicas when it is shared);
+// past it the gate denies purchase_limit. Default: no limit.
+func WithPurchaseLimit(max int, period time.Duration) Option {
+	return func(g *Gatekeeper) { g.limitMax, g.limitPeriod = max, period }
+}
+
+// WithSuspension sets how long auto-buy stays suspended for a customer and
+// metric after entitlement_failed_after_purchase (default 24 h; 0 means
+// until LiftSuspension).
+func WithSuspension(d time.Duration) Option { return func(g *Gatekeeper) { g.suspendFor = d } }
+
 // New returns a Gatekeeper for client. A plan (WithPlan or WithPlanChooser) is required.
 func New(client *quotastack.Client, opts ...Option) (*Gatekeeper, error) {
-	g := &Gatekeeper{client: client, purchaseTimeout: 30 * time.Second}
+	g := &Gatekeeper{client: client, purchaseTimeout: 30 * time.Second, now: time.Now, suspendFor: 24 * time.Hour}
 	for _, o := range opts {
 		o(g)
 	}
-	if client == nil {
+	switch {
+	case client == nil:
 		return nil, errors.New("autobuy: nil client")
-	}
-	if g.choose == nil {
+	case g.choose == nil:
 		return nil, errors.New("autobuy: no plan (use WithPlan or WithPlanChooser)")
+	case g.purchaseTimeout <= 0:
+		return nil, errors.New("autobuy: the purchase timeout must be positive")
+	case g.limitMax < 0 || g.limitMax > 0 && g.limitPeriod <= 0:
+		return nil, errors.New("autobuy: a purchase limit needs max >= 0 and a positive period")
+	case g.suspendFor < 0:
+		return nil, errors.New("autobuy: the suspension must not be negative")
 	}
 	if g.locker == nil {
 		g.locker = NewLocalLocker()
+	}
+	if g.journal == nil {
+		g.journal = NewMemoryJournal(max(48*time.Hour, 2*g.limitPeriod))
 	}
 	if g.log == nil {
 		g.log = slog.New(slog.DiscardHandler)
@@ -186,10 +236,12 @@ type gateConfig struct {
 // WithUnits sets the units of the action (default 1).
 func WithUnits(n int64) GateOption { return func(c *gateConfig) { c.units = n } }
 
-// WithEventID names the business event of the action (e.g. a message id): the
-// usage record gets the key "usage:{event}" ("usage:{event}:2" when that key
-// already holds a 402 answer), so gating the same event again never charges
-// twice. Without it each Gate call is a new event.
+// WithEventID names the business event of the action (e.g. a message id). It
+// must be unique per customer (not across customers): the usage record's key
+// is "usage:{customer_id}:{event}", then "usage:{customer_id}:{event}:{n}"
+// for the n-th attempt after earlier attempts were refused (402), so gating
+// the same event again never charges twice. Without it each Gate call is a
+// new event.
 func WithEventID(id string) GateOption { return func(c *gateConfig) { c.eventID = id } }
 
 // WithMetadata attaches metadata to the usage record.
@@ -207,27 +259,26 @@ func WithReservation(ttl time.Duration) GateOption {
 
 // Gate decides whether customer may do one action on metric, auto-buying a
 // plan from the wallet when plan credits have run out, and records the usage
-// of an allowed action. Denials are Decisions; the error is non-nil only when
-// QuotaStack couldn't be asked (and the fallback policy is ReturnError) or
-// the input is invalid. Round trips: 2 when entitled, at most 6 with an auto-buy.
+// of an allowed action. Denials are Decisions (see Reason). The error is
+// non-nil for invalid input, for a definite error answer from QuotaStack
+// (401/403: the key; 404 metric, 422 rule, 409 event reuse: configuration),
+// and when QuotaStack could not answer and the fallback policy is
+// ReturnError. Round trips: 2 when entitled, 2 for a paywall, 5 for an
+// auto-buy (6 on a server that debits asynchronously).
 func (g *Gatekeeper) Gate(ctx context.Context, customer quotastack.Customer, metric string, opts ...GateOption) (Decision, error) {
 	cfg := gateConfig{units: 1}
 	for _, o := range opts {
 		o(&cfg)
 	}
+	var d Decision
+	var err error
 	if customer.IsZero() || metric == "" || cfg.units <= 0 {
-		return Decision{}, fmt.Errorf("%w: autobuy: need a customer, a metric and units > 0", quotastack.ErrInvalidInput)
-	}
-	var key usageKey
-	if cfg.eventID != "" {
-		key.base = "usage:" + cfg.eventID
-		if err := idem.Check(key.base + ":2"); err != nil {
-			return Decision{}, fmt.Errorf("%w: autobuy: event id: %w", quotastack.ErrInvalidInput, err)
+		err = fmt.Errorf("%w: autobuy: need a customer, a metric and units > 0", quotastack.ErrInvalidInput)
+	} else {
+		d, err = g.gate(ctx, customer, metric, cfg)
+		if err != nil && isOutage(ctx, err) {
+			d, err = g.fallbackDecision(ctx, customer, metric, d, err)
 		}
-	}
-	d, err := g.gate(ctx, customer, metric, cfg, &key)
-	if err != nil && !errors.Is(err, quotastack.ErrInvalidInput) {
-		d, err = g.fallbackDecision(ctx, customer, metric, d, err)
 	}
 	if g.hooks.Decided != nil {
 		g.hooks.Decided(ctx, customer, metric, d, err)
@@ -235,16 +286,39 @@ func (g *Gatekeeper) Gate(ctx context.Context, customer quotastack.Customer, met
 	return d, err
 }
 
-func (g *Gatekeeper) gate(ctx context.Context, customer quotastack.Customer, metric string, cfg gateConfig, key *usageKey) (Decision, error) {
+// isOutage reports whether err means QuotaStack could not answer: no
+// response, a timeout, a 5xx, a 429 after retries, or an answer that could
+// not be read. A cancelled caller is not an outage.
+func isOutage(ctx context.Context, err error) bool {
+	if errors.Is(err, context.Canceled) && ctx.Err() != nil {
+		return false
+	}
+	var apiErr *quotastack.APIError
+	if errors.As(err, &apiErr) {
+		return apiErr.StatusCode >= 500 || apiErr.StatusCode == 429 || errors.Is(err, quotastack.ErrUnexpectedResponse)
+	}
+	var reqErr *quotastack.RequestError
+	return errors.As(err, &reqErr)
+}
+
+func (g *Gatekeeper) gate(ctx context.Context, customer quotastack.Customer, metric string, cfg gateConfig) (Decision, error) {
 	var d Decision
-	started := time.Now()
+	started := g.now()
 	ent, err := g.client.Check(ctx, customer, metric, cfg.units)
+	if isCustomerNotFound(err) {
+		return g.deny(ctx, customer, d, ReasonNoAccount), nil
+	}
 	if err != nil {
 		return d, err
 	}
 	d.Entitlement = ent
+	if d.CustomerID, err = g.resolve(ctx, customer, ent); err != nil {
+		return d, err
+	}
+	canon := customerOf(d.CustomerID)
+	key := usageKey{customerID: d.CustomerID, event: cfg.eventID, n: 1}
 	if ent.Allowed {
-		ok, err := g.consume(ctx, &d, customer, metric, cfg, key)
+		ok, err := g.consume(ctx, &d, canon, metric, cfg, &key)
 		if err != nil || ok {
 			d.Reason = ReasonEntitled
 			return d, err
@@ -257,7 +331,8 @@ func (g *Gatekeeper) gate(ctx context.Context, customer quotastack.Customer, met
 		enabled = *cfg.autoBuy
 	} else if g.preference != nil {
 		if enabled, err = g.preference(ctx, customer); err != nil {
-			return d, fmt.Errorf("autobuy: reading the auto-buy preference: %w", err)
+			d.Err = fmt.Errorf("autobuy: reading the auto-buy preference: %w", err)
+			return g.deny(ctx, customer, d, ReasonPurchaseUnavailable), nil
 		}
 	}
 	if !enabled {
@@ -267,84 +342,329 @@ func (g *Gatekeeper) gate(ctx context.Context, customer quotastack.Customer, met
 	if !ok {
 		return g.deny(ctx, customer, d, ReasonPlanExpired), nil
 	}
+	if err := p.Validate(); err != nil {
+		return d, fmt.Errorf("%w: autobuy: the chosen plan: %w", quotastack.ErrInvalidInput, err)
+	}
+	if tooLarge(ent, p) {
+		// Decided before buying: one plan can't let this action through.
+		return g.deny(ctx, customer, d, ReasonActionTooLarge), nil
+	}
+	return g.purchaseAndConsume(ctx, customer, metric, cfg, p, started, d, &key)
+}
 
-	flightKey := customer.String() + "\x00" + p.Type
-	var fr flightResult
-	shared := true
-	if !g.recent.since(flightKey, started) {
-		// No purchase for this customer finished since this gate's check began
-		// (one that did was for the exhaustion this gate saw): buy, or join the
-		// purchase in flight.
-		fr, shared, err = g.flights.Do(ctx, flightKey, func(fctx context.Context) (flightResult, error) {
-			fctx, cancel := context.WithTimeout(fctx, g.purchaseTimeout)
-			defer cancel()
-			fr, err := g.purchase(fctx, customer, p, ent)
-			if fr.purchase != nil {
-				g.recent.mark(flightKey, time.Now())
-			}
-			return fr, err
-		})
+// tooLarge reports whether the action would still be refused with one more
+// plan's credits. balance_after is the eligible effective balance minus the
+// action's cost; a server that doesn't send it is judged on the cost alone.
+func tooLarge(ent *quotastack.Entitlement, p plan.Plan) bool {
+	if ent.EstimatedCost <= 0 {
+		return false
+	}
+	if ent.BalanceAfter < 0 {
+		return ent.BalanceAfter+p.CreditsMC < 0
+	}
+	return ent.EstimatedCost > p.CreditsMC
+}
+
+// purchaseAndConsume is the not-entitled path, under the customer's lock:
+// finish the customer's open intents; if a plan was completed since this
+// gate's check (by another gate or replica), check again instead of buying;
+// otherwise check the limits and the wallet, buy, and record the action.
+func (g *Gatekeeper) purchaseAndConsume(ctx context.Context, customer quotastack.Customer, metric string, cfg gateConfig,
+	p plan.Plan, started time.Time, d Decision, key *usageKey) (Decision, error) {
+	unlock, err := g.lock(ctx, d.CustomerID)
+	if err != nil {
+		d.Err = err
+		return g.deny(ctx, customer, d, ReasonPurchaseUnavailable), nil
+	}
+	locked := true
+	defer func() {
+		if locked {
+			unlock()
+		}
+	}()
+
+	finished, err := g.finishOpen(ctx, d.CustomerID)
+	if err != nil {
+		// An earlier purchase of this customer is unfinished: buying now could
+		// buy twice for one exhaustion. Its next attempt resumes it.
+		return g.purchaseError(ctx, customer, d, err)
+	}
+	if g.boughtSince(ctx, d.CustomerID, started, finished) {
+		// The exhaustion this gate saw may be over: check again, under the
+		// lock, so the answer includes every purchase made for this customer.
+		ent, err := g.client.Check(ctx, canonOf(d), metric, cfg.units)
 		if err != nil {
 			return d, err
 		}
-	}
-	d.WalletMC = fr.walletMC
-	if fr.walletShort {
-		return g.deny(ctx, customer, d, ReasonEmptyWallet), nil
-	}
-	d.Purchase = fr.purchase
-	if fr.purchase != nil && !shared {
-		g.log.InfoContext(ctx, "autobuy: plan bought", "customer", customer.String(), "plan", p.Type,
-			"order_id", fr.purchase.OrderID, "debit_replayed", fr.purchase.DebitReplayed, "grant_replayed", fr.purchase.GrantReplayed)
-		if g.hooks.AutoBought != nil {
-			g.hooks.AutoBought(ctx, customer, fr.purchase)
+		d.Entitlement = ent
+		if ent.Allowed {
+			unlock()
+			locked = false
+			ok, err := g.consume(ctx, &d, canonOf(d), metric, cfg, key)
+			if err != nil || ok {
+				d.Reason = ReasonEntitled
+				return d, err
+			}
+			// Spent by concurrent actions in between: the user's retry decides.
+			return g.deny(ctx, customer, d, ReasonInsufficientCredits), nil
+		}
+		// Still refused with every earlier purchase counted: a new exhaustion.
+		if tooLarge(ent, p) {
+			return g.deny(ctx, customer, d, ReasonActionTooLarge), nil
 		}
 	}
 
-	// Re-check once; never buy again from here, whatever it says.
-	ent, err = g.client.Check(ctx, customer, metric, cfg.units)
+	if s, ok, err := g.journal.Suspension(ctx, d.CustomerID, metric); err != nil {
+		d.Err = &journalError{err}
+		return g.deny(ctx, customer, d, ReasonPurchaseUnavailable), nil
+	} else if ok && s.Active(g.now()) {
+		d.Limit = &Limit{Kind: "suspended", ResetsAt: s.Until}
+		return g.deny(ctx, customer, d, ReasonAutoBuySuspended), nil
+	}
+
+	if lim, err := g.limitReached(ctx, d.CustomerID); err != nil {
+		d.Err = err
+		return g.deny(ctx, customer, d, ReasonPurchaseUnavailable), nil
+	} else if lim != nil {
+		d.Limit = lim
+		return g.deny(ctx, customer, d, ReasonPurchaseLimit), nil
+	}
+
+	// The recipe's wallet guard: no POST when the wallet can't cover the price.
+	bal, err := g.client.BalanceWithBlocks(ctx, canonOf(d))
+	if err != nil {
+		return d, err
+	}
+	d.WalletMC = bal.WalletMC()
+	if d.WalletMC < p.PriceMC {
+		return g.deny(ctx, customer, d, ReasonEmptyWallet), nil
+	}
+
+	r, err := g.start(ctx, d.CustomerID, metric, p, d.WalletMC)
+	switch {
+	case err != nil:
+		return g.purchaseError(ctx, customer, d, err)
+	case r.walletShort:
+		return g.deny(ctx, customer, d, ReasonEmptyWallet), nil
+	case r.failed != nil:
+		return d, r.failed // refused for good: a configuration error (metric, rule, key)
+	case r.purchase == nil:
+		d.Err = errors.New("autobuy: purchase " + r.intent.OrderID + " is " + string(r.intent.State))
+		return g.deny(ctx, customer, d, ReasonPurchaseUnavailable), nil
+	}
+	d.Purchase = r.purchase
+	return g.consumeAfterPurchase(ctx, customer, metric, cfg, d, key)
+}
+
+// purchaseError answers a purchase left unfinished (its intent stays open
+// and is resumed with the same keys): when QuotaStack could not answer it is
+// an outage like any other (the fallback policy decides; the error matches
+// plan.ErrUnknownOutcome or plan.ErrHalfDone), otherwise (the Journal failed,
+// a debit awaits confirmation) a purchase_unavailable denial.
+func (g *Gatekeeper) purchaseError(ctx context.Context, customer quotastack.Customer, d Decision, err error) (Decision, error) {
+	if isOutage(ctx, err) {
+		return d, err
+	}
+	d.Err = err
+	return g.deny(ctx, customer, d, ReasonPurchaseUnavailable), nil
+}
+
+// skewMargin widens "after this gate's check began" for purchases stamped by
+// other replicas' clocks. A purchase inside it costs one more check, never a
+// wrong answer.
+const skewMargin = 5 * time.Second
+
+// boughtSince reports whether a plan of the customer may have been completed
+// after this gate's check began (or was just finished from an open intent):
+// then that check may not count it.
+func (g *Gatekeeper) boughtSince(ctx context.Context, customerID string, started time.Time, finished []runResult) bool {
+	for _, r := range finished {
+		if r.purchase != nil {
+			return true
+		}
+	}
+	from := started.Add(-skewMargin)
+	recent, err := g.journal.Since(ctx, customerID, from)
+	if err != nil {
+		return true // unknown: one more check can't charge twice
+	}
+	for _, in := range recent {
+		if in.State == IntentDone && !in.UpdatedAt.Before(from) {
+			return true
+		}
+	}
+	return false
+}
+
+// limitReached counts the customer's auto-buys (intents that were not
+// refused) created in the last limit period.
+func (g *Gatekeeper) limitReached(ctx context.Context, customerID string) (*Limit, error) {
+	if g.limitMax == 0 && g.limitPeriod == 0 {
+		return nil, nil
+	}
+	from := g.now().Add(-g.limitPeriod)
+	ins, err := g.journal.Since(ctx, customerID, from)
+	if err != nil {
+		return nil, &journalError{err}
+	}
+	var counted []time.Time
+	for _, in := range ins {
+		if in.State != IntentFailed && in.CreatedAt.After(from) {
+			counted = append(counted, in.CreatedAt)
+		}
+	}
+	if len(counted) < g.limitMax {
+		return nil, nil
+	}
+	// The window frees a purchase when the oldest counted one leaves it.
+	return &Limit{Kind: "purchases_per_period", Max: g.limitMax, Period: g.limitPeriod,
+		ResetsAt: counted[len(counted)-g.limitMax].Add(g.limitPeriod)}, nil
+}
+
+// consumeAfterPurchase records the action on the plan this gate just bought,
+// still under the lock. On a server that debits synchronously the record's
+// own answer proves the plan works (5 round trips in all); on one that
+// answers 202 the entitlement is checked first, since its record would be
+// accepted either way.
+func (g *Gatekeeper) consumeAfterPurchase(ctx context.Context, customer quotastack.Customer, metric string, cfg gateConfig, d Decision, key *usageKey) (Decision, error) {
+	canon := canonOf(d)
+	if d.Purchase.Debit != nil && d.Purchase.Debit.Accepted {
+		ent, err := g.client.Check(ctx, canon, metric, cfg.units)
+		if err != nil {
+			return d, err
+		}
+		d.Entitlement = ent
+		if !ent.Allowed {
+			return g.diagnose(ctx, customer, metric, cfg, d, key)
+		}
+	}
+	ok, err := g.consume(ctx, &d, canon, metric, cfg, key)
+	if err != nil {
+		return d, err
+	}
+	if ok {
+		d.Reason = ReasonAutoBought
+		return d, nil
+	}
+	return g.diagnose(ctx, customer, metric, cfg, d, key)
+}
+
+// diagnose tells a misconfigured plan or rule from a plan that concurrent
+// actions used first, after the action was refused on the plan just bought.
+// It blames the configuration only when the plan's block is live and
+// untouched and its credits, less every hold, still cover the action while
+// the check refuses it: concurrency can't produce that.
+func (g *Gatekeeper) diagnose(ctx context.Context, customer quotastack.Customer, metric string, cfg gateConfig, d Decision, key *usageKey) (Decision, error) {
+	canon := canonOf(d)
+	ent, err := g.client.Check(ctx, canon, metric, cfg.units)
 	if err != nil {
 		return d, err
 	}
 	d.Entitlement = ent
-	if !ent.Allowed {
-		// Usually the plan bought for this exhaustion went to concurrent actions.
-		reason := ReasonInsufficientCredits
-		if ((fr.purchase != nil && !shared) || fr.covered) && g.planUnspent(ctx, customer, p, ent) {
-			// The plan's credits are there and still don't entitle: a
-			// misconfigured plan or rule. (One more read, on this rare path only.)
-			reason = ReasonEntitlementFailedAfterPurchase
+	if ent.Allowed {
+		// Credits came back (a released hold): one more try, no purchase.
+		if ok, err := g.consume(ctx, &d, canon, metric, cfg, key); err != nil || ok {
+			d.Reason = ReasonAutoBought
+			return d, err
 		}
-		return g.deny(ctx, customer, d, reason), nil
+		return g.deny(ctx, customer, d, ReasonInsufficientCredits), nil
 	}
-	ok, err = g.consume(ctx, &d, customer, metric, cfg, key)
+	bal, err := g.client.BalanceWithBlocks(ctx, canon)
 	if err != nil {
 		return d, err
 	}
-	if !ok {
+	o := plan.Order{ID: d.Purchase.OrderID, Plan: d.Purchase.Plan}
+	blk, found := o.GrantIn(bal)
+	need := max(ent.EstimatedCost, 1)
+	if !found || blk.RemainingAmount < blk.OriginalAmount || blk.RemainingAmount-bal.ReservedBalance < need {
 		return g.deny(ctx, customer, d, ReasonInsufficientCredits), nil
 	}
-	d.Reason = ReasonAutoBought
-	if fr.purchase == nil {
-		// Another replica's plan covered it (seen in the ledger under the lock).
-		d.Reason = ReasonEntitled
+	now := g.now()
+	s := Suspension{CustomerID: d.CustomerID, Metric: metric, Since: now,
+		Reason: "plan " + d.Purchase.Plan.Type + " (order " + d.Purchase.OrderID + ") was bought and its credits don't entitle " + metric}
+	if g.suspendFor > 0 {
+		s.Until = now.Add(g.suspendFor)
 	}
-	return d, nil
+	created, err := g.journal.Suspend(ctx, s, now)
+	if err != nil {
+		d.Err = &journalError{err}
+	} else if created && g.hooks.Suspended != nil {
+		g.hooks.Suspended(ctx, s)
+	}
+	d.Limit = &Limit{Kind: "suspended", ResetsAt: s.Until}
+	return g.deny(ctx, customer, d, ReasonEntitlementFailedAfterPurchase), nil
 }
 
-// usageKey holds the idempotency key of one action's usage record:
-// "usage:{event}", then "usage:{event}:2" once the first holds a stored 402
-// (the server replays that 402 for as long as it keeps the key).
-type usageKey struct {
-	base   string // "" without an event id: each record gets a random key
-	second bool
+// LiftSuspension lets auto-buy run again for the customer (its QuotaStack
+// id, Decision.CustomerID) and metric, once the plan or rule is fixed.
+func (g *Gatekeeper) LiftSuspension(ctx context.Context, customerID, metric string) error {
+	if err := g.journal.Lift(ctx, customerID, metric); err != nil {
+		return &journalError{err}
+	}
+	return nil
 }
+
+// resolve returns the customer's QuotaStack id, which keys locks, intents,
+// usage records and hooks whichever id form the caller used. Every
+// entitlement answer carries it; a server that leaves it out costs one more
+// request.
+func (g *Gatekeeper) resolve(ctx context.Context, customer quotastack.Customer, ent *quotastack.Entitlement) (string, error) {
+	if ent.CustomerID != "" {
+		return ent.CustomerID, nil
+	}
+	if !customer.IsExternal() {
+		return customer.ID(), nil
+	}
+	rec, err := g.client.GetCustomer(ctx, customer)
+	if err != nil {
+		return "", err
+	}
+	if rec.CustomerID == "" {
+		return "", fmt.Errorf("%w: autobuy: the server named no customer_id for %s", quotastack.ErrUnexpectedResponse, customer)
+	}
+	return rec.CustomerID, nil
+}
+
+// lock takes the customer's purchase lock, waiting at most the purchase
+// timeout; the release is bounded too, whatever the caller's context.
+func (g *Gatekeeper) lock(ctx context.Context, customerID string) (func(), error) {
+	lctx, cancel := context.WithTimeout(ctx, g.purchaseTimeout)
+	defer cancel()
+	unlock, err := g.locker.Lock(lctx, "quotastack:autobuy:"+customerID)
+	if err != nil {
+		return nil, fmt.Errorf("autobuy: locking customer %s: %w", customerID, err)
+	}
+	return func() {
+		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		if err := unlock(uctx); err != nil {
+			// The lock expired while held; the journal's revisions kept the purchase single.
+			g.log.WarnContext(ctx, "autobuy: lock was lost before release", "customer_id", customerID, "error", err)
+		}
+	}, nil
+}
+
+// usageKey makes the idempotency keys of one action's usage record:
+// "usage:{customer}:{event}" first, then "usage:{customer}:{event}:{n}" for
+// the n-th attempt after refused ones (a stored 402 is replayed for as long as
+// the server keeps its key). Parts are escaped, so the keys are injective.
+type usageKey struct {
+	customerID, event string // event "" means a random key per record
+	n                 int
+}
+
+// maxUsageAttempts bounds the keys one gate walks through before giving up on
+// a server that replays a 402 for every one of them.
+const maxUsageAttempts = 1000
 
 func (k *usageKey) current() string {
-	if k.base == "" || !k.second {
-		return k.base
+	switch {
+	case k.event == "":
+		return ""
+	case k.n <= 1:
+		return idem.Join("usage", k.customerID, k.event)
 	}
-	return k.base + ":2"
+	return idem.Join("usage", k.customerID, k.event, strconv.Itoa(k.n))
 }
 
 // consume records the usage (or holds it with a reservation) of an action the
@@ -369,39 +689,50 @@ func (g *Gatekeeper) consume(ctx context.Context, d *Decision, customer quotasta
 		if !errors.Is(err, quotastack.ErrInsufficientCredits) {
 			return false, err
 		}
-		// Not recorded. The server stored this 402 under the key, so any later
-		// record of this event must use the second key.
-		if key.base == "" || key.second {
+		if key.event == "" {
 			return false, nil
 		}
-		key.second = true
+		// Not recorded, and the server keeps this 402 under the key: any later
+		// record of this event goes under the next one.
+		key.n++
+		if key.n > maxUsageAttempts {
+			return false, fmt.Errorf("autobuy: event %q refused %d times: %w", key.event, maxUsageAttempts, err)
+		}
 		var apiErr *quotastack.APIError
 		if !errors.As(err, &apiErr) || !apiErr.Replayed {
 			return false, nil
 		}
-		// A replayed 402 is an earlier gate's of this event: the record of
-		// this one goes under the second key (which replays if that earlier
-		// gate recorded it there).
+		// A replayed 402 is an earlier gate's refusal of this event: this
+		// gate's record goes under the next key (which replays if an earlier
+		// gate recorded the event there).
 	}
 }
 
 func (g *Gatekeeper) deny(ctx context.Context, customer quotastack.Customer, d Decision, r Reason) Decision {
 	d.Allowed, d.Reason = false, r
-	g.log.InfoContext(ctx, "autobuy: denied", "customer", customer.String(), "reason", string(r))
-	if (r == ReasonEmptyWallet || r == ReasonPlanExpired) && g.hooks.Paywall != nil {
+	g.log.InfoContext(ctx, "autobuy: denied", "customer_id", d.CustomerID, "reason", string(r))
+	if (r == ReasonEmptyWallet || r == ReasonPlanExpired || r == ReasonPurchaseLimit) && g.hooks.Paywall != nil {
 		g.hooks.Paywall(ctx, customer, d)
 	}
 	return d
 }
 
 func (g *Gatekeeper) fallbackDecision(ctx context.Context, customer quotastack.Customer, metric string, d Decision, err error) (Decision, error) {
-	g.log.WarnContext(ctx, "autobuy: QuotaStack unavailable", "customer", customer.String(), "metric", metric,
+	g.log.WarnContext(ctx, "autobuy: QuotaStack could not answer", "customer", customer.String(), "metric", metric,
 		"policy", g.fallback.String(), "error", err)
 	switch g.fallback {
 	case FailClosed:
-		return Decision{Allowed: false, Reason: ReasonUnavailable, Fallback: true, Err: err, Entitlement: d.Entitlement, Purchase: d.Purchase}, nil
+		return Decision{Allowed: false, Reason: ReasonUnavailable, Fallback: true, Err: err, CustomerID: d.CustomerID, Entitlement: d.Entitlement, Purchase: d.Purchase}, nil
 	case FailOpen:
-		return Decision{Allowed: true, Reason: ReasonUnavailable, Fallback: true, Err: err, Entitlement: d.Entitlement, Purchase: d.Purchase}, nil
+		return Decision{Allowed: true, Reason: ReasonUnavailable, Fallback: true, Err: err, CustomerID: d.CustomerID, Entitlement: d.Entitlement, Purchase: d.Purchase}, nil
 	}
 	return d, err
+}
+
+func canonOf(d Decision) quotastack.Customer { return customerOf(d.CustomerID) }
+
+// isCustomerNotFound reports a definite "no such customer" answer.
+func isCustomerNotFound(err error) bool {
+	var apiErr *quotastack.APIError
+	return errors.As(err, &apiErr) && apiErr.StatusCode == 404 && strings.HasSuffix(apiErr.Type, "/customer-not-found")
 }

@@ -2,7 +2,9 @@ package autobuy_test
 
 import (
 	"context"
+	"fmt"
 	"net/http"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -31,13 +33,13 @@ func TestGateBranches(t *testing.T) {
 		paywall    bool
 	}{
 		{name: "entitled: record and go", walletMC: 250_000, planMC: 5_000, allowed: true, reason: autobuy.ReasonEntitled, roundTrips: 2},
-		{name: "exhausted, wallet pays: auto-buy", walletMC: 250_000, allowed: true, reason: autobuy.ReasonAutoBought, purchased: true, roundTrips: 6},
+		{name: "exhausted, wallet pays: auto-buy", walletMC: 250_000, allowed: true, reason: autobuy.ReasonAutoBought, purchased: true, roundTrips: 5},
 		{name: "exhausted, preference off: plan picker", walletMC: 250_000, allowed: false, reason: autobuy.ReasonPlanExpired, roundTrips: 1, paywall: true,
 			gateOpts: []autobuy.Option{autobuy.WithPreference(func(context.Context, quotastack.Customer) (bool, error) { return false, nil })}},
 		{name: "exhausted, per-call opt-out: plan picker", walletMC: 250_000, allowed: false, reason: autobuy.ReasonPlanExpired, roundTrips: 1, paywall: true,
 			opts: []autobuy.GateOption{autobuy.WithAutoBuy(false)}},
-		{name: "exhausted, wallet short: paywall", walletMC: 99_000, allowed: false, reason: autobuy.ReasonEmptyWallet, roundTrips: 3, paywall: true},
-		{name: "exhausted, empty wallet: paywall", walletMC: 0, allowed: false, reason: autobuy.ReasonEmptyWallet, roundTrips: 3, paywall: true},
+		{name: "exhausted, wallet short: paywall", walletMC: 99_000, allowed: false, reason: autobuy.ReasonEmptyWallet, roundTrips: 2, paywall: true},
+		{name: "exhausted, empty wallet: paywall", walletMC: 0, allowed: false, reason: autobuy.ReasonEmptyWallet, roundTrips: 2, paywall: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -67,7 +69,7 @@ func TestGateBranches(t *testing.T) {
 			if tt.allowed {
 				require.NotNil(t, d.Usage)
 				require.Len(t, chat, 1)
-				assert.Equal(t, "usage:msg_1", chat[0].IdempotencyKey)
+				assert.Equal(t, "usage:"+d.CustomerID+":msg_1", chat[0].IdempotencyKey)
 			} else {
 				assert.Nil(t, d.Usage)
 				assert.Empty(t, chat, "a denied action has no usage event")
@@ -98,11 +100,14 @@ func TestNeverBuysTwiceWhenThePlanDoesNotEntitle(t *testing.T) {
 	g, err := autobuy.New(w.client(t), autobuy.WithPlan(bad))
 	require.NoError(t, err)
 
-	for i := range 3 {
-		d, err := g.Gate(context.Background(), w.cust, "chat_message")
+	want := []autobuy.Reason{autobuy.ReasonEntitlementFailedAfterPurchase, autobuy.ReasonAutoBuySuspended, autobuy.ReasonAutoBuySuspended}
+	for i, reason := range want {
+		d, err := g.Gate(context.Background(), w.cust, "chat_message", autobuy.WithEventID(fmt.Sprintf("m%d", i)))
 		require.NoError(t, err)
 		assert.False(t, d.Allowed)
-		assert.Equal(t, autobuy.ReasonEntitlementFailedAfterPurchase, d.Reason, "gate %d", i)
+		assert.Equal(t, reason, d.Reason, "gate %d", i)
+		require.NotNil(t, d.Limit)
+		assert.Equal(t, "suspended", d.Limit.Kind)
 	}
 	assert.Equal(t, 1, w.planGrants(), "one purchase, no loop, not even across calls")
 	assert.Empty(t, w.usageFor("chat_message"))
@@ -117,7 +122,7 @@ type spendFirst struct {
 }
 
 func (s *spendFirst) RoundTrip(r *http.Request) (*http.Response, error) {
-	if r.Method == http.MethodPost && r.URL.Path == "/v1/usage" && r.Header.Get("Idempotency-Key") == "usage:msg_race" {
+	if r.Method == http.MethodPost && r.URL.Path == "/v1/usage" && strings.HasSuffix(r.Header.Get("Idempotency-Key"), ":msg_race") {
 		s.once.Do(s.spend)
 	}
 	return s.next.RoundTrip(r)
@@ -179,22 +184,24 @@ func TestOutagePolicies(t *testing.T) {
 func TestHalfDonePurchaseIsFinishedByALaterGate(t *testing.T) {
 	t.Parallel()
 	w := setup(t, 250_000)
-	g := w.gate(t)
+	journal := autobuy.NewMemoryJournal(0) // stands for a durable journal both processes share
+	g := w.gate(t, autobuy.WithJournal(journal))
 	w.srv.InjectFault(quotastacktest.Fault{Method: "POST", PathPrefix: "/v1/topup/grant", Status: 503, Count: 10})
 
 	_, err := g.Gate(context.Background(), w.cust, "chat_message", autobuy.WithEventID("m1"))
-	require.Error(t, err)
+	require.Error(t, err, "an outage with the default ReturnError policy")
 	assert.ErrorIs(t, err, plan.ErrHalfDone)
+	assert.ErrorIs(t, err, plan.ErrUnknownOutcome)
 	assert.Equal(t, int64(150_000), w.wallet(), "debited once")
 	assert.Equal(t, 0, w.planGrants())
 
 	w.srv.ClearFaults()
 	// Another gate (a new process, say) meets the same exhaustion.
-	d, err := w.gate(t).Gate(context.Background(), w.cust, "chat_message", autobuy.WithEventID("m1"))
+	d, err := w.gate(t, autobuy.WithJournal(journal)).Gate(context.Background(), w.cust, "chat_message", autobuy.WithEventID("m1"))
 	require.NoError(t, err)
 	assert.True(t, d.Allowed)
-	require.NotNil(t, d.Purchase)
-	assert.True(t, d.Purchase.DebitReplayed, "finished, not repeated")
+	assert.Equal(t, autobuy.ReasonEntitled, d.Reason, "the finished plan covered it; nothing new was bought")
+	assert.Nil(t, d.Purchase)
 	assert.Equal(t, int64(150_000), w.wallet())
 	assert.Equal(t, 1, w.planGrants())
 	assert.Len(t, w.usageFor("plan_purchase_1hr"), 1)
@@ -228,7 +235,7 @@ func TestFaultsDuringTheGate(t *testing.T) {
 			assert.Equal(t, int64(150_000), w.wallet())
 			chat := w.usageFor("chat_message")
 			require.Len(t, chat, 1, "usage recorded exactly once")
-			assert.Equal(t, "usage:evt_f", chat[0].IdempotencyKey)
+			assert.Equal(t, "usage:"+d.CustomerID+":evt_f", chat[0].IdempotencyKey)
 		})
 	}
 }
@@ -284,7 +291,7 @@ func TestBadInput(t *testing.T) {
 		{quotastack.Customer{}, "chat_message", nil},
 		{w.cust, "", nil},
 		{w.cust, "chat_message", []autobuy.GateOption{autobuy.WithUnits(-1)}},
-		{w.cust, "chat_message", []autobuy.GateOption{autobuy.WithEventID("has space")}},
+		{w.cust, "chat_message", []autobuy.GateOption{autobuy.WithUnits(0)}},
 	} {
 		_, err := g.Gate(context.Background(), tc.c, tc.metric, tc.opts...)
 		assert.ErrorIs(t, err, quotastack.ErrInvalidInput)

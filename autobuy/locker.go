@@ -5,12 +5,12 @@ import (
 	"sync"
 )
 
-// Locker serialises auto-buys of one customer. The in-process default covers
-// one process; across replicas use a shared implementation (the Redis one in
-// autobuy/redislock). Purchase keys derived from the ledger make replicas that
-// race on one exhaustion send the same keys even without a shared lock, or
-// when a lock is lost; they can't when another grant (a wallet topup) lands
-// in the middle of the race, which is what the shared lock is for.
+// Locker serialises the purchases of one customer. The in-process default
+// covers one process; replicas share one (the Redis one in
+// autobuy/redislock) together with a shared Journal. A lock that expires
+// while held can't make a purchase run twice (the journal's revisions and
+// the order's idempotency keys keep it single), but two gates could then
+// each decide to buy: keep the lock's TTL above the purchase timeout.
 type Locker interface {
 	// Lock blocks until the key is held or ctx ends, and returns the function
 	// that releases it.

@@ -4,183 +4,262 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strconv"
-	"sync"
 	"time"
 
 	"github.com/quotastack/quotastack-go"
 	"github.com/quotastack/quotastack-go/plan"
 )
 
-// flightResult is what one purchase attempt tells every gate that waited for it.
-type flightResult struct {
-	purchase    *plan.Purchase // nil when nothing was bought
-	walletShort bool
-	covered     bool // live credits of the plan already covered the action
-	walletMC    int64
+// keyWindow is how long after an intent was created its idempotency keys are
+// trusted to still be on the server: the docs' 24 h less an hour for clocks.
+const keyWindow = 23 * time.Hour
+
+// runResult is what advancing one intent achieved.
+type runResult struct {
+	intent   Intent
+	purchase *plan.Purchase // set when the intent is done
+	// completed: this call moved the intent to done (it alone fires the hooks).
+	completed   bool
+	walletShort bool  // failed: the wallet couldn't pay
+	failed      error // failed for good (nothing debited)
+	review      bool  // parked for a person (Hooks.PurchaseNeedsReview)
 }
 
-// recentPurchases remembers when this process last finished a purchase per
-// customer and plan, so a gate whose check predates that purchase doesn't buy
-// a second plan for the exhaustion it saw. Entries older than a minute are pruned.
-type recentPurchases struct {
-	mu   sync.Mutex
-	last map[string]time.Time
-}
-
-const recentTTL = time.Minute
-
-func (r *recentPurchases) mark(key string, at time.Time) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.last == nil {
-		r.last = map[string]time.Time{}
+// start records a new intent (pending) for customerID under its lock, before
+// any request, then runs it. The purchase runs to its end even if the gate's
+// caller gives up (bounded by the purchase timeout).
+func (g *Gatekeeper) start(ctx context.Context, customerID, metric string, p plan.Plan, walletMC int64) (runResult, error) {
+	o := plan.NewOrder(plan.NewOrderID(), p, customerOf(customerID),
+		append([]plan.Option{plan.WithTrigger(plan.TriggerAutoBuy)}, g.planOpts...)...)
+	now := g.now()
+	in := Intent{OrderID: o.ID, CustomerID: customerID, Metric: metric, Plan: o.Plan, Activation: o.Activation,
+		Trigger: o.Trigger, Metadata: o.Metadata, State: IntentPending, WalletBeforeMC: walletMC, CreatedAt: now, UpdatedAt: now}
+	if err := g.journal.Put(ctx, &in); err != nil {
+		return runResult{}, &journalError{err}
 	}
-	if len(r.last) > 1024 {
-		for k, t := range r.last {
-			if at.Sub(t) > recentTTL {
-				delete(r.last, k)
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), g.purchaseTimeout)
+	defer cancel()
+	return g.run(ctx, &in)
+}
+
+// finishOpen finishes the customer's open intents, oldest first, under its
+// lock. An error means one stays open (its outcome unknown): the gate must not
+// start another purchase for this customer yet.
+func (g *Gatekeeper) finishOpen(ctx context.Context, customerID string) ([]runResult, error) {
+	open, err := g.journal.Open(ctx, customerID)
+	if err != nil {
+		return nil, &journalError{err}
+	}
+	if len(open) == 0 {
+		return nil, nil
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), g.purchaseTimeout)
+	defer cancel()
+	var out []runResult
+	for i := range open {
+		r, err := g.run(ctx, &open[i])
+		if err != nil {
+			return out, err
+		}
+		out = append(out, r)
+	}
+	return out, nil
+}
+
+// run advances in from the state it is in, writing every transition to the
+// journal before the next request:
+//
+//	pending  → (debit, confirmed) → debited → (grant) → done
+//	pending  → (debit refused: wallet short, bad request) → failed
+//	pending  → (older than the key window: outcome unknowable) → review
+//
+// An error leaves the intent where it was (the outcome of its last request is
+// unknown) and a later gate resumes it with the same keys.
+func (g *Gatekeeper) run(ctx context.Context, in *Intent) (runResult, error) {
+	o := in.order()
+	var debit *quotastack.UsageEvent
+	if in.State == IntentPending {
+		if g.now().Sub(in.CreatedAt) >= keyWindow {
+			return g.review(ctx, in, "the debit was sent (or about to be) more than 23 h ago and its outcome is unknown: "+
+				"the server may have forgotten its key, so it is never sent again; check the ledger for order "+in.OrderID)
+		}
+		d, err := o.Debit(ctx, g.client)
+		if errors.Is(err, plan.ErrNotBought) {
+			in.State, in.Note = IntentFailed, err.Error()
+			if perr := g.put(ctx, in); perr != nil {
+				return runResult{}, perr
+			}
+			return runResult{intent: *in, failed: err, walletShort: errors.Is(err, plan.ErrWalletShort)}, nil
+		}
+		if err != nil {
+			return runResult{}, g.purchaseFailed(ctx, in, err)
+		}
+		if !d.Confirmed() {
+			if err := o.Confirm(ctx, g.client, in.WalletBeforeMC); err != nil {
+				return runResult{}, g.purchaseFailed(ctx, in, err)
 			}
 		}
+		start := o.Start(d, g.now())
+		if in.Activation == plan.Queued {
+			if start, err = o.QueuedStart(ctx, g.client, d, start); err != nil {
+				return runResult{}, g.purchaseFailed(ctx, in, err)
+			}
+		}
+		in.State, in.DebitCreatedAt, in.ExpiresAt = IntentDebited, d.CreatedAt, start.Add(in.Plan.Duration)
+		if err := g.put(ctx, in); err != nil {
+			return runResult{}, err
+		}
+		debit = d
 	}
-	r.last[key] = at
-}
+	if in.State != IntentDebited {
+		return runResult{intent: *in}, nil
+	}
 
-// since reports whether a purchase for key finished after t.
-func (r *recentPurchases) since(key string, t time.Time) bool {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	last, ok := r.last[key]
-	return ok && last.After(t)
-}
-
-// purchase buys p for customer under the customer's lock. The order id is
-// derived from the customer's lifetime_earned, which a debit doesn't change
-// and the plan's own grant does: every gate of every replica that sees the
-// same exhaustion sends the same idempotency keys, and a gate that finds a
-// half-done purchase (debited, not granted) finishes it instead of starting
-// another. lifetime_earned also moves with other grants (a wallet topup):
-// a half-done order of this process is remembered so a topup can't orphan it,
-// but replicas that read lifetime_earned on either side of a topup derive
-// different ids, so run replicas with a shared Locker.
-func (g *Gatekeeper) purchase(ctx context.Context, customer quotastack.Customer, p plan.Plan, ent *quotastack.Entitlement) (flightResult, error) {
-	var fr flightResult
-	unlock, err := g.locker.Lock(ctx, "quotastack:autobuy:"+customer.String())
+	now := g.now()
+	if debit == nil && (now.Sub(in.CreatedAt) >= keyWindow || now.After(in.ExpiresAt.Add(-in.Plan.Duration/2))) {
+		// Finishing a debited intent late: the grant may have landed (its
+		// answer lost), so look for it first. If it isn't listed, the plan
+		// starts now: the customer gets what they paid for. (A grant that
+		// landed and was since spent or expired is not listed either; then
+		// past the key window the plan is granted twice: the tenant's loss,
+		// never the customer's.)
+		blk, found, err := o.FindGrant(ctx, g.client)
+		if err != nil {
+			return runResult{}, g.purchaseFailed(ctx, in, err)
+		}
+		if found {
+			return g.complete(ctx, in, debit, blk, true)
+		}
+		in.ExpiresAt = now.UTC().Truncate(time.Second).Add(in.Plan.Duration)
+		if err := g.put(ctx, in); err != nil {
+			return runResult{}, err
+		}
+	}
+	blk, replayed, err := o.Grant(ctx, g.client, debit, in.ExpiresAt)
 	if err != nil {
-		return fr, fmt.Errorf("autobuy: locking %s: %w", customer, err)
+		return runResult{}, g.purchaseFailed(ctx, in, err)
 	}
-	defer func() {
-		if err := unlock(context.WithoutCancel(ctx)); err != nil {
-			// The lock expired while held; the derived keys kept the purchase single.
-			g.log.WarnContext(ctx, "autobuy: lock was lost before release", "customer", customer.String(), "error", err)
-		}
-	}()
+	return g.complete(ctx, in, debit, blk, replayed)
+}
 
-	bal, err := g.client.BalanceWithBlocks(ctx, customer)
+// complete closes in as done. Only the gate whose write lands fires the
+// AutoBought hook, however many replicas raced to finish it.
+func (g *Gatekeeper) complete(ctx context.Context, in *Intent, debit *quotastack.UsageEvent, blk quotastack.Block, replayed bool) (runResult, error) {
+	in.State, in.BlockID = IntentDone, blk.ID
+	if blk.ExpiresAt != nil {
+		in.ExpiresAt = *blk.ExpiresAt
+	}
+	o := in.order()
+	pur := &plan.Purchase{OrderID: in.OrderID, Plan: in.Plan, Customer: o.Customer, Trigger: in.Trigger,
+		Debit: debit, Block: blk, ExpiresAt: in.ExpiresAt, DebitKey: plan.DebitKey(in.Plan, in.OrderID),
+		GrantKey: plan.GrantKey(in.Plan, in.OrderID), DebitReplayed: debit == nil || debit.Meta.Replayed, GrantReplayed: replayed}
+	err := g.put(ctx, in)
+	if errors.Is(err, ErrJournalConflict) {
+		return runResult{intent: *in, purchase: pur}, nil // another gate closed it first
+	}
 	if err != nil {
-		return fr, err
+		return runResult{}, err
 	}
-	fr.walletMC = bal.WalletMC()
-	if covered(bal, p, ent) {
-		// A plan of this type with enough credits appeared since the check:
-		// another gate bought it. Don't buy again; the caller re-checks.
-		fr.covered = true
-		return fr, nil
+	g.log.InfoContext(ctx, "autobuy: plan bought", "customer_id", in.CustomerID, "plan", in.Plan.Type,
+		"order_id", in.OrderID, "debit_replayed", pur.DebitReplayed, "grant_replayed", pur.GrantReplayed)
+	if g.hooks.AutoBought != nil {
+		g.hooks.AutoBought(ctx, o.Customer, pur)
 	}
+	return runResult{intent: *in, purchase: pur, completed: true}, nil
+}
 
-	key := customer.String() + "\x00" + p.Type
-	order := g.pending.get(key)
-	if order == "" {
-		order = orderID(customer, p, bal)
+// review parks in for a person and calls Hooks.PurchaseNeedsReview once.
+func (g *Gatekeeper) review(ctx context.Context, in *Intent, why string) (runResult, error) {
+	in.State, in.Note = IntentReview, why
+	if err := g.put(ctx, in); err != nil {
+		return runResult{}, err
 	}
-	pur, err := plan.Buy(ctx, g.client, customer, p, order,
-		append([]plan.Option{plan.WithTrigger(plan.TriggerAutoBuy), plan.WithWalletBefore(fr.walletMC)}, g.planOpts...)...)
-	var perr *plan.Error
-	switch {
-	case errors.As(err, &perr):
-		// Unfinished (or unknown) in this process: the next purchase for this
-		// customer resumes this order, even if a grant changed the ledger since.
-		g.pending.set(key, order)
-	case err == nil, errors.Is(err, plan.ErrWalletShort):
-		g.pending.set(key, "")
+	g.log.ErrorContext(ctx, "autobuy: purchase needs review", "customer_id", in.CustomerID, "order_id", in.OrderID, "why", why)
+	if g.hooks.PurchaseNeedsReview != nil {
+		g.hooks.PurchaseNeedsReview(ctx, *in, why)
 	}
-	switch {
-	case errors.Is(err, plan.ErrWalletShort):
-		fr.walletShort = true
-		return fr, nil
-	case err != nil:
-		g.log.ErrorContext(ctx, "autobuy: purchase failed", "customer", customer.String(), "plan", p.Type, "error", err)
-		if g.hooks.PurchaseFailed != nil {
-			g.hooks.PurchaseFailed(ctx, customer, err)
+	return runResult{intent: *in, review: true}, nil
+}
+
+// purchaseFailed reports a step whose outcome is unknown; the intent stays
+// open and is resumed with the same keys.
+func (g *Gatekeeper) purchaseFailed(ctx context.Context, in *Intent, err error) error {
+	g.log.ErrorContext(ctx, "autobuy: purchase unfinished", "customer_id", in.CustomerID, "plan", in.Plan.Type,
+		"order_id", in.OrderID, "state", string(in.State), "error", err)
+	if g.hooks.PurchaseFailed != nil {
+		g.hooks.PurchaseFailed(ctx, customerOf(in.CustomerID), err)
+	}
+	return &unfinishedError{orderID: in.OrderID, err: err}
+}
+
+func (g *Gatekeeper) put(ctx context.Context, in *Intent) error {
+	in.UpdatedAt = g.now()
+	if err := g.journal.Put(ctx, in); err != nil {
+		return &journalError{err}
+	}
+	return nil
+}
+
+// Resume finishes every open purchase intent in the journal (at most limit;
+// 0 means 1,000), each under its customer's lock, and reports how many it
+// completed. Run it at start-up or periodically, so a customer who paid gets
+// the plan even if they don't come back; gates also finish a customer's
+// intents before buying for them.
+func (g *Gatekeeper) Resume(ctx context.Context, limit int) (completed int, err error) {
+	if limit <= 0 {
+		limit = 1000
+	}
+	open, err := g.journal.Pending(ctx, limit)
+	if err != nil {
+		return 0, &journalError{err}
+	}
+	seen := map[string]bool{}
+	var errs []error
+	for _, in := range open {
+		if seen[in.CustomerID] {
+			continue
 		}
-		return fr, err
-	}
-	fr.purchase = pur
-	return fr, nil
-}
-
-// planUnspent reports whether live blocks of plan p still hold the cost of
-// the refused action (true when the balance can't be read: the caller then
-// reports the more alarming reason).
-func (g *Gatekeeper) planUnspent(ctx context.Context, customer quotastack.Customer, p plan.Plan, ent *quotastack.Entitlement) bool {
-	bal, err := g.client.BalanceWithBlocks(ctx, customer)
-	return err != nil || covered(bal, p, ent)
-}
-
-// covered reports whether live blocks of plan p already hold the cost of the
-// action that was refused.
-func covered(bal *quotastack.Balance, p plan.Plan, ent *quotastack.Entitlement) bool {
-	need := max(ent.EstimatedCost, 1)
-	var have int64
-	for _, b := range bal.PlanBlocks() {
-		if b.Metadata.Get("plan_type") == p.Type && b.Priority == p.BlockPriority() {
-			have += b.RemainingAmount
+		seen[in.CustomerID] = true
+		n, err := g.resumeCustomer(ctx, in.CustomerID)
+		completed += n
+		if err != nil {
+			errs = append(errs, err)
 		}
 	}
-	// Holds may sit on these blocks; count them against the plan credits.
-	return have-bal.ReservedBalance >= need
+	return completed, errors.Join(errs...)
 }
 
-// orderID derives the purchase's order id from the ledger state that marks
-// this exhaustion. lifetime_earned only grows with grants, so it is the same
-// before and after this purchase's debit and changes with its grant.
-func orderID(customer quotastack.Customer, p plan.Plan, bal *quotastack.Balance) string {
-	switch {
-	case bal.LifetimeEarned > 0:
-		return plan.DeriveOrderID("autobuy", customer.String(), p.Type, "earned", strconv.FormatInt(bal.LifetimeEarned, 10))
-	case bal.Version > 0:
-		// A server without lifetime_earned: racing replicas that read the same
-		// version still share a key; a half-done purchase is not recognised.
-		return plan.DeriveOrderID("autobuy", customer.String(), p.Type, "version", strconv.FormatInt(bal.Version, 10))
+func (g *Gatekeeper) resumeCustomer(ctx context.Context, customerID string) (int, error) {
+	unlock, err := g.lock(ctx, customerID)
+	if err != nil {
+		return 0, err
 	}
-	// Nothing to derive from: the lock alone keeps purchases single.
-	return plan.NewOrderID()
-}
-
-// pendingOrders remembers, per customer and plan, an auto-buy order that
-// failed half way in this process, so the next gate finishes that order
-// instead of deriving a new one.
-type pendingOrders struct {
-	mu     sync.Mutex
-	orders map[string]string
-}
-
-func (p *pendingOrders) get(key string) string {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.orders[key]
-}
-
-// set records order for key; "" forgets it.
-func (p *pendingOrders) set(key, order string) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if order == "" {
-		delete(p.orders, key)
-		return
+	defer unlock()
+	rs, err := g.finishOpen(ctx, customerID)
+	n := 0
+	for _, r := range rs {
+		if r.completed {
+			n++
+		}
 	}
-	if p.orders == nil {
-		p.orders = map[string]string{}
-	}
-	p.orders[key] = order
+	return n, err
 }
+
+// journalError is a failure of the Journal itself: the purchase is refused.
+type journalError struct{ err error }
+
+func (e *journalError) Error() string { return "autobuy: purchase journal: " + e.err.Error() }
+func (e *journalError) Unwrap() error { return e.err }
+
+// unfinishedError is a purchase step whose outcome is unknown.
+type unfinishedError struct {
+	orderID string
+	err     error
+}
+
+func (e *unfinishedError) Error() string {
+	return fmt.Sprintf("autobuy: purchase %s unfinished (resumed by the next gate with the same keys): %v", e.orderID, e.err)
+}
+func (e *unfinishedError) Unwrap() error { return e.err }
+
+func customerOf(id string) quotastack.Customer { return quotastack.CustomerID(id) }

@@ -305,17 +305,22 @@ func (o Order) QueuedStart(ctx context.Context, c *quotastack.Client, debit *quo
 // Grant grants the plan's credits expiring at expiresAt (idempotent under
 // GrantKey: every attempt of one order must send the same expiresAt). An
 // idempotency conflict means an earlier attempt granted with another expiry:
-// that block is looked up and returned as replayed. Errors are *Error values
-// matching ErrHalfDone and ErrUnknownOutcome.
+// that block is looked up and returned as replayed (with only ExpiresAt set
+// when it is no longer listed). Errors are *Error values matching ErrHalfDone
+// and ErrUnknownOutcome.
 func (o Order) Grant(ctx context.Context, c *quotastack.Client, debit *quotastack.UsageEvent, expiresAt time.Time) (blk quotastack.Block, replayed bool, err error) {
 	grant, err := c.Topup(ctx, quotastack.TopupParams{
 		Customer: o.Customer, Credits: o.Plan.CreditsMC, PricePaid: 0, Currency: "mc",
 		Priority: o.Plan.BlockPriority(), ExpiresAt: &expiresAt, Metadata: o.meta("source", "plan_grant"),
 	}, quotastack.WithIdempotencyKey(GrantKey(o.Plan, o.ID)))
 	if errors.Is(err, quotastack.ErrIdempotencyConflict) {
+		// Only this order sends this key, so the conflict proves an earlier
+		// attempt granted (with another expiry). Its block may be spent or
+		// expired, and then it isn't listed.
 		if b, ok, ferr := o.FindGrant(ctx, c); ferr == nil && ok {
 			return b, true, nil
 		}
+		return quotastack.Block{ExpiresAt: &expiresAt}, true, nil
 	}
 	if err != nil {
 		return quotastack.Block{}, false, o.fail(StageGrant, OutcomeUnknown, debit, err)
@@ -352,4 +357,15 @@ func (o Order) GrantIn(bal *quotastack.Balance) (quotastack.Block, bool) {
 
 func (o Order) fail(stage Stage, outcome Outcome, debit *quotastack.UsageEvent, err error) error {
 	return &Error{OrderID: o.ID, PlanType: o.Plan.Type, Customer: o.Customer, Stage: stage, Outcome: outcome, Debit: debit, Err: err}
+}
+
+// NewOrder returns the Order that Buy would send for these arguments
+// (trigger, activation and metadata from opts), for callers that run and
+// record its steps themselves.
+func NewOrder(orderID string, p Plan, customer quotastack.Customer, opts ...Option) Order {
+	cfg := buyConfig{trigger: TriggerManual}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	return Order{ID: orderID, Plan: p, Customer: customer, Trigger: cfg.trigger, Activation: cfg.activation, Metadata: cfg.metadata}
 }

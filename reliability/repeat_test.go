@@ -96,8 +96,8 @@ func TestRepeatedGateOfAChargedAction(t *testing.T) {
 	var raced, loseSecond atomic.Bool
 	loseSecond.Store(true)
 	client := hookedClient(t, srv, func(r *http.Request, next http.RoundTripper) (*http.Response, error) {
-		switch r.Header.Get("Idempotency-Key") {
-		case "usage:evt-1":
+		switch k := r.Header.Get("Idempotency-Key"); {
+		case strings.HasSuffix(k, ":evt-1"):
 			if raced.CompareAndSwap(false, true) {
 				// A concurrent action takes the last plan credits between the
 				// gate's check and its record: the record gets a 402.
@@ -107,7 +107,7 @@ func TestRepeatedGateOfAChargedAction(t *testing.T) {
 					return nil, err
 				}
 			}
-		case "usage:evt-1:2":
+		case strings.HasSuffix(k, ":evt-1:2"):
 			if loseSecond.Load() {
 				return lostAnswer(r, next)
 			}
@@ -117,13 +117,13 @@ func TestRepeatedGateOfAChargedAction(t *testing.T) {
 	gate, err := autobuy.New(client, autobuy.WithPlan(onePlan))
 	require.NoError(t, err)
 
-	// First gate: 402 on usage:evt-1, a plan bought, usage:evt-1:2 charged,
+	// First gate: 402 on usage:{customer}:evt-1, a plan bought, usage:{customer}:evt-1:2 charged,
 	// its answer lost on every attempt: the caller doesn't know.
 	_, err = gate.Gate(context.Background(), cust, chatMetric, autobuy.WithEventID("evt-1"))
 	var reqErr *quotastack.RequestError
 	require.ErrorAs(t, err, &reqErr)
 	charged := usageByKey(srv, user)
-	require.Contains(t, charged, "usage:evt-1:2", "the server executed the record")
+	require.Contains(t, charged, "evt-1:2", "the server executed the record")
 
 	// The caller repeats the gate. The plan's one action went to evt-1.
 	loseSecond.Store(false)
@@ -131,19 +131,19 @@ func TestRepeatedGateOfAChargedAction(t *testing.T) {
 	require.NoError(t, err)
 	assert.True(t, d.Allowed, "the action was charged, so it is allowed (got reason %q)", d.Reason)
 	if assert.NotNil(t, d.Usage) {
-		assert.Equal(t, charged["usage:evt-1:2"], d.Usage.ID, "the decision names the charge")
+		assert.Equal(t, charged["evt-1:2"], d.Usage.ID, "the decision names the charge")
 	}
 	after := usageByKey(srv, user)
-	assert.NotContains(t, after, "usage:evt-1", "never charged under its first key")
+	assert.NotContains(t, after, "evt-1", "never charged under its first key")
 	assert.Len(t, after, len(charged)+1, "only the repeat's plan debit is new")
 }
 
-// usageByKey maps the idempotency key of each of the customer's usage events
-// to the event id.
+// usageByKey maps the idempotency key of each of the customer's usage events,
+// less its "usage:{customer_id}:" scope, to the event id.
 func usageByKey(srv *quotastacktest.Server, user string) map[string]string {
 	out := map[string]string{}
 	for _, u := range srv.UsageEvents(user) {
-		out[u.IdempotencyKey] = u.EventID
+		out[strings.TrimPrefix(u.IdempotencyKey, "usage:"+u.CustomerID+":")] = u.EventID
 	}
 	return out
 }

@@ -75,8 +75,9 @@ func soakCustomerList(dur time.Duration) []soakCustomer {
 }
 
 // replica is one process of the service under test: its own client (with
-// counted attempts and calls) and its own gate with the default LocalLocker,
-// so replicas share nothing but the server.
+// counted attempts and calls) and its own gate. Replicas share the server and
+// one purchase journal and locker (in-process stand-ins for the Redis ones,
+// which the nested module's soak uses).
 type replica struct {
 	client    *quotastack.Client
 	gate      *autobuy.Gatekeeper
@@ -84,7 +85,7 @@ type replica struct {
 	calls     *callCounter
 }
 
-func newReplica(t *testing.T, srv *quotastacktest.Server, waitMax time.Duration) *replica {
+func newReplica(t *testing.T, srv *quotastacktest.Server, waitMax time.Duration, shared ...autobuy.Option) *replica {
 	t.Helper()
 	r := &replica{transport: newCountingTransport(), calls: &callCounter{}}
 	var err error
@@ -93,7 +94,7 @@ func newReplica(t *testing.T, srv *quotastacktest.Server, waitMax time.Duration)
 		quotastack.WithAttemptTimeout(5*time.Second), quotastack.WithLogger(slog.New(r.calls)))
 	require.NoError(t, err)
 	t.Cleanup(r.client.CloseIdleConnections)
-	r.gate, err = autobuy.New(r.client, autobuy.WithPlan(soakPlan))
+	r.gate, err = autobuy.New(r.client, append([]autobuy.Option{autobuy.WithPlan(soakPlan)}, shared...)...)
 	require.NoError(t, err)
 	return r
 }
@@ -159,12 +160,13 @@ func TestSoak(t *testing.T) {
 	// Retry-After of 1 s ends their call with an error (and the caller
 	// repeats the gate); the other half honour it.
 	replicas := make([]*replica, soakReplicas)
+	shared := []autobuy.Option{autobuy.WithJournal(autobuy.NewMemoryJournal(0)), autobuy.WithLocker(autobuy.NewLocalLocker())}
 	for i := range replicas {
 		waitMax := 20 * time.Millisecond
 		if i%2 == 1 {
 			waitMax = 1500 * time.Millisecond
 		}
-		replicas[i] = newReplica(t, srv, waitMax)
+		replicas[i] = newReplica(t, srv, waitMax, shared...)
 	}
 
 	stopFaults := startFaults(srv, seed)
@@ -487,13 +489,15 @@ func checkUsage(v *violations, srv *quotastacktest.Server, c soakCustomer, actio
 		}
 		chat++
 		chatCost += u.Cost
-		evt, ok := strings.CutPrefix(u.IdempotencyKey, "usage:")
-		if !ok {
+		// "usage:{customer_id}:{event}" or "usage:{customer_id}:{event}:{n}"
+		// (the soak's event ids hold no ':').
+		parts := strings.Split(u.IdempotencyKey, ":")
+		if len(parts) < 3 || len(parts) > 4 || parts[0] != "usage" || parts[1] != u.CustomerID {
 			v.add("%s: chat usage %s has key %q", c.id, u.EventID, u.IdempotencyKey)
 			continue
 		}
-		if trimmed, second := strings.CutSuffix(evt, ":2"); second { // event ids hold no ':'
-			evt = trimmed
+		evt := parts[2]
+		if len(parts) == 4 {
 			v.second++
 		}
 		byEvent[evt] = append(byEvent[evt], u)

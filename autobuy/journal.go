@@ -1,0 +1,269 @@
+package autobuy
+
+import (
+	"context"
+	"errors"
+	"maps"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/quotastack/quotastack-go/plan"
+)
+
+// IntentState is the step a purchase intent has reached.
+type IntentState string
+
+// The states of a purchase intent. pending → debited → done is the way of a
+// purchase; failed and review end it otherwise. The transitions are all in
+// purchase.go.
+const (
+	// IntentPending: written before the debit is first sent; whether the
+	// debit landed is not known yet.
+	IntentPending IntentState = "pending"
+	// IntentDebited: the debit is confirmed; the grant (with ExpiresAt) is owed.
+	IntentDebited IntentState = "debited"
+	// IntentDone: the plan was granted (closed).
+	IntentDone IntentState = "done"
+	// IntentFailed: nothing was debited (a short wallet, a refused request);
+	// closed, and a new purchase may start.
+	IntentFailed IntentState = "failed"
+	// IntentReview: the gate can't finish it safely (a debit whose outcome is
+	// still unknown after the server's 24 h idempotency window); closed for
+	// the gate, Hooks.PurchaseNeedsReview was called, a person decides.
+	IntentReview IntentState = "review"
+)
+
+// Open reports whether a gate must finish the intent before buying anything
+// else for the customer.
+func (s IntentState) Open() bool { return s == IntentPending || s == IntentDebited }
+
+// Intent is one purchase the gate decided to make, recorded before its first
+// request and advanced after each step, so that any gate of any replica can
+// finish it from the record alone. Amounts are in millicredits; times come
+// from the Gatekeeper's clock except DebitCreatedAt (the server's).
+type Intent struct {
+	OrderID    string // fresh per intent; both idempotency keys derive from it
+	CustomerID string // the QuotaStack customer id
+	Metric     string // the gated metric whose exhaustion started the purchase
+	// Plan, Activation, Trigger and Metadata are the purchase as decided:
+	// the intent is finished with them even if the configuration changed.
+	Plan       plan.Plan
+	Activation plan.Activation
+	Trigger    plan.Trigger
+	Metadata   map[string]string
+	State      IntentState
+	// WalletBeforeMC is the wallet read under the lock before the first debit;
+	// a debit answered 202 is confirmed against it.
+	WalletBeforeMC int64
+	CreatedAt      time.Time // before the first debit: the key window starts no earlier
+	UpdatedAt      time.Time
+	DebitCreatedAt time.Time // the debit's created_at, when the server sent one
+	ExpiresAt      time.Time // the plan's expiry, fixed once the debit is confirmed
+	BlockID        string    // the granted block, once done
+	Note           string    // what went wrong, for failed and review
+	// Rev is the revision the intent was read at; Journal.Put compares it.
+	Rev int64
+}
+
+// order returns the plan order the intent stands for.
+func (in *Intent) order() plan.Order {
+	return plan.Order{ID: in.OrderID, Plan: in.Plan, Customer: customerOf(in.CustomerID), Trigger: in.Trigger,
+		Activation: in.Activation, Metadata: in.Metadata}
+}
+
+// Suspension stops auto-buy for one customer and metric, after a plan was
+// bought and still didn't entitle the action. Until zero means until lifted.
+type Suspension struct {
+	CustomerID, Metric string
+	Since, Until       time.Time
+	Reason             string
+}
+
+// Active reports whether the suspension applies at now.
+func (s Suspension) Active(now time.Time) bool { return s.Until.IsZero() || now.Before(s.Until) }
+
+// ErrJournalConflict is returned by Journal.Put when the stored intent moved
+// since it was read (its Rev differs), or when a new intent's order id exists.
+var ErrJournalConflict = errors.New("autobuy: journal: intent changed since it was read")
+
+// Journal is the durable record of purchase intents and auto-buy
+// suspensions. The in-process default (NewMemoryJournal) covers one process;
+// replicas share one journal (the Redis one in autobuy/redislock, or your
+// own) and one Locker, so any replica can finish any purchase.
+//
+// To write one on SQL: a table of intents keyed by order_id, indexed by
+// (customer_id, created_at) and by state, holding the Intent fields (the plan
+// snapshot as columns or JSON); Put is an INSERT for Rev 0 and otherwise
+// "UPDATE … SET …, rev = rev+1 WHERE order_id = ? AND rev = ?" (zero rows:
+// ErrJournalConflict); a table of suspensions keyed by (customer_id, metric).
+// Methods must be safe for concurrent use; errors refuse the purchase (never
+// the entitled customers).
+type Journal interface {
+	// Put stores in. A new intent has Rev 0; an update carries the Rev it was
+	// read at. On success in.Rev is the new revision; ErrJournalConflict if
+	// the stored revision differs.
+	Put(ctx context.Context, in *Intent) error
+	// Open returns the customer's open intents (pending, debited), oldest first.
+	Open(ctx context.Context, customerID string) ([]Intent, error)
+	// Since returns the customer's intents created or updated at or after t,
+	// in any state, oldest first. A journal may forget closed intents older
+	// than its retention (keep it longer than any purchase-limit period).
+	Since(ctx context.Context, customerID string, t time.Time) ([]Intent, error)
+	// Pending returns up to limit open intents of any customers, oldest
+	// first, for Gatekeeper.Resume.
+	Pending(ctx context.Context, limit int) ([]Intent, error)
+	// Suspension returns the customer's suspension for metric, if one is stored.
+	Suspension(ctx context.Context, customerID, metric string) (Suspension, bool, error)
+	// Suspend stores s unless an active one exists; created reports whether
+	// this call stored it (so its hook fires once).
+	Suspend(ctx context.Context, s Suspension, now time.Time) (created bool, err error)
+	// Lift removes the customer's suspension for metric.
+	Lift(ctx context.Context, customerID, metric string) error
+}
+
+// MemoryJournal is the in-process Journal: exactly-once purchases within one
+// process. Closed intents are forgotten after the retention (48 h by
+// default), so memory stays bounded by recent purchases. Safe for
+// concurrent use.
+type MemoryJournal struct {
+	mu        sync.Mutex
+	retention time.Duration
+	byCust    map[string][]*Intent // oldest first
+	suspended map[[2]string]Suspension
+	lastPrune time.Time
+}
+
+// NewMemoryJournal returns an empty MemoryJournal keeping closed intents for
+// retention (0 means 48 h).
+func NewMemoryJournal(retention time.Duration) *MemoryJournal {
+	if retention <= 0 {
+		retention = 48 * time.Hour
+	}
+	return &MemoryJournal{retention: retention, byCust: map[string][]*Intent{}, suspended: map[[2]string]Suspension{}}
+}
+
+func cloneIntent(in *Intent) Intent {
+	out := *in
+	out.Metadata = maps.Clone(in.Metadata)
+	out.Plan.Metadata = maps.Clone(in.Plan.Metadata)
+	return out
+}
+
+// Put implements Journal.
+func (j *MemoryJournal) Put(_ context.Context, in *Intent) error {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	list := j.byCust[in.CustomerID]
+	i := slices.IndexFunc(list, func(x *Intent) bool { return x.OrderID == in.OrderID })
+	switch {
+	case i < 0 && in.Rev != 0, i >= 0 && list[i].Rev != in.Rev:
+		return ErrJournalConflict
+	}
+	in.Rev++
+	c := cloneIntent(in)
+	if i >= 0 {
+		list[i] = &c
+	} else {
+		j.byCust[in.CustomerID] = append(list, &c)
+	}
+	j.prune(in.UpdatedAt)
+	return nil
+}
+
+// prune drops closed intents past the retention, at most once a minute of
+// journal time: the cost is amortised over the purchases in between.
+func (j *MemoryJournal) prune(now time.Time) {
+	if now.Sub(j.lastPrune) < time.Minute {
+		return
+	}
+	j.lastPrune = now
+	for cust, list := range j.byCust {
+		kept := list[:0]
+		for _, in := range list {
+			if in.State.Open() || now.Sub(in.UpdatedAt) < j.retention {
+				kept = append(kept, in)
+			}
+		}
+		if len(kept) == 0 {
+			delete(j.byCust, cust)
+			continue
+		}
+		clear(list[len(kept):])
+		j.byCust[cust] = kept
+	}
+	for k, s := range j.suspended {
+		if !s.Active(now) {
+			delete(j.suspended, k)
+		}
+	}
+}
+
+func (j *MemoryJournal) collect(customerID string, keep func(*Intent) bool) []Intent {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	var out []Intent
+	for _, in := range j.byCust[customerID] {
+		if keep(in) {
+			out = append(out, cloneIntent(in))
+		}
+	}
+	return out
+}
+
+// Open implements Journal.
+func (j *MemoryJournal) Open(_ context.Context, customerID string) ([]Intent, error) {
+	return j.collect(customerID, func(in *Intent) bool { return in.State.Open() }), nil
+}
+
+// Since implements Journal.
+func (j *MemoryJournal) Since(_ context.Context, customerID string, t time.Time) ([]Intent, error) {
+	return j.collect(customerID, func(in *Intent) bool { return !in.CreatedAt.Before(t) || !in.UpdatedAt.Before(t) }), nil
+}
+
+// Pending implements Journal.
+func (j *MemoryJournal) Pending(_ context.Context, limit int) ([]Intent, error) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	var out []Intent
+	for _, list := range j.byCust {
+		for _, in := range list {
+			if in.State.Open() {
+				out = append(out, cloneIntent(in))
+			}
+		}
+	}
+	slices.SortFunc(out, func(a, b Intent) int { return a.CreatedAt.Compare(b.CreatedAt) })
+	if limit > 0 && len(out) > limit {
+		out = out[:limit]
+	}
+	return out, nil
+}
+
+// Suspension implements Journal.
+func (j *MemoryJournal) Suspension(_ context.Context, customerID, metric string) (Suspension, bool, error) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	s, ok := j.suspended[[2]string{customerID, metric}]
+	return s, ok, nil
+}
+
+// Suspend implements Journal.
+func (j *MemoryJournal) Suspend(_ context.Context, s Suspension, now time.Time) (bool, error) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	k := [2]string{s.CustomerID, s.Metric}
+	if old, ok := j.suspended[k]; ok && old.Active(now) {
+		return false, nil
+	}
+	j.suspended[k] = s
+	return true, nil
+}
+
+// Lift implements Journal.
+func (j *MemoryJournal) Lift(_ context.Context, customerID, metric string) error {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	delete(j.suspended, [2]string{customerID, metric})
+	return nil
+}
