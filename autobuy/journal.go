@@ -28,9 +28,10 @@ const (
 	// IntentFailed: nothing was debited (a short wallet, a refused request);
 	// closed, and a new purchase may start.
 	IntentFailed IntentState = "failed"
-	// IntentReview: the gate can't finish it safely (a debit whose outcome is
-	// still unknown after the server's 24 h idempotency window); closed for
-	// the gate, Hooks.PurchaseNeedsReview was called, a person decides.
+	// IntentReview: the gate can't finish it safely (a debit, or a grant,
+	// whose outcome is still unknown after the server's 24 h idempotency
+	// window); closed for the gate, Hooks.PurchaseNeedsReview was called, a
+	// person decides from the ledger.
 	IntentReview IntentState = "review"
 )
 
@@ -60,6 +61,7 @@ type Intent struct {
 	UpdatedAt      time.Time
 	DebitCreatedAt time.Time // the debit's created_at, when the server sent one
 	ExpiresAt      time.Time // the plan's expiry, fixed once the debit is confirmed
+	GrantSentAt    time.Time // set before the grant is first sent
 	BlockID        string    // the granted block, once done
 	Note           string    // what went wrong, for failed and review
 	// Rev is the revision the intent was read at; Journal.Put compares it.

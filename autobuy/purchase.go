@@ -72,6 +72,7 @@ func (g *Gatekeeper) finishOpen(ctx context.Context, customerID string) ([]runRe
 //	pending  → (debit, confirmed) → debited → (grant) → done
 //	pending  → (debit refused: wallet short, bad request) → failed
 //	pending  → (older than the key window: outcome unknowable) → review
+//	debited  → (grant sent past the key window, block not listed) → review
 //
 // An error leaves the intent where it was (the outcome of its last request is
 // unknown) and a later gate resumes it with the same keys.
@@ -118,11 +119,10 @@ func (g *Gatekeeper) run(ctx context.Context, in *Intent) (runResult, error) {
 	now := g.now()
 	if debit == nil && (now.Sub(in.CreatedAt) >= keyWindow || now.After(in.ExpiresAt.Add(-in.Plan.Duration/2))) {
 		// Finishing a debited intent late: the grant may have landed (its
-		// answer lost), so look for it first. If it isn't listed, the plan
-		// starts now: the customer gets what they paid for. (A grant that
-		// landed and was since spent or expired is not listed either; then
-		// past the key window the plan is granted twice: the tenant's loss,
-		// never the customer's.)
+		// answer lost), so look for it first. If it isn't listed and was
+		// never sent, the plan starts now: the customer gets what they paid
+		// for. If it was sent and its key may be gone, a landed grant that was
+		// since spent or expired would not be listed either: a person decides.
 		blk, found, err := o.FindGrant(ctx, g.client)
 		if err != nil {
 			return runResult{}, g.purchaseFailed(ctx, in, err)
@@ -130,7 +130,18 @@ func (g *Gatekeeper) run(ctx context.Context, in *Intent) (runResult, error) {
 		if found {
 			return g.complete(ctx, in, debit, blk, true)
 		}
+		if !in.GrantSentAt.IsZero() && now.Sub(in.GrantSentAt) >= keyWindow {
+			return g.review(ctx, in, "the grant was sent more than 23 h ago, its answer was lost and its block is not listed "+
+				"(it may have been spent or expired): check the ledger for a plan_grant block of order "+in.OrderID+
+				"; grant it by hand if there is none")
+		}
 		in.ExpiresAt = now.UTC().Truncate(time.Second).Add(in.Plan.Duration)
+		if err := g.put(ctx, in); err != nil {
+			return runResult{}, err
+		}
+	}
+	if in.GrantSentAt.IsZero() {
+		in.GrantSentAt = now
 		if err := g.put(ctx, in); err != nil {
 			return runResult{}, err
 		}
