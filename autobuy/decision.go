@@ -52,6 +52,11 @@ const (
 	// failed, or an earlier purchase of this customer awaits confirmation).
 	// Nothing was debited by this gate; worth retrying (Decision.Err says why).
 	ReasonPurchaseUnavailable Reason = "purchase_unavailable"
+	// ReasonPurchaseInReview: denied; an earlier purchase of this customer
+	// can't be finished safely and waits for a person (Hooks.PurchaseNeedsReview,
+	// Gatekeeper.ResolveReview). No auto-buy runs until then: it could charge
+	// twice for one plan. Show a "we're checking your last purchase" message.
+	ReasonPurchaseInReview Reason = "purchase_in_review"
 	// ReasonUnavailable: QuotaStack could not answer (transport error,
 	// timeout, 5xx, 429 after retries) and the gate's fallback policy decided
 	// (see Decision.Fallback and Decision.Err).

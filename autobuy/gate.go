@@ -65,9 +65,11 @@ type Hooks struct {
 	// PurchaseFailed is called when a purchase step's outcome is unknown; the
 	// intent stays open and the next gate of the customer resumes it.
 	PurchaseFailed func(ctx context.Context, customer quotastack.Customer, err error)
-	// PurchaseNeedsReview is called once when an intent can't be finished
-	// safely by the gate (see IntentReview): a person must look at order
-	// in.OrderID in the ledger and grant or refund.
+	// PurchaseNeedsReview is called once when a purchase needs a person: an
+	// intent the gate can't finish safely (IntentReview: look at order
+	// in.OrderID in the ledger, then grant or refund), or a plan granted
+	// again past the key window (the intent is done; the ledger may show the
+	// order granted twice).
 	PurchaseNeedsReview func(ctx context.Context, in Intent, why string)
 	// Suspended is called once when auto-buy is suspended for a customer and
 	// metric after entitlement_failed_after_purchase.
@@ -462,6 +464,11 @@ func (g *Gatekeeper) purchaseAndConsume(ctx context.Context, customer quotastack
 // plan.ErrUnknownOutcome or plan.ErrHalfDone), otherwise (the Journal failed,
 // a debit awaits confirmation) a purchase_unavailable denial.
 func (g *Gatekeeper) purchaseError(ctx context.Context, customer quotastack.Customer, d Decision, err error) (Decision, error) {
+	var rerr *reviewError
+	if errors.As(err, &rerr) {
+		d.Err = err
+		return g.deny(ctx, customer, d, ReasonPurchaseInReview), nil
+	}
 	if isOutage(ctx, err) {
 		return d, err
 	}

@@ -28,16 +28,20 @@ const (
 	// IntentFailed: nothing was debited (a short wallet, a refused request);
 	// closed, and a new purchase may start.
 	IntentFailed IntentState = "failed"
-	// IntentReview: the gate can't finish it safely (a debit, or a grant,
-	// whose outcome is still unknown after the server's 24 h idempotency
-	// window); closed for the gate, Hooks.PurchaseNeedsReview was called, a
-	// person decides from the ledger.
+	// IntentReview: the gate can't finish it safely (a debit whose outcome
+	// is still unknown after the server's 24 h idempotency window).
+	// Hooks.PurchaseNeedsReview was called; until a person decides from the
+	// ledger (Gatekeeper.ResolveReview) no auto-buy runs for the customer,
+	// since a second debit could charge twice for one plan.
 	IntentReview IntentState = "review"
 )
 
-// Open reports whether a gate must finish the intent before buying anything
-// else for the customer.
-func (s IntentState) Open() bool { return s == IntentPending || s == IntentDebited }
+// Open reports whether the intent must be dealt with before anything else is
+// bought for the customer: pending and debited ones are finished by the next
+// gate; one in review waits for a person (Gatekeeper.ResolveReview).
+func (s IntentState) Open() bool {
+	return s == IntentPending || s == IntentDebited || s == IntentReview
+}
 
 // Intent is one purchase the gate decided to make, recorded before its first
 // request and advanced after each step, so that any gate of any replica can
@@ -106,7 +110,8 @@ type Journal interface {
 	// read at. On success in.Rev is the new revision; ErrJournalConflict if
 	// the stored revision differs.
 	Put(ctx context.Context, in *Intent) error
-	// Open returns the customer's open intents (pending, debited), oldest first.
+	// Open returns the customer's open intents (pending, debited, review),
+	// oldest first.
 	Open(ctx context.Context, customerID string) ([]Intent, error)
 	// Since returns the customer's intents created or updated at or after t,
 	// in any state, oldest first. A journal may forget closed intents older

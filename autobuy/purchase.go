@@ -43,8 +43,8 @@ func (g *Gatekeeper) start(ctx context.Context, customerID, metric string, p pla
 }
 
 // finishOpen finishes the customer's open intents, oldest first, under its
-// lock. An error means one stays open (its outcome unknown): the gate must not
-// start another purchase for this customer yet.
+// lock. An error means one stays open (its outcome unknown, or in review): the
+// gate must not start another purchase for this customer yet.
 func (g *Gatekeeper) finishOpen(ctx context.Context, customerID string) ([]runResult, error) {
 	open, err := g.journal.Open(ctx, customerID)
 	if err != nil {
@@ -56,14 +56,53 @@ func (g *Gatekeeper) finishOpen(ctx context.Context, customerID string) ([]runRe
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), g.purchaseTimeout)
 	defer cancel()
 	var out []runResult
+	var review *Intent
 	for i := range open {
+		if open[i].State == IntentReview {
+			review = &open[i]
+			continue
+		}
 		r, err := g.run(ctx, &open[i])
 		if err != nil {
 			return out, err
 		}
 		out = append(out, r)
+		if r.review {
+			review = &r.intent
+		}
+	}
+	if review != nil {
+		return out, &reviewError{orderID: review.OrderID, note: review.Note}
 	}
 	return out, nil
+}
+
+// ResolveReview closes an intent in review once a person has settled it
+// from the ledger: granted true if the customer now has the plan (found, or
+// granted by hand), false if nothing was debited (or it was refunded). Auto-buy
+// for the customer resumes. customerID is the QuotaStack id.
+func (g *Gatekeeper) ResolveReview(ctx context.Context, customerID, orderID string, granted bool) error {
+	unlock, err := g.lock(ctx, customerID)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	open, err := g.journal.Open(ctx, customerID)
+	if err != nil {
+		return &journalError{err}
+	}
+	for i := range open {
+		in := &open[i]
+		if in.OrderID != orderID || in.State != IntentReview {
+			continue
+		}
+		in.State, in.Note = IntentFailed, in.Note+"; resolved by hand: not granted"
+		if granted {
+			in.State, in.Note = IntentDone, in.Note[:len(in.Note)-len("not granted")]+"granted"
+		}
+		return g.put(ctx, in)
+	}
+	return fmt.Errorf("autobuy: no intent %s in review for customer %s", orderID, customerID)
 }
 
 // run advances in from the state it is in, writing every transition to the
@@ -72,7 +111,6 @@ func (g *Gatekeeper) finishOpen(ctx context.Context, customerID string) ([]runRe
 //	pending  → (debit, confirmed) → debited → (grant) → done
 //	pending  → (debit refused: wallet short, bad request) → failed
 //	pending  → (older than the key window: outcome unknowable) → review
-//	debited  → (grant sent past the key window, block not listed) → review
 //
 // An error leaves the intent where it was (the outcome of its last request is
 // unknown) and a later gate resumes it with the same keys.
@@ -117,12 +155,14 @@ func (g *Gatekeeper) run(ctx context.Context, in *Intent) (runResult, error) {
 	}
 
 	now := g.now()
+	regrant := false
 	if debit == nil && (now.Sub(in.CreatedAt) >= keyWindow || now.After(in.ExpiresAt.Add(-in.Plan.Duration/2))) {
 		// Finishing a debited intent late: the grant may have landed (its
-		// answer lost), so look for it first. If it isn't listed and was
-		// never sent, the plan starts now: the customer gets what they paid
-		// for. If it was sent and its key may be gone, a landed grant that was
-		// since spent or expired would not be listed either: a person decides.
+		// answer lost), so look for it first. If it isn't listed, the plan
+		// starts now: the customer gets what they paid for. A grant that was
+		// sent past the key window may have landed and since been spent or
+		// expired (not listed either): then the plan is granted twice, the
+		// tenant's loss, and a person is told.
 		blk, found, err := o.FindGrant(ctx, g.client)
 		if err != nil {
 			return runResult{}, g.purchaseFailed(ctx, in, err)
@@ -130,11 +170,7 @@ func (g *Gatekeeper) run(ctx context.Context, in *Intent) (runResult, error) {
 		if found {
 			return g.complete(ctx, in, debit, blk, true)
 		}
-		if !in.GrantSentAt.IsZero() && now.Sub(in.GrantSentAt) >= keyWindow {
-			return g.review(ctx, in, "the grant was sent more than 23 h ago, its answer was lost and its block is not listed "+
-				"(it may have been spent or expired): check the ledger for a plan_grant block of order "+in.OrderID+
-				"; grant it by hand if there is none")
-		}
+		regrant = !in.GrantSentAt.IsZero() && now.Sub(in.GrantSentAt) >= keyWindow
 		in.ExpiresAt = now.UTC().Truncate(time.Second).Add(in.Plan.Duration)
 		if err := g.put(ctx, in); err != nil {
 			return runResult{}, err
@@ -150,7 +186,13 @@ func (g *Gatekeeper) run(ctx context.Context, in *Intent) (runResult, error) {
 	if err != nil {
 		return runResult{}, g.purchaseFailed(ctx, in, err)
 	}
-	return g.complete(ctx, in, debit, blk, replayed)
+	r, err := g.complete(ctx, in, debit, blk, replayed)
+	if err == nil && r.completed && regrant && !replayed {
+		g.notifyReview(ctx, in, "order "+in.OrderID+" was granted again more than 23 h after its first grant was sent, "+
+			"whose answer was lost and whose block is not listed: if the ledger shows two plan_grant blocks of this order, "+
+			"the customer got one plan free")
+	}
+	return r, err
 }
 
 // complete closes in as done. Only the gate whose write lands fires the
@@ -185,11 +227,15 @@ func (g *Gatekeeper) review(ctx context.Context, in *Intent, why string) (runRes
 	if err := g.put(ctx, in); err != nil {
 		return runResult{}, err
 	}
+	g.notifyReview(ctx, in, why)
+	return runResult{intent: *in, review: true}, nil
+}
+
+func (g *Gatekeeper) notifyReview(ctx context.Context, in *Intent, why string) {
 	g.log.ErrorContext(ctx, "autobuy: purchase needs review", "customer_id", in.CustomerID, "order_id", in.OrderID, "why", why)
 	if g.hooks.PurchaseNeedsReview != nil {
 		g.hooks.PurchaseNeedsReview(ctx, *in, why)
 	}
-	return runResult{intent: *in, review: true}, nil
 }
 
 // purchaseFailed reports a step whose outcome is unknown; the intent stays
@@ -212,6 +258,7 @@ func (g *Gatekeeper) put(ctx context.Context, in *Intent) error {
 }
 
 // Resume finishes every open purchase intent in the journal (at most limit;
+// intents in review are left to ResolveReview;
 // 0 means 1,000), each under its customer's lock, and reports how many it
 // completed. Run it at start-up or periodically, so a customer who paid gets
 // the plan even if they don't come back; gates also finish a customer's
@@ -233,7 +280,8 @@ func (g *Gatekeeper) Resume(ctx context.Context, limit int) (completed int, err 
 		seen[in.CustomerID] = true
 		n, err := g.resumeCustomer(ctx, in.CustomerID)
 		completed += n
-		if err != nil {
+		var rerr *reviewError
+		if err != nil && !errors.As(err, &rerr) { // review: the hook already told a person
 			errs = append(errs, err)
 		}
 	}
@@ -261,6 +309,13 @@ type journalError struct{ err error }
 
 func (e *journalError) Error() string { return "autobuy: purchase journal: " + e.err.Error() }
 func (e *journalError) Unwrap() error { return e.err }
+
+// reviewError: an intent of the customer waits for a person.
+type reviewError struct{ orderID, note string }
+
+func (e *reviewError) Error() string {
+	return "autobuy: purchase " + e.orderID + " of this customer awaits review: " + e.note
+}
 
 // unfinishedError is a purchase step whose outcome is unknown.
 type unfinishedError struct {

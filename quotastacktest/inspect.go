@@ -204,7 +204,7 @@ func (s *Server) UsageEvents(externalID string) []UsageRecord {
 // purchase between its debit and its grant is then fine), and AllowHalfDone(orderIDs...)
 // for purchases a test leaves half done on purpose.
 func (s *Server) CheckInvariants(opts ...CheckOption) error {
-	cfg := checkConfig{quiet: true, halfDone: map[string]bool{}}
+	cfg := checkConfig{quiet: true, halfDone: map[string]bool{}, regranted: map[string]bool{}}
 	for _, o := range opts {
 		o(&cfg)
 	}
