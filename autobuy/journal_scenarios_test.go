@@ -464,3 +464,30 @@ func TestResumeFinishesOpenIntents(t *testing.T) {
 	assert.Equal(t, 1, w.planGrants())
 	assert.Equal(t, int32(1), w.bought.Load())
 }
+
+// Found by the soak: a process dies after its debit executed; the next
+// process resends the debit and gets a 429, which the server answers before
+// it looks the key up. That 429 says nothing about the earlier send: the
+// intent must stay open (never "failed, nothing debited"), or the next gate
+// would buy again and leave the first debit without its plan.
+func TestResentDebitRefused429StaysUnknown(t *testing.T) {
+	t.Parallel()
+	w := newJWorld(t, 250_000, quotastacktest.Mode{Name: "kind"})
+	crash := &crashTransport{base: http.DefaultTransport, crashAt: func(r *http.Request) (bool, bool) { return isPlanDebit(r), true }}
+	_, err := w.gatekeeper(t, crash).Gate(context.Background(), w.cust, "chat_message", autobuy.WithEventID("m1"))
+	require.Error(t, err)
+
+	w.srv.InjectFault(quotastacktest.Fault{Method: http.MethodPost, PathPrefix: "/v1/usage", Status: 429, RetryAfter: "30", Count: 1})
+	_, err = w.gatekeeper(t, nil).Gate(context.Background(), w.cust, "chat_message", autobuy.WithEventID("m1"))
+	require.ErrorIs(t, err, quotastack.ErrRateLimited, "an outage, under the default policy")
+	open, err := w.journal.Open(context.Background(), w.customerID)
+	require.NoError(t, err)
+	require.Len(t, open, 1)
+	assert.Equal(t, autobuy.IntentPending, open[0].State, "the debit may have landed")
+
+	d, err := w.gatekeeper(t, nil).Gate(context.Background(), w.cust, "chat_message", autobuy.WithEventID("m1"))
+	require.NoError(t, err)
+	assert.True(t, d.Allowed)
+	assert.Equal(t, 1, w.planDebits(), "one debit")
+	assert.Equal(t, 1, w.planGrants(), "and its plan")
+}

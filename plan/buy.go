@@ -225,10 +225,9 @@ func debitOutcome(err error) Outcome {
 	switch apiErr.StatusCode {
 	case 401, 403, 429:
 		// Answered before the idempotency store is consulted: an earlier
-		// attempt of this call may have executed.
-		if apiErr.Attempts > 1 {
-			return OutcomeUnknown
-		}
+		// attempt of this order (this call's, or an earlier call's that lost
+		// its answer) may have executed.
+		return OutcomeUnknown
 	}
 	// Any other 4xx is what the server stored under the key: nothing executed.
 	return OutcomeFailed

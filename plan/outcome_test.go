@@ -99,7 +99,8 @@ func TestOutcomeOfEachFailure(t *testing.T) {
 		{"400 validation: failed for good", 400, `{"type":"https://quotastack.io/errors/validation-error","status":400}`, 1, false},
 		{"409 conflict: an earlier debit may exist", 409, `{"type":"https://quotastack.io/errors/idempotency-key-conflict","status":409}`, 1, true},
 		{"500: may have executed", 500, `{"type":"https://quotastack.io/errors/internal-error","status":500}`, 1, true},
-		{"429 on the first attempt: nothing executed", 429, `{"type":"https://quotastack.io/errors/rate-limited","status":429}`, 1, false},
+		{"429 on the first attempt: an earlier call of the order may have executed", 429, `{"type":"https://quotastack.io/errors/rate-limited","status":429}`, 1, true},
+		{"401: answered before the key is looked up", 401, `{"type":"https://quotastack.io/errors/unauthorized","status":401}`, 1, true},
 		{"429 after a retry: an earlier attempt may have executed", 429, `{"type":"https://quotastack.io/errors/rate-limited","status":429}`, 2, true},
 		{"garbage 200: unknown", 200, `{"id":`, 1, true},
 	}

@@ -24,6 +24,7 @@ func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { retu
 // included) on top of a pooled transport of its own.
 type countingTransport struct {
 	base     *http.Transport
+	next     http.RoundTripper // in front of base, if set (the soak's crashes)
 	attempts atomic.Int64
 }
 
@@ -35,6 +36,9 @@ func newCountingTransport() *countingTransport {
 
 func (t *countingTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	t.attempts.Add(1)
+	if t.next != nil {
+		return t.next.RoundTrip(r)
+	}
 	return t.base.RoundTrip(r)
 }
 

@@ -6,11 +6,13 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"net/http"
 	"os"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -77,26 +79,91 @@ func soakCustomerList(dur time.Duration) []soakCustomer {
 // replica is one process of the service under test: its own client (with
 // counted attempts and calls) and its own gate. Replicas share the server and
 // one purchase journal and locker (in-process stand-ins for the Redis ones,
-// which the nested module's soak uses).
+// which the nested module's soak uses). A replica may crash in the middle of
+// a purchase; the worker that sees it replaces it with a new process.
 type replica struct {
 	client    *quotastack.Client
 	gate      *autobuy.Gatekeeper
 	transport *countingTransport
+	crash     *crashingTransport
 	calls     *callCounter
 }
 
-func newReplica(t *testing.T, srv *quotastacktest.Server, waitMax time.Duration, shared ...autobuy.Option) *replica {
-	t.Helper()
+func newReplica(srv *quotastacktest.Server, waitMax time.Duration, pCrash float64, shared ...autobuy.Option) (*replica, error) {
 	r := &replica{transport: newCountingTransport(), calls: &callCounter{}}
+	r.crash = &crashingTransport{next: r.transport.base, p: pCrash}
+	r.transport.next = r.crash
 	var err error
 	r.client, err = quotastack.NewClient(srv.APIKey, quotastack.WithBaseURL(srv.URL),
 		quotastack.WithTransport(r.transport), quotastack.WithRetry(6, time.Millisecond, waitMax),
 		quotastack.WithAttemptTimeout(5*time.Second), quotastack.WithLogger(slog.New(r.calls)))
-	require.NoError(t, err)
-	t.Cleanup(r.client.CloseIdleConnections)
+	if err != nil {
+		return nil, err
+	}
 	r.gate, err = autobuy.New(r.client, append([]autobuy.Option{autobuy.WithPlan(soakPlan)}, shared...)...)
-	require.NoError(t, err)
-	return r
+	return r, err
+}
+
+// crashingTransport kills its process on a plan purchase request with
+// probability p: the request executes or not (even odds), the answer never
+// comes, and every later request of this process fails.
+type crashingTransport struct {
+	next http.RoundTripper
+	p    float64
+	dead atomic.Bool
+}
+
+var errProcessDied = errors.New("soak: the process died")
+
+func (c *crashingTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	if c.dead.Load() {
+		return nil, errProcessDied
+	}
+	purchase := r.Method == http.MethodPost && (r.URL.Path == "/v1/topup/grant" ||
+		strings.HasPrefix(r.Header.Get("Idempotency-Key"), "plan-debit:"))
+	if purchase && c.p > 0 && rand.Float64() < c.p && c.dead.CompareAndSwap(false, true) {
+		if rand.IntN(2) == 0 {
+			if resp, err := c.next.RoundTrip(r); err == nil {
+				_ = resp.Body.Close()
+			}
+		}
+		return nil, errProcessDied
+	}
+	return c.next.RoundTrip(r)
+}
+
+// fleet is the soak's set of replicas; a crashed one is replaced in its slot.
+type fleet struct {
+	mu      sync.Mutex
+	slots   []*replica
+	all     []*replica // every process that ever ran, for the figures
+	crashes int
+	make    func(slot int) (*replica, error)
+}
+
+func (f *fleet) pick(rng *rand.Rand) (int, *replica) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	i := rng.IntN(len(f.slots))
+	return i, f.slots[i]
+}
+
+// replace swaps a crashed replica for a new process on the same journal and locker.
+func (f *fleet) replace(i int, dead *replica) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.slots[i] != dead {
+		return nil // another worker replaced it already
+	}
+	r, err := f.make(i)
+	if err != nil {
+		return err
+	}
+	dead.client.CloseIdleConnections()
+	f.slots[i] = r
+	f.all = append(f.all, r)
+	f.crashes++
+	return nil
 }
 
 // action is one gated business event and the decision it finally got.
@@ -138,16 +205,41 @@ func soakSeed(t *testing.T) int64 {
 	return 20261125
 }
 
-// TestSoak runs concurrent gated actions through four replicas against a
-// fake with random faults (500s, 503s, 429s with Retry-After 0 or 1,
-// connections dropped after the server executed the request, latency) and
-// then proves from the server's ledger that nothing was lost or charged
-// twice. A gate that returns an error (faults beyond the retries) leaves its
-// action unknown; the worker repeats the same gate with the same event id
-// until it decides, as a real caller would.
+// TestSoak runs concurrent gated actions through four replicas sharing one
+// purchase journal and locker against a fake with random faults (500s,
+// 503s, 429s with Retry-After 0 or 1, connections dropped after the server
+// executed the request, requests executed and then answered 500, latency),
+// its rate limit on, and replicas that die in the middle of purchases; then
+// it proves from the server's ledger that nothing was lost or charged twice.
+// A gate that returns an error leaves its action unknown; the worker repeats
+// the same gate with the same event id until it decides, as a real caller
+// would.
 func TestSoak(t *testing.T) {
 	t.Parallel() // after the serial goroutine-leak tests of this package
+	runSoak(t, soakConfig{name: "replicas", replicas: soakReplicas, pCrash: 0.1, rateLimit: true})
+}
+
+// TestSoakOneProcess is the same soak in one process with the default
+// in-process journal and locker (no crashes: the memory journal dies with
+// the process).
+func TestSoakOneProcess(t *testing.T) {
+	t.Parallel()
+	runSoak(t, soakConfig{name: "one process", replicas: 1, oneProcess: true})
+}
+
+type soakConfig struct {
+	name       string
+	replicas   int
+	pCrash     float64
+	rateLimit  bool
+	oneProcess bool // the Gatekeeper's own default journal and locker
+}
+
+func runSoak(t *testing.T, cfg soakConfig) {
 	dur, seed := soakDuration(t), soakSeed(t)
+	if cfg.oneProcess {
+		dur = max(dur/3, time.Second)
+	}
 	customers := soakCustomerList(dur)
 
 	srv := quotastacktest.Start(t)
@@ -155,18 +247,31 @@ func TestSoak(t *testing.T) {
 	for _, c := range customers {
 		seedCustomer(t, srv, soakPlan, c)
 	}
+	if cfg.rateLimit {
+		// The documented 100 requests a minute, scaled so it bites at the
+		// soak's pace: a 429 with a truthful Retry-After now and then.
+		srv.SetRateLimit(250, time.Second)
+	}
 
 	// Half the replicas wait at most 20 ms between attempts, so a
 	// Retry-After of 1 s ends their call with an error (and the caller
 	// repeats the gate); the other half honour it.
-	replicas := make([]*replica, soakReplicas)
-	shared := []autobuy.Option{autobuy.WithJournal(autobuy.NewMemoryJournal(0)), autobuy.WithLocker(autobuy.NewLocalLocker())}
-	for i := range replicas {
+	var shared []autobuy.Option
+	if !cfg.oneProcess {
+		shared = []autobuy.Option{autobuy.WithJournal(autobuy.NewMemoryJournal(0)), autobuy.WithLocker(autobuy.NewLocalLocker())}
+	}
+	fl := &fleet{make: func(i int) (*replica, error) {
 		waitMax := 20 * time.Millisecond
 		if i%2 == 1 {
 			waitMax = 1500 * time.Millisecond
 		}
-		replicas[i] = newReplica(t, srv, waitMax, shared...)
+		return newReplica(srv, waitMax, cfg.pCrash, shared...)
+	}}
+	for i := range cfg.replicas {
+		r, err := fl.make(i)
+		require.NoError(t, err)
+		t.Cleanup(func() { r.client.CloseIdleConnections() })
+		fl.slots, fl.all = append(fl.slots, r), append(fl.all, r)
 	}
 
 	stopFaults := startFaults(srv, seed)
@@ -178,17 +283,39 @@ func TestSoak(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			stats[w] = runWorker(w, seed, deadline, customers, replicas)
+			stats[w] = runWorker(w, seed, deadline, customers, fl)
 		}()
 	}
 	wg.Wait()
 	elapsed := time.Since(start)
 	stopFaults()
+	srv.SetRateLimit(0, 0)
 
-	figs := soakFigures{Duration: dur, Elapsed: elapsed, Seed: seed, Race: raceEnabled,
-		Customers: len(customers), Replicas: len(replicas), Workers: soakWorkers,
+	// A process that died mid-purchase left an intent open; any replica
+	// finishes it on the customer's next purchase, or here.
+	fl.mu.Lock()
+	for _, r := range fl.all {
+		r.client.CloseIdleConnections()
+	}
+	finisher, err := fl.make(0)
+	fl.mu.Unlock()
+	require.NoError(t, err)
+	finisher.crash.p = 0
+	resumed := 0
+	if !cfg.oneProcess {
+		resumed, err = finisher.gate.Resume(context.Background(), 0)
+		require.NoError(t, err)
+	}
+
+	figs := soakFigures{Name: cfg.name, Duration: dur, Elapsed: elapsed, Seed: seed, Race: raceEnabled,
+		Customers: len(customers), Replicas: cfg.replicas, Workers: soakWorkers, Crashes: fl.crashes, Resumed: resumed,
 		Denied: map[autobuy.Reason]int{}, ErrKinds: map[string]int{}, Faults: srv.FaultCounts(),
 		ServerRequests: len(srv.Requests())}
+	for _, r := range srv.Requests() {
+		if r.Status == http.StatusTooManyRequests && r.Fault == "ratelimit" {
+			figs.Limited++
+		}
+	}
 	var actions []action
 	for _, s := range stats {
 		actions = append(actions, s.actions...)
@@ -199,7 +326,7 @@ func TestSoak(t *testing.T) {
 			t.Error(p)
 		}
 	}
-	for _, r := range replicas {
+	for _, r := range fl.all {
 		figs.Attempts += r.transport.attempts.Load()
 		figs.Calls += r.calls.calls.Load()
 		figs.Retries += r.calls.retries.Load()
@@ -207,13 +334,43 @@ func TestSoak(t *testing.T) {
 	// Every attempt the transport saw is a call's first try or a retry.
 	assert.Equal(t, figs.Attempts, figs.Calls+figs.Retries, "HTTP attempts = logical calls + retries")
 
-	checkSoakLedger(t, srv, replicas[0].client, customers, actions, &figs)
+	checkSoakLedger(t, srv, finisher.client, customers, actions, &figs)
+	countMoney(srv, customers, &figs)
+	assert.Zero(t, figs.DoubleCharges, "double charges")
+	assert.Zero(t, figs.DebitsWithoutGrant, "debits without a grant")
+	assert.Zero(t, figs.BlockedPayers, "customers who paid and got no plan")
 	assert.NoError(t, srv.CheckInvariants())
 
 	report := figs.String()
 	t.Log("\n" + report)
 	if path := os.Getenv(envSoakReport); path != "" {
-		assert.NoError(t, os.WriteFile(path, []byte(report+"\n"), 0o644))
+		f, err := os.OpenFile(path, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
+		if assert.NoError(t, err) {
+			_, err = f.WriteString(report + "\n")
+			assert.NoError(t, err)
+			assert.NoError(t, f.Close())
+		}
+	}
+}
+
+// countMoney counts, from the server's plan orders, what must be zero: orders
+// debited more than once, debits without a grant, and customers left debited
+// without their plan.
+func countMoney(srv *quotastacktest.Server, customers []soakCustomer, figs *soakFigures) {
+	for _, c := range customers {
+		blocked := false
+		for _, o := range srv.PlanOrders(c.id) {
+			if len(o.Debits) > 1 || len(o.GrantBlockIDs) > 1 {
+				figs.DoubleCharges++
+			}
+			if len(o.Debits) > 0 && len(o.GrantBlockIDs) == 0 {
+				figs.DebitsWithoutGrant++
+				blocked = true
+			}
+		}
+		if blocked {
+			figs.BlockedPayers++
+		}
 	}
 }
 
@@ -227,7 +384,7 @@ func startFaults(srv *quotastacktest.Server, seed int64) (stop func()) {
 			ra = "1"
 		}
 		srv.SetRandomFaults(&quotastacktest.RandomFaults{Seed: seed + int64(phase),
-			P500: 0.01, P503: 0.03, P429: 0.03, PDrop: 0.04, RetryAfter: ra, MaxLatency: 3 * time.Millisecond})
+			P500: 0.01, P503: 0.03, P429: 0.03, PDrop: 0.04, PExecute500: 0.01, RetryAfter: ra, MaxLatency: 3 * time.Millisecond})
 	}
 	set(0)
 	done, exited := make(chan struct{}), make(chan struct{})
@@ -253,18 +410,27 @@ func startFaults(srv *quotastacktest.Server, seed int64) (stop func()) {
 
 // runWorker gates actions of random customers through random replicas until
 // the deadline, each with a unique event id, repeating a gate that errs.
-func runWorker(w int, seed int64, deadline time.Time, customers []soakCustomer, replicas []*replica) workerStats {
+func runWorker(w int, seed int64, deadline time.Time, customers []soakCustomer, fl *fleet) workerStats {
 	s := workerStats{errKinds: map[string]int{}}
 	rng := rand.New(rand.NewPCG(uint64(seed), uint64(w)))
 	for seq := 0; time.Now().Before(deadline); seq++ {
 		c := customers[rng.IntN(len(customers))]
 		a := action{event: fmt.Sprintf("w%02d-%06d", w, seq), customer: c.id}
 		for !a.decided && a.calls < maxGateCalls {
-			r := replicas[rng.IntN(len(replicas))] // a repeat may land on another replica
+			slot, r := fl.pick(rng) // a repeat may land on another replica
 			a.calls++
 			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 			d, err := r.gate.Gate(ctx, quotastack.ExternalID(c.id), chatMetric, autobuy.WithEventID(a.event))
 			cancel()
+			if r.crash.dead.Load() {
+				// The process died during this gate: whatever it answered is
+				// lost with it. A new process takes its place; the caller repeats.
+				if rerr := fl.replace(slot, r); rerr != nil {
+					s.problems = append(s.problems, "replacing a crashed replica: "+rerr.Error())
+				}
+				s.errKinds["process died"]++
+				continue
+			}
 			if err != nil {
 				kind := gateErrorKind(err)
 				s.errKinds[kind]++
@@ -534,6 +700,7 @@ func keys(us []quotastacktest.UsageRecord) []string {
 
 // soakFigures are the numbers the soak prints (and the README quotes).
 type soakFigures struct {
+	Name                     string
 	Duration, Elapsed        time.Duration
 	Seed                     int64
 	Race                     bool
@@ -550,6 +717,10 @@ type soakFigures struct {
 	Calls, Attempts, Retries int64
 	ServerRequests           int
 	Faults                   quotastacktest.FaultCounts
+	Crashes, Resumed         int
+	Limited                  int // 429s of the rate limiter (not injected)
+	// DoubleCharges, DebitsWithoutGrant and BlockedPayers must be zero.
+	DoubleCharges, DebitsWithoutGrant, BlockedPayers int
 }
 
 func (f soakFigures) String() string {
@@ -562,18 +733,20 @@ func (f soakFigures) String() string {
 	for _, n := range f.Denied {
 		denied += n
 	}
-	fmt.Fprintf(&b, "soak: %s (ran %s, race detector %s, seed %d): %d customers, %d replicas, %d goroutines\n",
-		f.Duration, f.Elapsed.Round(time.Millisecond), race, f.Seed, f.Customers, f.Replicas, f.Workers)
+	fmt.Fprintf(&b, "soak %s: %s (ran %s, race detector %s, seed %d): %d customers, %d replicas, %d goroutines\n",
+		f.Name, f.Duration, f.Elapsed.Round(time.Millisecond), race, f.Seed, f.Customers, f.Replicas, f.Workers)
+	fmt.Fprintf(&b, "  money: %d double charges, %d debits without a grant, %d blocked payers; %d processes died mid-purchase, %d intents finished by Resume at the end\n",
+		f.DoubleCharges, f.DebitsWithoutGrant, f.BlockedPayers, f.Crashes, f.Resumed)
 	fmt.Fprintf(&b, "  actions %d: allowed %d (after an auto-buy %d), denied %d %s; chat usage events %d (%d under usage:{id}:2)\n",
 		f.Actions, f.Allowed, f.AutoBought, denied, sortedCounts(f.Denied), f.ChatEvents, f.SecondKey)
 	fmt.Fprintf(&b, "  gate calls %d: %d returned an error and were repeated with the same event id %s\n",
 		f.GateCalls, f.Unknown, sortedCounts(f.ErrKinds))
 	fmt.Fprintf(&b, "  plans bought %d (one debit and one grant each), customers paywalled %d\n", f.Purchases, f.Paywalled)
-	fmt.Fprintf(&b, "  HTTP: %d calls, %d attempts, %d retries; the server answered or dropped %d requests\n",
-		f.Calls, f.Attempts, f.Retries, f.ServerRequests)
-	fmt.Fprintf(&b, "  faults injected: %d (500: %d, 503: %d, 429: %d, dropped after executing: %d), delayed requests: %d",
-		f.Faults.Status500+f.Faults.Status503+f.Faults.Status429+f.Faults.Drops,
-		f.Faults.Status500, f.Faults.Status503, f.Faults.Status429, f.Faults.Drops, f.Faults.Latency)
+	fmt.Fprintf(&b, "  HTTP: %d calls, %d attempts, %d retries; the server answered or dropped %d requests, its rate limit refused %d\n",
+		f.Calls, f.Attempts, f.Retries, f.ServerRequests, f.Limited)
+	fmt.Fprintf(&b, "  faults injected: %d (500: %d, 503: %d, 429: %d, dropped after executing: %d, executed then 500: %d), delayed requests: %d",
+		f.Faults.Status500+f.Faults.Status503+f.Faults.Status429+f.Faults.Drops+f.Faults.ExecuteThen,
+		f.Faults.Status500, f.Faults.Status503, f.Faults.Status429, f.Faults.Drops, f.Faults.ExecuteThen, f.Faults.Latency)
 	return b.String()
 }
 
