@@ -104,6 +104,7 @@ type Gatekeeper struct {
 	limitMax        int
 	limitPeriod     time.Duration
 	suspendFor      time.Duration
+	recordFirst     recordFirst
 }
 
 // Option configures a Gatekeeper.
@@ -265,8 +266,8 @@ func WithReservation(ttl time.Duration) GateOption {
 // non-nil for invalid input, for a definite error answer from QuotaStack
 // (401/403: the key; 404 metric, 422 rule, 409 event reuse: configuration),
 // and when QuotaStack could not answer and the fallback policy is
-// ReturnError. Round trips: 2 when entitled, 2 for a paywall, 5 for an
-// auto-buy (6 on a server that debits asynchronously).
+// ReturnError. Round trips: 2 when entitled (1 with WithRecordFirst), 2 for
+// a paywall, 5 for an auto-buy (more on a server that debits asynchronously).
 func (g *Gatekeeper) Gate(ctx context.Context, customer quotastack.Customer, metric string, opts ...GateOption) (Decision, error) {
 	cfg := gateConfig{units: 1}
 	for _, o := range opts {
@@ -306,6 +307,10 @@ func isOutage(ctx context.Context, err error) bool {
 func (g *Gatekeeper) gate(ctx context.Context, customer quotastack.Customer, metric string, cfg gateConfig) (Decision, error) {
 	var d Decision
 	started := g.now()
+	key := usageKey{event: cfg.eventID, n: 1}
+	if done, err := g.tryRecordFirst(ctx, customer, metric, cfg, &d, &key); done || err != nil {
+		return d, err
+	}
 	ent, err := g.client.Check(ctx, customer, metric, cfg.units)
 	if isCustomerNotFound(err) {
 		return g.deny(ctx, customer, d, ReasonNoAccount), nil
@@ -317,8 +322,9 @@ func (g *Gatekeeper) gate(ctx context.Context, customer quotastack.Customer, met
 	if d.CustomerID, err = g.resolve(ctx, customer, ent); err != nil {
 		return d, err
 	}
+	g.learnID(customer, d.CustomerID)
 	canon := customerOf(d.CustomerID)
-	key := usageKey{customerID: d.CustomerID, event: cfg.eventID, n: 1}
+	key.customerID = d.CustomerID
 	if ent.Allowed {
 		ok, err := g.consume(ctx, &d, canon, metric, cfg, &key)
 		if err != nil || ok {

@@ -1,0 +1,75 @@
+package autobuy_test
+
+import (
+	"context"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/quotastack/quotastack-go"
+	"github.com/quotastack/quotastack-go/autobuy"
+	"github.com/quotastack/quotastack-go/quotastacktest"
+)
+
+func TestRecordFirst(t *testing.T) {
+	t.Parallel()
+	t.Run("entitled: one request per action once the customer is known", func(t *testing.T) {
+		t.Parallel()
+		w := setup(t, 250_000)
+		w.grantPlanCredits(t, 10_000)
+		g := w.gate(t, autobuy.WithRecordFirst())
+		var perGate []int
+		for i, ev := range []string{"m1", "m2", "m3"} {
+			w.srv.ResetRequests()
+			d, err := g.Gate(context.Background(), w.cust, "chat_message", autobuy.WithEventID(ev))
+			require.NoError(t, err)
+			assert.True(t, d.Allowed, "gate %d", i)
+			assert.Equal(t, autobuy.ReasonEntitled, d.Reason)
+			perGate = append(perGate, len(w.srv.Requests()))
+		}
+		assert.Equal(t, []int{2, 1, 1}, perGate, "the first gate learns the customer's id from its check")
+		assert.Len(t, w.usageFor("chat_message"), 3)
+		assert.True(t, g.RecordFirst())
+	})
+	t.Run("not entitled: the 402 is the check, then the auto-buy", func(t *testing.T) {
+		t.Parallel()
+		w := setup(t, 250_000)
+		acct, _ := w.srv.Account(user)
+		g := w.gate(t, autobuy.WithRecordFirst())
+		w.srv.ResetRequests()
+		d, err := g.Gate(context.Background(), quotastack.CustomerID(acct.CustomerID), "chat_message", autobuy.WithEventID("m1"))
+		require.NoError(t, err)
+		assert.True(t, d.Allowed)
+		assert.Equal(t, autobuy.ReasonAutoBought, d.Reason)
+		assert.Len(t, w.srv.Requests(), 6, "record 402, check, wallet, debit, grant, record")
+		chat := w.usageFor("chat_message")
+		require.Len(t, chat, 1, "charged once")
+		assert.Equal(t, "usage:"+acct.CustomerID+":m1:2", chat[0].IdempotencyKey, "the refused key is never reused")
+		assert.Equal(t, 1, w.planGrants())
+	})
+	t.Run("a 202 switches it off; that action stands on its accepted record", func(t *testing.T) {
+		t.Parallel()
+		mode, _ := quotastacktest.ModeNamed("usage202")
+		w := setup(t, 250_000, mode.Options...)
+		w.grantPlanCredits(t, 10_000)
+		acct, _ := w.srv.Account(user)
+		g := w.gate(t, autobuy.WithRecordFirst())
+		d, err := g.Gate(context.Background(), quotastack.CustomerID(acct.CustomerID), "chat_message", autobuy.WithEventID("m1"))
+		require.NoError(t, err)
+		assert.True(t, d.Allowed)
+		require.NotNil(t, d.Usage)
+		assert.True(t, d.Usage.Accepted)
+		assert.False(t, g.RecordFirst(), "off for good")
+
+		w.srv.ResetRequests()
+		d, err = g.Gate(context.Background(), quotastack.CustomerID(acct.CustomerID), "chat_message", autobuy.WithEventID("m2"))
+		require.NoError(t, err)
+		assert.True(t, d.Allowed)
+		reqs := w.srv.Requests()
+		require.NotEmpty(t, reqs)
+		assert.Contains(t, reqs[0].Path, "/entitlements/", "checks first again")
+		w.srv.FlushAsyncUsage()
+		assert.Len(t, w.usageFor("chat_message"), 2, "each action charged once")
+	})
+}
