@@ -100,6 +100,9 @@ type Decision struct {
 	// Hold is the reservation of an allowed action gated WithReservation; commit
 	// or release it when the action ends.
 	Hold *quotastack.Reservation
+	// Leased is true when the action was let through on a lease (WithLease):
+	// its units are committed with the lease's, not recorded one by one.
+	Leased bool
 	// WalletMC is the wallet balance seen when a purchase was considered, in millicredits.
 	WalletMC int64
 	// Limit is set on purchase_limit and auto_buy_suspended denials.

@@ -105,6 +105,7 @@ type Gatekeeper struct {
 	limitPeriod     time.Duration
 	suspendFor      time.Duration
 	recordFirst     recordFirst
+	leases          *leases
 }
 
 // Option configures a Gatekeeper.
@@ -307,6 +308,9 @@ func isOutage(ctx context.Context, err error) bool {
 func (g *Gatekeeper) gate(ctx context.Context, customer quotastack.Customer, metric string, cfg gateConfig) (Decision, error) {
 	var d Decision
 	started := g.now()
+	if ld, ok, err := g.leased(ctx, customer, metric, cfg); ok || err != nil {
+		return ld, err
+	}
 	key := usageKey{event: cfg.eventID, n: 1}
 	if done, err := g.tryRecordFirst(ctx, customer, metric, cfg, &d, &key); done || err != nil {
 		return d, err
