@@ -85,6 +85,16 @@ func (w *jworld) gatekeeper(t *testing.T, rt http.RoundTripper, opts ...autobuy.
 	return g
 }
 
+// halfDonePurchase gates one action through g while every grant fails: the
+// wallet is debited, the plan not granted, and the gate returns the error.
+func (w *jworld) halfDonePurchase(t *testing.T, g *autobuy.Gatekeeper, event string) {
+	t.Helper()
+	w.srv.InjectFault(quotastacktest.Fault{Method: "POST", PathPrefix: "/v1/topup/grant", Status: 503, Count: 100})
+	_, err := g.Gate(context.Background(), w.cust, "chat_message", autobuy.WithEventID(event))
+	require.ErrorIs(t, err, plan.ErrHalfDone)
+	w.srv.ClearFaults()
+}
+
 func (w *jworld) planDebits() int { return len(w.usageFor("plan_purchase_1hr")) }
 
 func (w *jworld) planBlocks() []quotastacktest.Block {
@@ -291,10 +301,7 @@ func TestSparseServerReplicasBuyOnePlan(t *testing.T) {
 func TestHalfDoneFinishedAfter25Hours(t *testing.T) {
 	t.Parallel()
 	w := newJWorld(t, 250_000, quotastacktest.Mode{Name: "kind"})
-	w.srv.InjectFault(quotastacktest.Fault{Method: "POST", PathPrefix: "/v1/topup/grant", Status: 503, Count: 100})
-	_, err := w.gatekeeper(t, nil).Gate(context.Background(), w.cust, "chat_message", autobuy.WithEventID("m1"))
-	require.ErrorIs(t, err, plan.ErrHalfDone)
-	w.srv.ClearFaults()
+	w.halfDonePurchase(t, w.gatekeeper(t, nil), "m1")
 	w.clock.Advance(25 * time.Hour)
 
 	d, err := w.gatekeeper(t, nil).Gate(context.Background(), w.cust, "chat_message", autobuy.WithEventID("m1"))
@@ -315,10 +322,7 @@ func TestHalfDoneFinishedByAnotherReplica(t *testing.T) {
 	t.Parallel()
 	w := newJWorld(t, 500_000, quotastacktest.Mode{Name: "kind"})
 	b := w.gatekeeper(t, nil)
-	w.srv.InjectFault(quotastacktest.Fault{Method: "POST", PathPrefix: "/v1/topup/grant", Status: 503, Count: 100})
-	_, err := b.Gate(context.Background(), w.cust, "chat_message", autobuy.WithEventID("b1"))
-	require.ErrorIs(t, err, plan.ErrHalfDone)
-	w.srv.ClearFaults()
+	w.halfDonePurchase(t, b, "b1")
 	w.clock.Advance(10 * time.Minute) // A finishes late: its grant body differs from B's first one
 
 	a := w.gatekeeper(t, nil)
@@ -342,10 +346,7 @@ func TestHalfDoneFinishedByAnotherReplica(t *testing.T) {
 func TestPriceChangeDuringAHalfDonePurchase(t *testing.T) {
 	t.Parallel()
 	w := newJWorld(t, 500_000, quotastacktest.Mode{Name: "kind"})
-	w.srv.InjectFault(quotastacktest.Fault{Method: "POST", PathPrefix: "/v1/topup/grant", Status: 503, Count: 100})
-	_, err := w.gatekeeper(t, nil).Gate(context.Background(), w.cust, "chat_message", autobuy.WithEventID("m1"))
-	require.ErrorIs(t, err, plan.ErrHalfDone)
-	w.srv.ClearFaults()
+	w.halfDonePurchase(t, w.gatekeeper(t, nil), "m1")
 
 	dearer := hourPlan
 	dearer.PriceMC = 120_000
