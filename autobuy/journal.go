@@ -215,6 +215,8 @@ func (j *MemoryJournal) collect(customerID string, keep func(*Intent) bool) []In
 			out = append(out, cloneIntent(in))
 		}
 	}
+	// Oldest first by CreatedAt, whatever order the intents were stored in.
+	slices.SortStableFunc(out, func(a, b Intent) int { return a.CreatedAt.Compare(b.CreatedAt) })
 	return out
 }
 
