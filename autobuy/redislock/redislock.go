@@ -1,11 +1,13 @@
-// Package redislock is an autobuy.Locker on Redis (bsm/redislock: SET NX PX
-// with a random token), for running the autobuy gate on several replicas.
-// It lives in its own module so the core SDK never pulls in Redis.
+// Package redislock is an autobuy.Locker (bsm/redislock: SET NX PX with a
+// random token) and an autobuy.Journal on Redis, for running the autobuy gate
+// on several replicas that share both. It lives in its own module so the core
+// SDK never pulls in Redis.
 //
 // A lock is a lease: a watchdog refreshes it at a third of its TTL while
-// held. If the lease is lost anyway (a long pause, a Redis failover), the
-// purchase keys the gate derives from the customer's ledger still make the
-// server deduplicate a second purchase; the lock only saves wasted work.
+// held. If the lease is lost anyway (a long pause, a Redis failover) after a
+// purchase's intent is in the journal, the next replica finishes that intent
+// with its keys; a lease lost before the intent is written can let two
+// replicas buy for one exhaustion, so keep the TTL far above a purchase.
 package redislock
 
 import (
