@@ -340,3 +340,55 @@ func countStatus(srv *quotastacktest.Server, status int) int {
 	}
 	return n
 }
+
+// A replica crashes right after its plan debit or grant executed (the answer
+// is lost, the process is gone); another replica's Resume finishes the intent
+// from the shared journal: one debit, one grant, one hook. In every mode of
+// the fake.
+func TestCrashedPurchaseResumedByAnotherReplica(t *testing.T) {
+	t.Parallel()
+	for _, step := range []string{"debit", "grant"} {
+		t.Run(step, func(t *testing.T) {
+			t.Parallel()
+			quotastacktest.RunModes(t, func(t *testing.T, mode quotastacktest.Mode) {
+				t.Parallel()
+				_, rdb := miniClient(t)
+				srv := quotastacktest.Start(t, mode.Options...)
+				require.NoError(t, srv.SeedRecipe())
+				_, err := srv.Grant("user42", quotastacktest.Grant{Credits: 250_000})
+				require.NoError(t, err)
+				var hooks atomic.Int64
+				mk := func(crash func(string) bool) (*autobuy.Gatekeeper, *crashTransport) {
+					tr := &crashTransport{rt: http.DefaultTransport, crash: crash}
+					c, err := quotastack.NewClient(srv.APIKey, quotastack.WithBaseURL(srv.URL), quotastack.WithTransport(tr),
+						quotastack.WithRetry(4, time.Millisecond, 10*time.Millisecond))
+					require.NoError(t, err)
+					g, err := autobuy.New(c, autobuy.WithPlan(hourPlan), autobuy.WithJournal(newJournal(t, rdb)),
+						autobuy.WithLocker(redislock.New(rdb)), autobuy.WithHooks(autobuy.Hooks{
+							AutoBought: func(context.Context, quotastack.Customer, *plan.Purchase) { hooks.Add(1) }}))
+					require.NoError(t, err)
+					return g, tr
+				}
+				a, atr := mk(func(s string) bool { return s == step })
+				_, err = a.Gate(context.Background(), quotastack.ExternalID("user42"), "chat_message", autobuy.WithEventID("m1"))
+				require.Error(t, err, "the replica crashed mid-purchase")
+				require.True(t, atr.dead.Load())
+
+				b, _ := mk(func(string) bool { return false })
+				n, err := b.Resume(context.Background(), 0)
+				require.NoError(t, err)
+				assert.Equal(t, 1, n, "the other replica completed the crashed purchase")
+				d, err := b.Gate(context.Background(), quotastack.ExternalID("user42"), "chat_message", autobuy.WithEventID("m1"))
+				require.NoError(t, err)
+				assert.True(t, d.Allowed, "the plan bought before the crash pays for the action: %+v", d)
+				assert.Nil(t, d.Purchase, "no second purchase")
+				require.NoError(t, srv.CheckInvariants())
+				orders := srv.PlanOrders("user42")
+				require.Len(t, orders, 1)
+				assert.Len(t, orders[0].Debits, 1)
+				assert.Len(t, orders[0].GrantBlockIDs, 1)
+				assert.Equal(t, int64(1), hooks.Load(), "one AutoBought hook, fired by the replica that completed it")
+			})
+		})
+	}
+}
