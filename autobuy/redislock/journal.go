@@ -357,12 +357,22 @@ func (j *Journal) Pending(ctx context.Context, limit int) ([]autobuy.Intent, err
 		}
 		return 0
 	})
-	var out []autobuy.Intent
+	if limit > 0 && len(all) > limit {
+		all = all[:limit]
+	}
+	// One pipelined read per customer; an intent closed since the index was
+	// read is left out (Pending returns up to limit).
+	var customers []string
+	orders := map[string][]string{}
 	for _, e := range all {
-		if limit > 0 && len(out) >= limit {
-			break
+		if orders[e.customer] == nil {
+			customers = append(customers, e.customer)
 		}
-		ins, err := j.load(ctx, e.customer, []string{e.order})
+		orders[e.customer] = append(orders[e.customer], e.order)
+	}
+	var out []autobuy.Intent
+	for _, c := range customers {
+		ins, err := j.load(ctx, c, orders[c])
 		if err != nil {
 			return nil, err
 		}

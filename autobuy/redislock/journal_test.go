@@ -192,3 +192,31 @@ func TestJournalCallsAreBounded(t *testing.T) {
 		}
 	}
 }
+
+// The pending hint: a customer without open intents leaves it once its entry
+// is a minute old; one with open intents stays whatever the entry's age.
+func TestJournalPendingHintIsPruned(t *testing.T) {
+	t.Parallel()
+	mr, rdb := miniClient(t)
+	j := newJournal(t, rdb)
+	ctx := context.Background()
+	open, closed := testIntent("cus_open", "ord_1"), testIntent("cus_closed", "ord_2")
+	require.NoError(t, j.Put(ctx, &open))
+	require.NoError(t, j.Put(ctx, &closed))
+	closed.State = autobuy.IntentDone
+	require.NoError(t, j.Put(ctx, &closed))
+	// A hint that landed just now without its script (yet): kept.
+	_, err := mr.ZAdd("qs:pending", float64(time.Now().UnixMilli()), "cus_recent_but_empty")
+	require.NoError(t, err)
+	for _, c := range []string{"cus_open", "cus_closed"} {
+		_, err := mr.ZAdd("qs:pending", float64(time.Now().Add(-2*time.Minute).UnixMilli()), c)
+		require.NoError(t, err)
+	}
+	got, err := j.Pending(ctx, 10)
+	require.NoError(t, err)
+	require.Len(t, got, 1)
+	assert.Equal(t, "ord_1", got[0].OrderID)
+	members, err := mr.ZMembers("qs:pending")
+	require.NoError(t, err)
+	assert.ElementsMatch(t, []string{"cus_open", "cus_recent_but_empty"}, members)
+}
