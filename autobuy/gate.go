@@ -98,7 +98,6 @@ type Gatekeeper struct {
 	log             *slog.Logger
 	fallback        FallbackPolicy
 	purchaseTimeout time.Duration
-	lockTimeout     time.Duration
 	planOpts        []plan.Option
 	now             func() time.Time
 	limitMax        int

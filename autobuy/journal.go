@@ -90,7 +90,8 @@ type Suspension struct {
 func (s Suspension) Active(now time.Time) bool { return s.Until.IsZero() || now.Before(s.Until) }
 
 // ErrJournalConflict is returned by Journal.Put when the stored intent moved
-// since it was read (its Rev differs), or when a new intent's order id exists.
+// since it was read (its Rev differs), when a new intent's order id exists,
+// or when a new intent's customer already has an open one.
 var ErrJournalConflict = errors.New("autobuy: journal: intent changed since it was read")
 
 // Journal is the durable record of purchase intents and auto-buy
@@ -100,15 +101,19 @@ var ErrJournalConflict = errors.New("autobuy: journal: intent changed since it w
 //
 // To write one on SQL: a table of intents keyed by order_id, indexed by
 // (customer_id, created_at) and by state, holding the Intent fields (the plan
-// snapshot as columns or JSON); Put is an INSERT for Rev 0 and otherwise
-// "UPDATE … SET …, rev = rev+1 WHERE order_id = ? AND rev = ?" (zero rows:
-// ErrJournalConflict); a table of suspensions keyed by (customer_id, metric).
+// snapshot as columns or JSON); Put is an INSERT for Rev 0 (refused while the
+// customer has an open intent: a partial unique index on customer_id where
+// the state is open does it) and otherwise "UPDATE … SET …, rev = rev+1
+// WHERE order_id = ? AND rev = ?" (zero rows: ErrJournalConflict); a table of
+// suspensions keyed by (customer_id, metric).
 // Methods must be safe for concurrent use; errors refuse the purchase (never
 // the entitled customers).
 type Journal interface {
 	// Put stores in. A new intent has Rev 0; an update carries the Rev it was
 	// read at. On success in.Rev is the new revision; ErrJournalConflict if
-	// the stored revision differs.
+	// the stored revision differs, or if in is new and the customer already
+	// has an open intent (so a gate whose lock lapsed can't start a second
+	// purchase beside another gate's). Both checks and the write are atomic.
 	Put(ctx context.Context, in *Intent) error
 	// Open returns the customer's open intents (pending, debited, review),
 	// oldest first.
@@ -166,6 +171,8 @@ func (j *MemoryJournal) Put(_ context.Context, in *Intent) error {
 	switch {
 	case i < 0 && in.Rev != 0, i >= 0 && list[i].Rev != in.Rev:
 		return ErrJournalConflict
+	case i < 0 && slices.ContainsFunc(list, func(x *Intent) bool { return x.State.Open() }):
+		return ErrJournalConflict // one open intent per customer
 	}
 	in.Rev++
 	c := cloneIntent(in)

@@ -20,8 +20,6 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
-	"slices"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -49,7 +47,8 @@ func Run(t *testing.T, newJournal func(t *testing.T) autobuy.Journal) {
 		{"CreateThenUpdate", testCreateThenUpdate},
 		{"StaleRevConflicts", testStaleRevConflicts},
 		{"RecreateConflicts", testRecreateConflicts},
-		{"OpenOnlyOpenOldestFirst", testOpen},
+		{"OpenOnlyOpen", testOpen},
+		{"OneOpenIntentPerCustomer", testOneOpenPerCustomer},
 		{"SinceCreatedOrUpdated", testSince},
 		{"PendingAcrossCustomersWithLimit", testPending},
 		{"SuspendOnceWhileActive", testSuspend},
@@ -188,49 +187,64 @@ func testRecreateConflicts(t *testing.T, j autobuy.Journal) {
 
 func testOpen(t *testing.T, j autobuy.Journal) {
 	assert.Empty(t, openOf(t, j, "cus_none"), "an unknown customer has no intents")
-	// Stored out of creation order, in every state; only pending and debited
-	// are open, and they come back oldest first.
-	states := []struct {
-		order string
-		at    time.Duration
-		state autobuy.IntentState
-	}{
-		{"ord_c", 3 * time.Second, autobuy.IntentPending},
-		{"ord_a", time.Second, autobuy.IntentDebited},
-		{"ord_done", 2 * time.Second, autobuy.IntentDone},
-		{"ord_failed", 4 * time.Second, autobuy.IntentFailed},
-		{"ord_review", 0, autobuy.IntentReview},
-		{"ord_b", 2500 * time.Millisecond, autobuy.IntentPending},
-		{"ord_z", -time.Hour, autobuy.IntentPending},
+	// Each customer's history, stored in order (a customer has at most one
+	// open intent at a time): only pending, debited and review are open.
+	histories := map[string][]autobuy.IntentState{
+		"cus_a": {autobuy.IntentDone, autobuy.IntentFailed, autobuy.IntentDebited},
+		"cus_p": {autobuy.IntentDone, autobuy.IntentPending},
+		"cus_r": {autobuy.IntentFailed, autobuy.IntentReview},
+		"cus_c": {autobuy.IntentDone, autobuy.IntentFailed},
 	}
-	created := map[string]string{} // order id → sortable creation offset
-	for _, s := range states {
-		created[s.order] = fmt.Sprintf("%020d", int64(s.at+2*time.Hour))
-		in := put(t, j, newIntent("cus_a", s.order, t0.Add(s.at)))
-		if s.state != autobuy.IntentPending {
-			in.State, in.UpdatedAt = s.state, t0.Add(time.Minute)
-			put(t, j, in)
+	for cust, states := range histories {
+		for i, st := range states {
+			in := put(t, j, newIntent(cust, fmt.Sprintf("ord_%s_%d", cust, i), t0.Add(time.Duration(i)*time.Second)))
+			if st != autobuy.IntentPending {
+				in.State, in.UpdatedAt = st, t0.Add(time.Minute)
+				put(t, j, in)
+			}
 		}
 	}
-	put(t, j, newIntent("cus_b", "ord_other", t0.Add(-2*time.Hour)))
+	for cust, states := range histories {
+		var want []string
+		for i, st := range states {
+			if st.Open() {
+				want = append(want, fmt.Sprintf("ord_%s_%d", cust, i))
+			}
+		}
+		got := openOf(t, j, cust)
+		assert.Equal(t, want, nilIfEmpty(orderIDs(got)), cust)
+		for _, in := range got {
+			assert.True(t, in.State.Open(), "%s is %s", in.OrderID, in.State)
+			assert.Equal(t, cust, in.CustomerID)
+		}
+	}
+}
 
-	// Open() decides which states are open (pending, debited and, while a
-	// person decides, review).
-	var want []string
-	for _, s := range states {
-		if s.state.Open() {
-			want = append(want, s.order)
-		}
-	}
-	slices.SortFunc(want, func(a, b string) int { return strings.Compare(created[a], created[b]) })
-	got := openOf(t, j, "cus_a")
-	assert.Equal(t, want, orderIDs(got))
-	assert.Subset(t, orderIDs(got), []string{"ord_z", "ord_a", "ord_b", "ord_c"}, "pending and debited are open")
-	for _, in := range got {
-		assert.True(t, in.State.Open(), "%s is %s", in.OrderID, in.State)
-		assert.Equal(t, "cus_a", in.CustomerID)
-	}
-	assert.Equal(t, []string{"ord_other"}, orderIDs(openOf(t, j, "cus_b")))
+// testOneOpenPerCustomer: a new intent is refused while the customer has an
+// open one (so a gate whose lock lapsed can't start a second purchase), and
+// allowed again once that one is closed; other customers are not affected.
+func testOneOpenPerCustomer(t *testing.T, j autobuy.Journal) {
+	first := put(t, j, newIntent("cus_a", "ord_1", t0))
+	second := newIntent("cus_a", "ord_2", t0.Add(time.Second))
+	require.ErrorIs(t, j.Put(ctx, &second), autobuy.ErrJournalConflict, "a second open intent")
+	assert.Equal(t, int64(0), second.Rev)
+	put(t, j, newIntent("cus_b", "ord_b", t0)) // another customer
+
+	first.State, first.UpdatedAt = autobuy.IntentReview, t0.Add(time.Minute)
+	first = put(t, j, first)
+	require.ErrorIs(t, j.Put(ctx, &second), autobuy.ErrJournalConflict, "review is open too")
+	first.State = autobuy.IntentDone
+	put(t, j, first)
+	put(t, j, second)
+
+	// Racing creates of different orders of one customer: exactly one wins.
+	const n = 16
+	won := race(t, n, func(i int) error {
+		in := newIntent("cus_c", fmt.Sprintf("ord_c%d", i), t0)
+		return j.Put(ctx, &in)
+	})
+	assert.Equal(t, 1, won, "one of %d creates for one customer wins", n)
+	assert.Len(t, openOf(t, j, "cus_c"), 1)
 }
 
 func testSince(t *testing.T, j autobuy.Journal) {
@@ -242,10 +256,10 @@ func testSince(t *testing.T, j autobuy.Journal) {
 	late.State, late.UpdatedAt = autobuy.IntentDone, t0.Add(20*time.Second)
 	put(t, j, late) // created before t0, finished after
 
-	put(t, j, newIntent("cus_a", "ord_at", t0)) // exactly at t0
 	b := put(t, j, newIntent("cus_a", "ord_new", t0.Add(10*time.Second)))
 	b.State, b.UpdatedAt = autobuy.IntentFailed, t0.Add(11*time.Second)
 	put(t, j, b)
+	put(t, j, newIntent("cus_a", "ord_at", t0)) // exactly at t0; the one open intent
 	put(t, j, newIntent("cus_b", "ord_other", t0.Add(time.Second)))
 
 	cases := []struct {
@@ -282,18 +296,18 @@ func testPending(t *testing.T, j autobuy.Journal) {
 	assert.Empty(t, got)
 
 	put(t, j, newIntent("cus_b", "ord_b1", t0.Add(2*time.Second)))
-	a := put(t, j, newIntent("cus_a", "ord_a1", t0.Add(time.Second)))
-	a.State, a.UpdatedAt = autobuy.IntentDebited, t0.Add(time.Minute)
-	put(t, j, a)
 	done := put(t, j, newIntent("cus_a", "ord_a0", t0))
 	done.State, done.UpdatedAt = autobuy.IntentDone, t0.Add(time.Second)
 	put(t, j, done)
+	a := put(t, j, newIntent("cus_a", "ord_a1", t0.Add(time.Second)))
+	a.State, a.UpdatedAt = autobuy.IntentDebited, t0.Add(time.Minute)
+	put(t, j, a)
 	put(t, j, newIntent("cus_c", "ord_c1", t0.Add(3*time.Second)))
-	put(t, j, newIntent("cus_a", "ord_a2", t0.Add(4*time.Second)))
+	put(t, j, newIntent("cus_d", "ord_d1", t0.Add(4*time.Second)))
 
 	got, err = j.Pending(ctx, 100)
 	require.NoError(t, err)
-	assert.Equal(t, []string{"ord_a1", "ord_b1", "ord_c1", "ord_a2"}, orderIDs(got), "every open intent, oldest first")
+	assert.Equal(t, []string{"ord_a1", "ord_b1", "ord_c1", "ord_d1"}, orderIDs(got), "every open intent, oldest first")
 	got, err = j.Pending(ctx, 2)
 	require.NoError(t, err)
 	assert.Equal(t, []string{"ord_a1", "ord_b1"}, orderIDs(got), "the oldest, up to the limit")

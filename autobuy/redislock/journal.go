@@ -119,11 +119,15 @@ func micros(t time.Time) string { return strconv.FormatInt(t.UnixMicro(), 10) }
 
 // putScript: KEYS intent, touched, open; ARGV expected rev, data, order id,
 // open score, touched score, "1" if open, retention ms. Returns the new
-// revision, or 0 on a conflict.
+// revision, or 0 on a conflict (a stale revision, or a new intent while the
+// customer has an open one).
 var putScript = redis.NewScript(`
 local cur = redis.call('HGET', KEYS[1], 'rev')
 if (cur == false and ARGV[1] ~= '0') or (cur ~= false and cur ~= ARGV[1]) then
   return 0
+end
+if cur == false and redis.call('ZCARD', KEYS[3]) > 0 then
+  return 0 -- one open intent per customer
 end
 local rev = tonumber(ARGV[1]) + 1
 redis.call('HSET', KEYS[1], 'rev', tostring(rev), 'data', ARGV[2])

@@ -72,9 +72,9 @@ func TestJournalRetention(t *testing.T) {
 	ctx := context.Background()
 	done, open := testIntent("cus_a", "ord_done"), testIntent("cus_a", "ord_open")
 	require.NoError(t, j.Put(ctx, &done))
-	require.NoError(t, j.Put(ctx, &open))
 	done.State = autobuy.IntentDone
 	require.NoError(t, j.Put(ctx, &done))
+	require.NoError(t, j.Put(ctx, &open)) // one open intent per customer: after the first closed
 
 	mr.FastForward(59 * time.Minute)
 	got, err := j.Since(ctx, "cus_a", t0)

@@ -213,17 +213,12 @@ func TestLockLostMidPurchaseDoesNotBuyTwice(t *testing.T) {
 	assert.Positive(t, lost.Load(), "the lease really lapsed mid-purchase")
 }
 
-// A known gap, reported to the lead: when the lease lapses after a replica
-// decided to buy but before its intent is in the journal (here every request
-// is slower than the lease), a second replica sees no open intent, decides
-// too, and two intents (two plans) are bought for one exhaustion. The
-// journal's revisions only keep one intent single. Run it with
-// QUOTASTACK_KNOWN_BUGS=1.
+// When the lease lapses after a replica decided to buy but before its intent
+// is in the journal (here every request is slower than the lease), a second
+// replica sees no open intent and decides too; the journal refuses a second
+// open intent for the customer, so one plan is bought for one exhaustion.
 func TestLockLostBeforeTheIntentIsWrittenBuysOnce(t *testing.T) {
 	t.Parallel()
-	if os.Getenv("QUOTASTACK_KNOWN_BUGS") == "" {
-		t.Skip("known gap: a lease lost before the intent is written buys twice (QUOTASTACK_KNOWN_BUGS=1 runs it)")
-	}
 	rdb, prefix := realRedis(t)
 	w := setup(t)
 	w.srv.SetLatency(60 * time.Millisecond)
