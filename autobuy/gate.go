@@ -715,7 +715,10 @@ func (g *Gatekeeper) consume(ctx context.Context, d *Decision, customer quotasta
 			return false, fmt.Errorf("autobuy: event %q refused %d times: %w", key.event, maxUsageAttempts, err)
 		}
 		var apiErr *quotastack.APIError
-		if !errors.As(err, &apiErr) || !apiErr.Replayed {
+		if !errors.As(err, &apiErr) || !apiErr.Replayed || apiErr.Attempts > 1 {
+			// A fresh refusal. A replay answering a retry may be this call's
+			// own first attempt, executed before its answer was lost: fresh
+			// too (walking on would spend a key per refusal, without end).
 			return false, nil
 		}
 		// A replayed 402 is an earlier gate's refusal of this event: this
