@@ -267,7 +267,9 @@ func WithReservation(ttl time.Duration) GateOption {
 // (401/403: the key; 404 metric, 422 rule, 409 event reuse: configuration),
 // and when QuotaStack could not answer and the fallback policy is
 // ReturnError. Round trips: 2 when entitled (1 with WithRecordFirst), 2 for
-// a paywall, 5 for an auto-buy (more on a server that debits asynchronously).
+// a paywall, 5 for an auto-buy (7 on a server that debits asynchronously: a
+// wallet read confirms the debit, and the entitlement is checked again before
+// the record).
 func (g *Gatekeeper) Gate(ctx context.Context, customer quotastack.Customer, metric string, opts ...GateOption) (Decision, error) {
 	cfg := gateConfig{units: 1}
 	for _, o := range opts {
