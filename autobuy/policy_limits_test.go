@@ -89,80 +89,92 @@ func TestActionBiggerThanAPlanBuysNothing(t *testing.T) {
 func TestNoFalseDiagnosisUnderLoad(t *testing.T) {
 	t.Parallel()
 	customers := []string{"soak_a", "soak_b", "soak_c"}
-	runModes(t, func(t *testing.T, mode quotastacktest.Mode) {
-		t.Parallel()
-		w := setup(t, 0, mode.Options...)
-		w.srv.SetLatency(time.Millisecond) // widens every race window
-		for _, ext := range customers {
-			_, err := w.srv.Grant(ext, quotastacktest.Grant{Credits: 1_000_000})
-			require.NoError(t, err)
-		}
-		var mu sync.Mutex
-		reasons := map[autobuy.Reason]int{}
-		allowed := map[string]int{}
-		var errs []error
-		var suspended atomic.Int32
-		hooks := autobuy.WithHooks(autobuy.Hooks{
-			Suspended: func(context.Context, autobuy.Suspension) { suspended.Add(1) },
-			Decided: func(_ context.Context, c quotastack.Customer, _ string, d autobuy.Decision, err error) {
-				mu.Lock()
-				defer mu.Unlock()
-				if err != nil {
-					errs = append(errs, err)
-					return
+	for _, style := range gateStyles {
+		t.Run(style.name, func(t *testing.T) {
+			t.Parallel()
+			runModes(t, func(t *testing.T, mode quotastacktest.Mode) {
+				t.Parallel()
+				w := setup(t, 0, mode.Options...)
+				w.srv.SetLatency(time.Millisecond) // widens every race window
+				for _, ext := range customers {
+					_, err := w.srv.Grant(ext, quotastacktest.Grant{Credits: 1_000_000})
+					require.NoError(t, err)
 				}
-				reasons[d.Reason]++
-				if d.Allowed {
-					allowed[c.ID()]++
+				custs := map[string]quotastack.Customer{}
+				extOf := map[string]string{} // the id the Decided hook sees -> external id
+				for _, ext := range customers {
+					custs[ext] = w.customerFor(t, style.name, ext)
+					extOf[custs[ext].ID()] = ext
 				}
-			},
+				var mu sync.Mutex
+				reasons := map[autobuy.Reason]int{}
+				allowed := map[string]int{}
+				var errs []error
+				var suspended atomic.Int32
+				hooks := autobuy.WithHooks(autobuy.Hooks{
+					Suspended: func(context.Context, autobuy.Suspension) { suspended.Add(1) },
+					Decided: func(_ context.Context, c quotastack.Customer, _ string, d autobuy.Decision, err error) {
+						mu.Lock()
+						defer mu.Unlock()
+						if err != nil {
+							errs = append(errs, err)
+							return
+						}
+						reasons[d.Reason]++
+						if d.Allowed {
+							allowed[extOf[c.ID()]]++
+						}
+					},
+				})
+				// Five actions a plan: an exhaustion every few actions, each met by
+				// many gates at once.
+				small := plan.Plan{Type: "1hr", PriceMC: 10_000, CreditsMC: 5_000, Duration: time.Hour}
+				shared := append([]autobuy.Option{hooks, autobuy.WithPlan(small), autobuy.WithJournal(autobuy.NewMemoryJournal(0)),
+					autobuy.WithLocker(autobuy.NewLocalLocker())}, style.opts...)
+				replicas := []*autobuy.Gatekeeper{w.gate(t, shared...), w.gate(t, shared...), w.gate(t, shared...)}
+
+				const workers, perWorker = 24, 10
+				var wg sync.WaitGroup
+				start := make(chan struct{})
+				for g := range workers {
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						<-start
+						for i := range perWorker {
+							ext := customers[(g+i)%len(customers)]
+							_, _ = replicas[(g+i)%len(replicas)].Gate(context.Background(), custs[ext], "chat_message",
+								autobuy.WithEventID(fmt.Sprintf("w%d_%d", g, i)))
+						}
+					}()
+				}
+				close(start)
+				wg.Wait()
+				w.srv.SetLatency(0)
+				w.srv.FlushAsyncUsage()
+
+				assert.Empty(t, errs)
+				t.Logf("reasons: %v", reasons)
+				assert.Zero(t, reasons[autobuy.ReasonEntitlementFailedAfterPurchase], "no false diagnosis")
+				assert.Zero(t, reasons[autobuy.ReasonAutoBuySuspended])
+				assert.Zero(t, suspended.Load())
+				rejected := map[string]int{}
+				for _, r := range w.srv.RejectedUsage() {
+					if r.MetricKey == "chat_message" {
+						rejected[r.CustomerID]++
+					}
+				}
+				for _, ext := range customers {
+					executed := len(usageOf(w.srv, ext, "chat_message"))
+					plans := plansOf(w.srv, ext)
+					assert.Equal(t, allowed[ext], executed+rejected[w.customerID(t, ext)], "%s: one usage event per allowed action", ext)
+					assert.LessOrEqual(t, executed, 5*plans, ext)
+					assert.Greater(t, executed, 5*(plans-1), "%s: every plan but the last was used up (%d plans, %d actions)", ext, plans, executed)
+					assert.Equal(t, plans, debitsOf(w.srv, ext), ext)
+				}
+			}, "rate-limited")
 		})
-		// Five actions a plan: an exhaustion every few actions, each met by
-		// many gates at once.
-		small := plan.Plan{Type: "1hr", PriceMC: 10_000, CreditsMC: 5_000, Duration: time.Hour}
-		shared := []autobuy.Option{hooks, autobuy.WithPlan(small), autobuy.WithJournal(autobuy.NewMemoryJournal(0)), autobuy.WithLocker(autobuy.NewLocalLocker())}
-		replicas := []*autobuy.Gatekeeper{w.gate(t, shared...), w.gate(t, shared...), w.gate(t, shared...)}
-
-		const workers, perWorker = 24, 10
-		var wg sync.WaitGroup
-		start := make(chan struct{})
-		for g := range workers {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				<-start
-				for i := range perWorker {
-					ext := customers[(g+i)%len(customers)]
-					_, _ = replicas[(g+i)%len(replicas)].Gate(context.Background(), quotastack.ExternalID(ext), "chat_message",
-						autobuy.WithEventID(fmt.Sprintf("w%d_%d", g, i)))
-				}
-			}()
-		}
-		close(start)
-		wg.Wait()
-		w.srv.SetLatency(0)
-		w.srv.FlushAsyncUsage()
-
-		assert.Empty(t, errs)
-		t.Logf("reasons: %v", reasons)
-		assert.Zero(t, reasons[autobuy.ReasonEntitlementFailedAfterPurchase], "no false diagnosis")
-		assert.Zero(t, reasons[autobuy.ReasonAutoBuySuspended])
-		assert.Zero(t, suspended.Load())
-		rejected := map[string]int{}
-		for _, r := range w.srv.RejectedUsage() {
-			if r.MetricKey == "chat_message" {
-				rejected[r.CustomerID]++
-			}
-		}
-		for _, ext := range customers {
-			executed := len(usageOf(w.srv, ext, "chat_message"))
-			plans := plansOf(w.srv, ext)
-			assert.Equal(t, allowed[ext], executed+rejected[w.customerID(t, ext)], "%s: one usage event per allowed action", ext)
-			assert.LessOrEqual(t, executed, 5*plans, ext)
-			assert.Greater(t, executed, 5*(plans-1), "%s: every plan but the last was used up (%d plans, %d actions)", ext, plans, executed)
-			assert.Equal(t, plans, debitsOf(w.srv, ext), ext)
-		}
-	}, "rate-limited")
+	}
 }
 
 // Case 8 and suspension: a plan whose credits can't pay for the metric is
