@@ -7,9 +7,11 @@ package autobuy_test
 // limits, the answers the public docs allow and the round trips.
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"strconv"
@@ -177,6 +179,24 @@ func gateTogether(calls ...func() (autobuy.Decision, error)) []gateResult {
 	return out
 }
 
+// lockedBuffer is a bytes.Buffer safe for concurrent writes (a slog sink).
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
 // failingLocker fails every Lock, as a Redis that is down; it counts calls.
 type failingLocker struct{ calls atomic.Int32 }
 
@@ -201,15 +221,15 @@ func (failingJournal) Open(context.Context, string) ([]autobuy.Intent, error) {
 // Locker, Journal or preference refuses the purchase only.
 func TestFallbackNeverFreesADefiniteAnswer(t *testing.T) {
 	t.Parallel()
-	type check func(t *testing.T, w *world, policy autobuy.FallbackPolicy)
+	type check func(t *testing.T, w *world, base []autobuy.Option)
 	cases := []struct {
 		name string
 		run  check
 	}{
-		{"revoked key (401)", func(t *testing.T, w *world, policy autobuy.FallbackPolicy) {
+		{"revoked key (401)", func(t *testing.T, w *world, base []autobuy.Option) {
 			w.grantPlanCredits(t, 5_000)
 			const revoked = "qs_test_revoked_0123456789"
-			g, err := autobuy.New(w.clientWith(t, revoked, nil), autobuy.WithPlan(hourPlan), autobuy.WithFallback(policy))
+			g, err := autobuy.New(w.clientWith(t, revoked, nil), append(base, autobuy.WithPlan(hourPlan))...)
 			require.NoError(t, err)
 			d, err := g.Gate(context.Background(), w.cust, "chat_message", autobuy.WithEventID("m1"))
 			require.Error(t, err)
@@ -218,10 +238,10 @@ func TestFallbackNeverFreesADefiniteAnswer(t *testing.T) {
 			assert.False(t, d.Allowed)
 			assert.False(t, d.Fallback)
 		}},
-		{"unknown customer (404): no_account", func(t *testing.T, w *world, policy autobuy.FallbackPolicy) {
+		{"unknown customer (404): no_account", func(t *testing.T, w *world, base []autobuy.Option) {
 			var paywalls atomic.Int32
-			g := w.gate(t, autobuy.WithFallback(policy), autobuy.WithHooks(autobuy.Hooks{
-				Paywall: func(context.Context, quotastack.Customer, autobuy.Decision) { paywalls.Add(1) }}))
+			g := w.gate(t, append(base, autobuy.WithHooks(autobuy.Hooks{
+				Paywall: func(context.Context, quotastack.Customer, autobuy.Decision) { paywalls.Add(1) }}))...)
 			for _, c := range []quotastack.Customer{quotastack.ExternalID("nobody"), quotastack.CustomerID("cus_nobody")} {
 				w.srv.ResetRequests()
 				d, err := g.Gate(context.Background(), c, "chat_message", autobuy.WithEventID("m1"))
@@ -237,17 +257,17 @@ func TestFallbackNeverFreesADefiniteAnswer(t *testing.T) {
 			_, ok := w.srv.Account("nobody")
 			assert.False(t, ok, "no customer was created")
 		}},
-		{"unknown metric (404): an error", func(t *testing.T, w *world, policy autobuy.FallbackPolicy) {
+		{"unknown metric (404): an error", func(t *testing.T, w *world, base []autobuy.Option) {
 			w.grantPlanCredits(t, 5_000)
-			d, err := w.gate(t, autobuy.WithFallback(policy)).Gate(context.Background(), w.cust, "no_such_metric", autobuy.WithEventID("m1"))
+			d, err := w.gate(t, base...).Gate(context.Background(), w.cust, "no_such_metric", autobuy.WithEventID("m1"))
 			require.Error(t, err)
 			assert.ErrorIs(t, err, quotastack.ErrNotFound)
 			assert.False(t, d.Allowed)
 			assert.False(t, d.Fallback)
 		}},
-		{"event id reused with another body (409): an error", func(t *testing.T, w *world, policy autobuy.FallbackPolicy) {
+		{"event id reused with another body (409): an error", func(t *testing.T, w *world, base []autobuy.Option) {
 			w.grantPlanCredits(t, 10_000)
-			g := w.gate(t, autobuy.WithFallback(policy))
+			g := w.gate(t, base...)
 			d, err := g.Gate(context.Background(), w.cust, "chat_message", autobuy.WithEventID("m1"))
 			require.NoError(t, err)
 			require.True(t, d.Allowed)
@@ -258,10 +278,10 @@ func TestFallbackNeverFreesADefiniteAnswer(t *testing.T) {
 			assert.False(t, d.Fallback)
 			assert.Len(t, w.usageFor("chat_message"), 1, "the first action only")
 		}},
-		{"Locker down: purchase_unavailable, entitled customers served", func(t *testing.T, w *world, policy autobuy.FallbackPolicy) {
+		{"Locker down: purchase_unavailable, entitled customers served", func(t *testing.T, w *world, base []autobuy.Option) {
 			w.grantPlanCredits(t, 1_000) // one action
 			l := &failingLocker{}
-			g := w.gate(t, autobuy.WithFallback(policy), autobuy.WithLocker(l))
+			g := w.gate(t, append(base, autobuy.WithLocker(l))...)
 			d, err := g.Gate(context.Background(), w.cust, "chat_message", autobuy.WithEventID("m1"))
 			require.NoError(t, err)
 			assert.True(t, d.Allowed)
@@ -277,8 +297,8 @@ func TestFallbackNeverFreesADefiniteAnswer(t *testing.T) {
 			assert.ErrorIs(t, d.Err, errLockerDown)
 			assert.Equal(t, int32(1), l.calls.Load())
 		}},
-		{"Journal down: purchase_unavailable", func(t *testing.T, w *world, policy autobuy.FallbackPolicy) {
-			g := w.gate(t, autobuy.WithFallback(policy), autobuy.WithJournal(failingJournal{autobuy.NewMemoryJournal(0)}))
+		{"Journal down: purchase_unavailable", func(t *testing.T, w *world, base []autobuy.Option) {
+			g := w.gate(t, append(base, autobuy.WithJournal(failingJournal{autobuy.NewMemoryJournal(0)}))...)
 			d, err := g.Gate(context.Background(), w.cust, "chat_message", autobuy.WithEventID("m1"))
 			require.NoError(t, err)
 			assert.False(t, d.Allowed)
@@ -286,10 +306,10 @@ func TestFallbackNeverFreesADefiniteAnswer(t *testing.T) {
 			assert.False(t, d.Fallback)
 			assert.ErrorIs(t, d.Err, errJournalDown)
 		}},
-		{"preference callback fails: purchase_unavailable", func(t *testing.T, w *world, policy autobuy.FallbackPolicy) {
+		{"preference callback fails: purchase_unavailable", func(t *testing.T, w *world, base []autobuy.Option) {
 			errPrefs := errors.New("prefs service: 500")
-			g := w.gate(t, autobuy.WithFallback(policy),
-				autobuy.WithPreference(func(context.Context, quotastack.Customer) (bool, error) { return false, errPrefs }))
+			g := w.gate(t, append(base,
+				autobuy.WithPreference(func(context.Context, quotastack.Customer) (bool, error) { return false, errPrefs }))...)
 			d, err := g.Gate(context.Background(), w.cust, "chat_message", autobuy.WithEventID("m1"))
 			require.NoError(t, err)
 			assert.False(t, d.Allowed)
@@ -305,7 +325,10 @@ func TestFallbackNeverFreesADefiniteAnswer(t *testing.T) {
 				t.Run(policy.String()+"/"+tc.name, func(t *testing.T) {
 					t.Parallel()
 					w := setup(t, 250_000, mode.Options...)
-					tc.run(t, w, policy)
+					logs := &lockedBuffer{}
+					tc.run(t, w, []autobuy.Option{autobuy.WithFallback(policy),
+						autobuy.WithLogger(slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelWarn})))})
+					assert.Empty(t, logs.String(), "a definite answer is no outage: no warning")
 					assert.Equal(t, 0, w.planGrants(), "nothing bought")
 					assert.Empty(t, w.usageFor("plan_purchase_1hr"), "nothing debited")
 					assert.Equal(t, int64(250_000), w.wallet())
