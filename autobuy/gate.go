@@ -534,9 +534,13 @@ func (g *Gatekeeper) limitReached(ctx context.Context, customerID string) (*Limi
 	if len(counted) < g.limitMax {
 		return nil, nil
 	}
-	// The window frees a purchase when the oldest counted one leaves it.
-	return &Limit{Kind: "purchases_per_period", Max: g.limitMax, Period: g.limitPeriod,
-		ResetsAt: counted[len(counted)-g.limitMax].Add(g.limitPeriod)}, nil
+	lim := &Limit{Kind: "purchases_per_period", Max: g.limitMax, Period: g.limitPeriod}
+	if g.limitMax > 0 {
+		// The window frees a purchase when the oldest counted one leaves it.
+		lim.ResetsAt = counted[len(counted)-g.limitMax].Add(g.limitPeriod)
+	}
+	// A limit of 0 allows no auto-buy at all: it never resets (ResetsAt zero).
+	return lim, nil
 }
 
 // consumeAfterPurchase records the action on the plan this gate just bought,

@@ -345,6 +345,22 @@ func TestPurchaseLimitPerPeriod(t *testing.T) {
 	})
 }
 
+// A limit of 0 auto-buys a period denies every auto-buy (purchase_limit,
+// never resetting), rather than panicking on an empty window.
+func TestPurchaseLimitZero(t *testing.T) {
+	t.Parallel()
+	w := setup(t, 250_000)
+	g := w.gate(t, autobuy.WithPurchaseLimit(0, 24*time.Hour))
+	d, err := g.Gate(context.Background(), w.cust, "chat_message", autobuy.WithEventID("m1"))
+	require.NoError(t, err)
+	assert.False(t, d.Allowed)
+	assert.Equal(t, autobuy.ReasonPurchaseLimit, d.Reason)
+	require.NotNil(t, d.Limit)
+	assert.Equal(t, autobuy.Limit{Kind: "purchases_per_period", Max: 0, Period: 24 * time.Hour}, *d.Limit)
+	assert.Equal(t, 0, w.planGrants())
+	assert.Equal(t, int64(250_000), w.wallet())
+}
+
 // 202: a usage record answered 202 Accepted with no body is a recorded,
 // accepted event, on the entitled path and after an auto-buy.
 func TestUsageAnswered202WithoutBody(t *testing.T) {
