@@ -12,253 +12,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"strconv"
-	"strings"
-	"sync/atomic"
 	"time"
 
 	"github.com/quotastack/quotastack-go"
 	"github.com/quotastack/quotastack-go/internal/idem"
 	"github.com/quotastack/quotastack-go/plan"
 )
-
-// FallbackPolicy decides the answer of a gate when QuotaStack could not
-// answer (a transport error, a timeout, a 5xx, a 429 after retries). A
-// definite answer (401, 403, 404, 409, 422) is never an outage: it is an error
-// or its own decision whatever the policy.
-type FallbackPolicy int
-
-const (
-	// ReturnError returns the error and a zero Decision (the default).
-	ReturnError FallbackPolicy = iota
-	// FailClosed denies the action (Reason ReasonUnavailable, Fallback true).
-	FailClosed
-	// FailOpen allows the action without recording usage (Reason
-	// ReasonUnavailable, Fallback true): the action is free.
-	FailOpen
-)
-
-// String returns the policy's name ("return_error", "fail_closed", "fail_open").
-func (p FallbackPolicy) String() string {
-	switch p {
-	case ReturnError:
-		return "return_error"
-	case FailClosed:
-		return "fail_closed"
-	case FailOpen:
-		return "fail_open"
-	}
-	return "FallbackPolicy(" + strconv.Itoa(int(p)) + ")"
-}
-
-// Hooks are called after the gate's notable outcomes; each may be nil. They
-// run on the gating goroutine and should return quickly.
-type Hooks struct {
-	// AutoBought is called once per plan bought, by the gate that completed
-	// its intent (whatever number of gates or replicas raced). customer is
-	// the QuotaStack id (quotastack.CustomerID).
-	AutoBought func(ctx context.Context, customer quotastack.Customer, p *plan.Purchase)
-	// Paywall is called for a denial that needs the customer to act
-	// (ReasonEmptyWallet, ReasonPlanExpired, ReasonPurchaseLimit).
-	Paywall func(ctx context.Context, customer quotastack.Customer, d Decision)
-	// PurchaseFailed is called when a purchase step's outcome is unknown; the
-	// intent stays open and the next gate of the customer resumes it.
-	PurchaseFailed func(ctx context.Context, customer quotastack.Customer, err error)
-	// PurchaseNeedsReview is called once when a purchase needs a person: an
-	// intent the gate can't finish safely (IntentReview: look at order
-	// in.OrderID in the ledger, then grant or refund), or a plan granted
-	// again past the key window (the intent is done; the ledger may show the
-	// order granted twice).
-	PurchaseNeedsReview func(ctx context.Context, in Intent, why string)
-	// Suspended is called once when auto-buy is suspended for a customer and
-	// metric after entitlement_failed_after_purchase.
-	Suspended func(ctx context.Context, s Suspension)
-	// Decided is called once per Gate call with its outcome (the decision, or
-	// the error returned), for tracing and metrics; metric is the gated metric.
-	Decided func(ctx context.Context, customer quotastack.Customer, metric string, d Decision, err error)
-}
-
-// PlanChooser picks the plan to auto-buy for a customer whose entitlement to
-// metric failed. ok false means no plan: a plan_expired denial.
-type PlanChooser func(ctx context.Context, customer quotastack.Customer, metric string, ent *quotastack.Entitlement) (p plan.Plan, ok bool)
-
-// Preference tells whether the customer opted in to auto-buy.
-type Preference func(ctx context.Context, customer quotastack.Customer) (bool, error)
-
-// Gatekeeper gates paid actions for one QuotaStack client. Build it once with
-// New and share it; it is safe for concurrent use.
-type Gatekeeper struct {
-	client          *quotastack.Client
-	choose          PlanChooser
-	preference      Preference
-	locker          Locker
-	journal         Journal
-	hooks           Hooks
-	log             *slog.Logger
-	fallback        FallbackPolicy
-	purchaseTimeout time.Duration
-	planOpts        []plan.Option
-	now             func() time.Time
-	limitMax        int
-	limitPeriod     time.Duration
-	suspendFor      time.Duration
-	recordFirst     recordFirst
-	leases          *leases
-}
-
-// Option configures a Gatekeeper.
-type Option func(*Gatekeeper)
-
-// WithPlan auto-buys p whenever a customer runs out.
-func WithPlan(p plan.Plan) Option {
-	return func(g *Gatekeeper) {
-		g.choose = func(context.Context, quotastack.Customer, string, *quotastack.Entitlement) (plan.Plan, bool) {
-			return p, true
-		}
-	}
-}
-
-// WithPlanChooser picks the plan per customer and metric.
-func WithPlanChooser(c PlanChooser) Option { return func(g *Gatekeeper) { g.choose = c } }
-
-// WithPreference consults the customer's auto-buy preference before buying
-// (default: everyone opted in). An error refuses the purchase
-// (purchase_unavailable), never the fallback policy.
-func WithPreference(p Preference) Option { return func(g *Gatekeeper) { g.preference = p } }
-
-// WithLocker serialises purchases of one customer (default: a LocalLocker,
-// one process). Replicas share one, with a shared Journal.
-func WithLocker(l Locker) Option { return func(g *Gatekeeper) { g.locker = l } }
-
-// WithJournal sets the purchase journal (default: a MemoryJournal, one
-// process). Replicas share one, with a shared Locker.
-func WithJournal(j Journal) Option { return func(g *Gatekeeper) { g.journal = j } }
-
-// WithHooks sets the outcome hooks.
-func WithHooks(h Hooks) Option { return func(g *Gatekeeper) { g.hooks = h } }
-
-// WithLogger logs decisions and purchases to l (silent by default).
-func WithLogger(l *slog.Logger) Option { return func(g *Gatekeeper) { g.log = l } }
-
-// WithFallback sets the answer when QuotaStack could not answer (default ReturnError).
-func WithFallback(p FallbackPolicy) Option { return func(g *Gatekeeper) { g.fallback = p } }
-
-// WithPurchaseTimeout bounds one purchase (debit, confirmation, grant) and
-// the wait for the customer's lock; default 30 s. A purchase runs to its end
-// even if the caller that started it gives up.
-func WithPurchaseTimeout(d time.Duration) Option {
-	return func(g *Gatekeeper) { g.purchaseTimeout = d }
-}
-
-// WithPlanOptions passes options to every purchase (e.g. plan.WithActivation(plan.Queued)).
-func WithPlanOptions(opts ...plan.Option) Option {
-	return func(g *Gatekeeper) { g.planOpts = append(g.planOpts, opts...) }
-}
-
-// WithClock sets the gate's clock (default time.Now): purchase intents are
-// stamped with it and the 24 h key window and limits are measured with it.
-// Tests on a fake with a manual clock pass its Now.
-func WithClock(now func() time.Time) Option { return func(g *Gatekeeper) { g.now = now } }
-
-// WithPurchaseLimit allows at most max auto-buys per customer in any window
-// of period (counted in the Journal, so across replicas when it is shared);
-// past it the gate denies purchase_limit. Default: no limit.
-func WithPurchaseLimit(max int, period time.Duration) Option {
-	return func(g *Gatekeeper) { g.limitMax, g.limitPeriod = max, period }
-}
-
-// WithSuspension sets how long auto-buy stays suspended for a customer and
-// metric after entitlement_failed_after_purchase (default 24 h; 0 means
-// until LiftSuspension).
-func WithSuspension(d time.Duration) Option { return func(g *Gatekeeper) { g.suspendFor = d } }
-
-// New returns a Gatekeeper for client. A plan (WithPlan or WithPlanChooser) is required.
-func New(client *quotastack.Client, opts ...Option) (*Gatekeeper, error) {
-	g := &Gatekeeper{client: client, purchaseTimeout: 30 * time.Second, now: time.Now, suspendFor: 24 * time.Hour}
-	for _, o := range opts {
-		o(g)
-	}
-	switch {
-	case client == nil:
-		return nil, errors.New("autobuy: nil client")
-	case g.choose == nil:
-		return nil, errors.New("autobuy: no plan (use WithPlan or WithPlanChooser)")
-	case g.purchaseTimeout <= 0:
-		return nil, errors.New("autobuy: the purchase timeout must be positive")
-	case g.limitMax < 0 || g.limitMax > 0 && g.limitPeriod <= 0:
-		return nil, errors.New("autobuy: a purchase limit needs max >= 0 and a positive period")
-	case g.suspendFor < 0:
-		return nil, errors.New("autobuy: the suspension must not be negative")
-	}
-	if g.locker == nil {
-		g.locker = NewLocalLocker()
-	}
-	if g.journal == nil {
-		g.journal = NewMemoryJournal(max(48*time.Hour, 2*g.limitPeriod))
-	}
-	if g.log == nil {
-		g.log = slog.New(slog.DiscardHandler)
-	}
-	return g, nil
-}
-
-var defaultGate atomic.Pointer[Gatekeeper]
-
-// SetDefault makes g the gate used by the package-level Gate (set it once at
-// start-up, as with slog.SetDefault).
-func SetDefault(g *Gatekeeper) { defaultGate.Store(g) }
-
-// Default returns the gate set by SetDefault, or nil.
-func Default() *Gatekeeper { return defaultGate.Load() }
-
-// ErrNoDefault is returned by the package-level Gate before SetDefault.
-var ErrNoDefault = errors.New("autobuy: no default gate (call autobuy.SetDefault at start-up)")
-
-// Gate gates an action with the default gate; see Gatekeeper.Gate.
-func Gate(ctx context.Context, customer quotastack.Customer, metric string, opts ...GateOption) (Decision, error) {
-	g := Default()
-	if g == nil {
-		return Decision{}, ErrNoDefault
-	}
-	return g.Gate(ctx, customer, metric, opts...)
-}
-
-// GateOption configures one Gate call.
-type GateOption func(*gateConfig)
-
-type gateConfig struct {
-	units      int64
-	eventID    string
-	metadata   map[string]string
-	autoBuy    *bool
-	reserve    bool
-	reserveTTL time.Duration
-}
-
-// WithUnits sets the units of the action (default 1).
-func WithUnits(n int64) GateOption { return func(c *gateConfig) { c.units = n } }
-
-// WithEventID names the business event of the action (e.g. a message id). It
-// must be unique per customer (not across customers): the usage record's key
-// is "usage:{customer_id}:{event}", then "usage:{customer_id}:{event}:{n}"
-// for the n-th attempt after earlier attempts were refused (402), so gating
-// the same event again never charges twice. Without it each Gate call is a
-// new event.
-func WithEventID(id string) GateOption { return func(c *gateConfig) { c.eventID = id } }
-
-// WithMetadata attaches metadata to the usage record.
-func WithMetadata(m map[string]string) GateOption { return func(c *gateConfig) { c.metadata = m } }
-
-// WithAutoBuy overrides the gate's preference for this call.
-func WithAutoBuy(enabled bool) GateOption { return func(c *gateConfig) { c.autoBuy = &enabled } }
-
-// WithReservation holds the credits with a reservation (ttl 0 = server
-// default) instead of recording usage: an allowed Decision carries Hold, which
-// the caller commits with the actual units (or releases) when the long action ends.
-func WithReservation(ttl time.Duration) GateOption {
-	return func(c *gateConfig) { c.reserve, c.reserveTTL = true, ttl }
-}
 
 // Gate decides whether customer may do one action on metric, auto-buying a
 // plan from the wallet when plan credits have run out, and records the usage
@@ -289,21 +49,6 @@ func (g *Gatekeeper) Gate(ctx context.Context, customer quotastack.Customer, met
 		g.hooks.Decided(ctx, customer, metric, d, err)
 	}
 	return d, err
-}
-
-// isOutage reports whether err means QuotaStack could not answer: no
-// response, a timeout, a 5xx, a 429 after retries, or an answer that could
-// not be read. A cancelled caller is not an outage.
-func isOutage(ctx context.Context, err error) bool {
-	if errors.Is(err, context.Canceled) && ctx.Err() != nil {
-		return false
-	}
-	var apiErr *quotastack.APIError
-	if errors.As(err, &apiErr) {
-		return apiErr.StatusCode >= 500 || apiErr.StatusCode == 429 || errors.Is(err, quotastack.ErrUnexpectedResponse)
-	}
-	var reqErr *quotastack.RequestError
-	return errors.As(err, &reqErr)
 }
 
 func (g *Gatekeeper) gate(ctx context.Context, customer quotastack.Customer, metric string, cfg gateConfig) (Decision, error) {
@@ -703,6 +448,7 @@ func (g *Gatekeeper) consume(ctx context.Context, d *Decision, customer quotasta
 		} else {
 			d.Usage, err = g.client.Record(ctx, quotastack.UsageParams{Customer: customer, MetricKey: metric,
 				Units: cfg.units, Metadata: cfg.metadata}, opts...)
+			g.recordFirst.observe(d.Usage)
 		}
 		if err == nil {
 			d.Allowed = true
@@ -742,22 +488,4 @@ func (g *Gatekeeper) deny(ctx context.Context, customer quotastack.Customer, d D
 	return d
 }
 
-func (g *Gatekeeper) fallbackDecision(ctx context.Context, customer quotastack.Customer, metric string, d Decision, err error) (Decision, error) {
-	g.log.WarnContext(ctx, "autobuy: QuotaStack could not answer", "customer", customer.String(), "metric", metric,
-		"policy", g.fallback.String(), "error", err)
-	switch g.fallback {
-	case FailClosed:
-		return Decision{Allowed: false, Reason: ReasonUnavailable, Fallback: true, Err: err, CustomerID: d.CustomerID, Entitlement: d.Entitlement, Purchase: d.Purchase}, nil
-	case FailOpen:
-		return Decision{Allowed: true, Reason: ReasonUnavailable, Fallback: true, Err: err, CustomerID: d.CustomerID, Entitlement: d.Entitlement, Purchase: d.Purchase}, nil
-	}
-	return d, err
-}
-
 func canonOf(d Decision) quotastack.Customer { return customerOf(d.CustomerID) }
-
-// isCustomerNotFound reports a definite "no such customer" answer.
-func isCustomerNotFound(err error) bool {
-	var apiErr *quotastack.APIError
-	return errors.As(err, &apiErr) && apiErr.StatusCode == 404 && strings.HasSuffix(apiErr.Type, "/customer-not-found")
-}

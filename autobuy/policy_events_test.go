@@ -30,6 +30,17 @@ var gateStyles = []struct {
 	opts []autobuy.Option
 }{{"check-first", nil}, {"record-first", []autobuy.Option{autobuy.WithRecordFirst()}}}
 
+// styledGate returns a gate of the style; a record-first one is armed first
+// by a synchronous usage answer (where the server gives one).
+func (w *world) styledGate(t *testing.T, style string, opts ...autobuy.Option) *autobuy.Gatekeeper {
+	t.Helper()
+	g := w.gate(t, opts...)
+	if style == "record-first" {
+		tryArmRecordFirst(t, w, g)
+	}
+	return g
+}
+
 func (w *world) customerFor(t *testing.T, style string, ext string) quotastack.Customer {
 	t.Helper()
 	if style == "record-first" {
@@ -71,7 +82,7 @@ func TestEventIsRecordedOnceAfterAnyNumberOf402s(t *testing.T) {
 						if path == "auto-buy" && style.name == "record-first" {
 							wantKey++ // the record sent first is refused too: that key is never reused
 						}
-						g := w.gate(t, style.opts...)
+						g := w.styledGate(t, style.name, style.opts...)
 						cust := w.customerFor(t, style.name, user)
 						for i := range 3 {
 							d, err := g.Gate(context.Background(), cust, "chat_message", autobuy.WithEventID("e"))
@@ -107,7 +118,7 @@ func TestConcurrentGatesOfOneEventChargeItOnce(t *testing.T) {
 				w.srv.SetLatency(time.Millisecond)
 				w.grantPlanCredits(t, 3_000)
 				cid := w.customerID(t, user)
-				g := w.gate(t, style.opts...)
+				g := w.styledGate(t, style.name, style.opts...)
 				cust := w.customerFor(t, style.name, user)
 				var calls []func() (autobuy.Decision, error)
 				for i := range 16 {
@@ -207,7 +218,7 @@ func TestGateKeysNeverCollideWithCallersEventIDs(t *testing.T) {
 					quotastack.WithIdempotencyKey(usageKeyOf(cid, "m1", 1)))
 				require.ErrorIs(t, err, quotastack.ErrInsufficientCredits)
 				w.grantPlanCredits(t, 5_000)
-				g := w.gate(t, style.opts...)
+				g := w.styledGate(t, style.name, style.opts...)
 				cust := w.customerFor(t, style.name, user)
 				for _, ev := range []string{"m1", "m1:2", "m1", "m1:2"} {
 					d, err := g.Gate(context.Background(), cust, "chat_message", autobuy.WithEventID(ev))
@@ -251,7 +262,7 @@ func TestTwoCustomersOneEventID(t *testing.T) {
 							Metadata: map[string]string{"plan_type": "1hr", "source": "plan_grant"}})
 						require.NoError(t, err)
 					}
-					g := w.gate(t, style.opts...)
+					g := w.styledGate(t, style.name, style.opts...)
 					gateAs := func(ext string) func() (autobuy.Decision, error) {
 						c := w.customerFor(t, style.name, ext)
 						return func() (autobuy.Decision, error) {

@@ -131,7 +131,8 @@ func TestNoFalseDiagnosisUnderLoad(t *testing.T) {
 				small := plan.Plan{Type: "1hr", PriceMC: 10_000, CreditsMC: 5_000, Duration: time.Hour}
 				shared := append([]autobuy.Option{hooks, autobuy.WithPlan(small), autobuy.WithJournal(autobuy.NewMemoryJournal(0)),
 					autobuy.WithLocker(autobuy.NewLocalLocker())}, style.opts...)
-				replicas := []*autobuy.Gatekeeper{w.gate(t, shared...), w.gate(t, shared...), w.gate(t, shared...)}
+				replicas := []*autobuy.Gatekeeper{w.styledGate(t, style.name, shared...), w.styledGate(t, style.name, shared...),
+					w.styledGate(t, style.name, shared...)}
 
 				const workers, perWorker = 24, 10
 				var wg sync.WaitGroup

@@ -14,22 +14,38 @@ import (
 // checking first: 1 request per entitled action instead of 2. A 402 means
 // "not entitled" and the gate goes on as after a refused check (check, then
 // auto-buy). Only a server that debits synchronously can answer a record
-// with 402: the first 202 Accepted switches record-first off for this
-// Gatekeeper (RecordFirst reports it) and the gate checks as usual, so an
-// action is never let through on an unconfirmed debit. Reservations
-// (WithReservation) always check first.
+// with 402, so the mode arms itself only once this Gatekeeper has seen a
+// usage record answered 200/201 with its event (until then gates check
+// first), and any 202 Accepted switches it off for good (RecordFirst reports
+// it). Reservations (WithReservation) always check first.
 func WithRecordFirst() Option { return func(g *Gatekeeper) { g.recordFirst.on.Store(true) } }
 
-// RecordFirst reports whether record-first is on: set by WithRecordFirst and
-// not switched off by a 202 answer.
-func (g *Gatekeeper) RecordFirst() bool { return g.recordFirst.on.Load() && !g.recordFirst.off.Load() }
+// RecordFirst reports whether record-first is in force: asked for with
+// WithRecordFirst, armed by a synchronous usage answer, and not switched off
+// by a 202 answer.
+func (g *Gatekeeper) RecordFirst() bool {
+	rf := &g.recordFirst
+	return rf.on.Load() && rf.armed.Load() && !rf.off.Load()
+}
 
-// recordFirst holds the mode's state: whether it is on, whether a 202 turned
-// it off, and the QuotaStack ids of external customers seen (usage keys are
-// scoped by that id, which a record without a check doesn't return first).
+// recordFirst holds the mode's state: whether it was asked for, armed by a
+// synchronous answer, or turned off by a 202, and the QuotaStack ids of
+// external customers seen (usage keys are scoped by that id, which a record
+// without a check doesn't return first).
 type recordFirst struct {
-	on, off atomic.Bool
-	ids     idCache
+	on, armed, off atomic.Bool
+	ids            idCache
+}
+
+// observe arms or disarms the mode from a usage answer of any gate.
+func (rf *recordFirst) observe(ev *quotastack.UsageEvent) {
+	switch {
+	case !rf.on.Load() || ev == nil:
+	case ev.Accepted:
+		rf.off.Store(true)
+	case ev.Confirmed():
+		rf.armed.Store(true)
+	}
 }
 
 // idCache maps external ids to QuotaStack ids, bounded: past max entries a
@@ -91,12 +107,10 @@ func (g *Gatekeeper) tryRecordFirst(ctx context.Context, customer quotastack.Cus
 		return false, nil
 	}
 	if d.Usage != nil && d.Usage.Accepted {
-		// A server that debits asynchronously: a record can't say "not
-		// entitled" there, so the mode is off for good from now on. This
-		// one action stands on its accepted record (recording it again under
-		// another key could charge it twice; denying it could block a payer):
-		// if the server later rejects it, it was free.
-		g.recordFirst.off.Store(true)
+		// The server turned asynchronous after all (consume switched the mode
+		// off). This one action stands on its accepted record: recording it
+		// again under another key could charge it twice, and denying it could
+		// block a payer; if the server later rejects it, it was free.
 		g.log.WarnContext(ctx, "autobuy: the server answered usage with 202 Accepted; record-first is off for this Gatekeeper")
 	}
 	d.Reason = ReasonEntitled
@@ -105,7 +119,7 @@ func (g *Gatekeeper) tryRecordFirst(ctx context.Context, customer quotastack.Cus
 
 // learnID remembers an external customer's QuotaStack id for record-first.
 func (g *Gatekeeper) learnID(customer quotastack.Customer, id string) {
-	if g.RecordFirst() && customer.IsExternal() && id != "" {
+	if g.recordFirst.on.Load() && customer.IsExternal() && id != "" {
 		g.recordFirst.ids.put(customer.ID(), id)
 	}
 }

@@ -3,6 +3,7 @@ package autobuy_test
 import (
 	"context"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -37,6 +38,8 @@ func TestRecordFirst(t *testing.T) {
 		w := setup(t, 250_000)
 		acct, _ := w.srv.Account(user)
 		g := w.gate(t, autobuy.WithRecordFirst())
+		// Armed by a synchronous usage answer (here, another customer's entitled action).
+		armRecordFirst(t, w, g)
 		w.srv.ResetRequests()
 		d, err := g.Gate(context.Background(), quotastack.CustomerID(acct.CustomerID), "chat_message", autobuy.WithEventID("m1"))
 		require.NoError(t, err)
@@ -48,7 +51,7 @@ func TestRecordFirst(t *testing.T) {
 		assert.Equal(t, "usage:"+acct.CustomerID+":m1:2", chat[0].IdempotencyKey, "the refused key is never reused")
 		assert.Equal(t, 1, w.planGrants())
 	})
-	t.Run("a 202 switches it off; that action stands on its accepted record", func(t *testing.T) {
+	t.Run("a server answering 202 never arms it", func(t *testing.T) {
 		t.Parallel()
 		mode, _ := quotastacktest.ModeNamed("usage202")
 		w := setup(t, 250_000, mode.Options...)
@@ -60,7 +63,7 @@ func TestRecordFirst(t *testing.T) {
 		assert.True(t, d.Allowed)
 		require.NotNil(t, d.Usage)
 		assert.True(t, d.Usage.Accepted)
-		assert.False(t, g.RecordFirst(), "off for good")
+		assert.False(t, g.RecordFirst(), "never armed: no synchronous answer, and off for good")
 
 		w.srv.ResetRequests()
 		d, err = g.Gate(context.Background(), quotastack.CustomerID(acct.CustomerID), "chat_message", autobuy.WithEventID("m2"))
@@ -72,4 +75,25 @@ func TestRecordFirst(t *testing.T) {
 		w.srv.FlushAsyncUsage()
 		assert.Len(t, w.usageFor("chat_message"), 2, "each action charged once")
 	})
+}
+
+// armRecordFirst lets g see one synchronous usage answer: an entitled action
+// of another customer.
+func armRecordFirst(t *testing.T, w *world, g *autobuy.Gatekeeper) {
+	t.Helper()
+	tryArmRecordFirst(t, w, g)
+	require.True(t, g.RecordFirst(), "armed")
+}
+
+// tryArmRecordFirst gates one entitled action of another customer through g;
+// on a server that answers usage synchronously that arms record-first.
+func tryArmRecordFirst(t *testing.T, w *world, g *autobuy.Gatekeeper) {
+	t.Helper()
+	exp := w.clock.Now().Add(time.Hour)
+	_, err := w.srv.Grant("armer", quotastacktest.Grant{Credits: 1_000, Priority: 10, ExpiresAt: &exp})
+	require.NoError(t, err)
+	d, err := g.Gate(context.Background(), quotastack.ExternalID("armer"), "chat_message")
+	require.NoError(t, err)
+	require.True(t, d.Allowed)
+	w.srv.FlushAsyncUsage()
 }
