@@ -223,19 +223,25 @@ func TestRetryAfterBeyondCap(t *testing.T) {
 	}
 }
 
-// TestRetryAfterWithinCapRetriesAtOnce: a zero or past Retry-After retries
-// without waiting the backoff.
-func TestRetryAfterWithinCap(t *testing.T) {
+// TestRetryAfterZeroOrPastWaitsTheMinimum: a zero or past Retry-After does
+// not make the retry immediate: it waits at least the minimum backoff.
+func TestRetryAfterZeroOrPastWaitsTheMinimum(t *testing.T) {
 	t.Parallel()
-	c, mt := setup(t, quotastack.WithRetry(2, 5*time.Second, 5*time.Second))
-	mt.RegisterResponder(http.MethodGet, checkURL, sequence(
-		problemResponder(429, problem(429, "rate-limited", "", ""), "Retry-After", "Mon, 02 Jan 2006 15:04:05 GMT"),
-		jsonResponder(200, `{"allowed":true}`),
-	))
-	start := time.Now()
-	_, err := check(context.Background(), c)
-	require.NoError(t, err)
-	assert.Less(t, time.Since(start), 2*time.Second)
+	for _, ra := range []string{"0", "Mon, 02 Jan 2006 15:04:05 GMT"} {
+		t.Run(ra, func(t *testing.T) {
+			t.Parallel()
+			c, mt := setup(t, quotastack.WithRetry(2, 200*time.Millisecond, 5*time.Second))
+			mt.RegisterResponder(http.MethodGet, checkURL, sequence(
+				problemResponder(429, problem(429, "rate-limited", "", ""), "Retry-After", ra),
+				jsonResponder(200, `{"allowed":true}`),
+			))
+			start := time.Now()
+			_, err := check(context.Background(), c)
+			require.NoError(t, err)
+			assert.GreaterOrEqual(t, time.Since(start), 200*time.Millisecond, "waited the minimum")
+			assert.Equal(t, 2, mt.GetTotalCallCount())
+		})
+	}
 }
 
 func TestContextCancelledBeforeTheCall(t *testing.T) {

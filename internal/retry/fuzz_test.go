@@ -87,8 +87,9 @@ func FuzzParseRetryAfter(f *testing.F) {
 }
 
 // FuzzBackoff checks that every wait Backoff returns is within [min, max]
-// (or is the server's Retry-After capped at max), that the first retry waits
-// the minimum, and that retry n waits at most min·2ⁿ.
+// (with a Retry-After: the server's wait, at least min, plus at most min of
+// jitter, capped at max), that the first retry waits the minimum, and that
+// retry n waits at most min·2ⁿ.
 func FuzzBackoff(f *testing.F) {
 	f.Add(int64(time.Millisecond), int64(20*time.Millisecond), 0, 0, "")
 	f.Add(int64(time.Millisecond), int64(20*time.Millisecond), 5, 503, "0")
@@ -118,15 +119,18 @@ func FuzzBackoff(f *testing.F) {
 		ra, hasRA := retry.RetryAfter(resp, time.Now())
 		d := retry.Backoff(minW, maxW, attempt, resp)
 		switch {
-		case d < 0 || d > maxW:
-			t.Fatalf("min %s max %s attempt %d: %s is out of [0, max]", minW, maxW, attempt, d)
+		case d < minW || d > maxW:
+			t.Fatalf("min %s max %s attempt %d: %s is out of [min, max]", minW, maxW, attempt, d)
 		case hasRA:
 			// Backoff reads the clock again: a date-based wait may have shrunk since.
-			if want := min(ra, maxW); d > want || d < want-time.Second {
-				t.Fatalf("Retry-After %q: waited %s, want %s capped at %s", retryAfter, d, ra, maxW)
+			lo := min(max(ra, minW), maxW)
+			hi := maxW
+			if base := max(ra, minW); base <= maxW-minW {
+				hi = base + minW
 			}
-		case d < minW:
-			t.Fatalf("min %s max %s attempt %d: %s is below min", minW, maxW, attempt, d)
+			if d > hi || d < lo-time.Second {
+				t.Fatalf("Retry-After %q: waited %s, want [%s, %s] (min %s, max %s)", retryAfter, d, lo, hi, minW, maxW)
+			}
 		case attempt == 0 && d != minW:
 			t.Fatalf("min %s max %s: the first retry waits %s, not min", minW, maxW, d)
 		case attempt < 62 && minW <= maxW>>attempt && d > minW<<attempt:

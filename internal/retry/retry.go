@@ -60,12 +60,14 @@ func RetryableStatus(status int) bool {
 		(status >= 500 && status != http.StatusNotImplemented)
 }
 
-// Backoff returns the wait before retry number attempt (0-based): the
-// server's Retry-After when it gave one, capped at max, else exponential
-// backoff from min with full jitter, capped at max.
+// Backoff returns the wait before retry number attempt (0-based). With a
+// Retry-After it is the server's wait but at least min (a "0" or a past date
+// must not make retries immediate), plus a jitter of up to min so clients
+// told the same moment don't come back together, capped at max. Without one
+// it is exponential backoff from min with full jitter, capped at max.
 func Backoff(minWait, maxWait time.Duration, attempt int, resp *http.Response) time.Duration {
 	if d, ok := RetryAfter(resp, time.Now()); ok {
-		return min(d, maxWait)
+		return retryAfterWait(d, minWait, maxWait)
 	}
 	ceiling := minWait
 	for i := 0; i < attempt && ceiling < maxWait; i++ {
@@ -81,4 +83,20 @@ func Backoff(minWait, maxWait time.Duration, attempt int, resp *http.Response) t
 	}
 	// Full jitter between min and the exponential ceiling spreads replicas apart.
 	return minWait + rand.N(ceiling-minWait+1)
+}
+
+// retryAfterWait is max(d, min) plus a jitter in [0, min], capped at max.
+func retryAfterWait(d, minWait, maxWait time.Duration) time.Duration {
+	base := max(d, minWait)
+	if base >= maxWait {
+		return maxWait
+	}
+	if minWait <= 0 {
+		return base
+	}
+	j := rand.N(minWait + 1)
+	if j > maxWait-base {
+		return maxWait
+	}
+	return base + j
 }

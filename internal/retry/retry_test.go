@@ -133,6 +133,18 @@ func TestBackoffHasJitter(t *testing.T) {
 	assert.Greater(t, len(seen), 10, "waits are spread, not identical")
 }
 
+func TestBackoffRetryAfterZeroHasJitter(t *testing.T) {
+	t.Parallel()
+	resp := &http.Response{StatusCode: 429, Header: http.Header{"Retry-After": {"0"}}}
+	seen := map[time.Duration]bool{}
+	for range 100 {
+		d := retry.Backoff(time.Millisecond, time.Second, 0, resp)
+		assert.GreaterOrEqual(t, d, time.Millisecond, "never immediate")
+		seen[d] = true
+	}
+	assert.Greater(t, len(seen), 10, "waits are spread, not identical")
+}
+
 func TestBackoffRetryAfter(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
@@ -141,13 +153,14 @@ func TestBackoffRetryAfter(t *testing.T) {
 		retryAfter string
 		want       func(time.Duration) bool
 	}{
-		{"429 within cap is taken as is", 429, "2", func(d time.Duration) bool { return d == 2*time.Second }},
-		{"503 within cap is taken as is", 503, "1", func(d time.Duration) bool { return d == time.Second }},
+		{"429 within cap is taken, plus jitter up to min", 429, "2", func(d time.Duration) bool { return d >= 2*time.Second && d <= 2100*time.Millisecond }},
+		{"503 within cap is taken, plus jitter up to min", 503, "1", func(d time.Duration) bool { return d >= time.Second && d <= 1100*time.Millisecond }},
 		{"3600 is capped at max", 429, "3600", func(d time.Duration) bool { return d == 5*time.Second }},
 		{"huge is capped at max", 429, "9223372036854775807", func(d time.Duration) bool { return d == 5*time.Second }},
 		{"far date is capped at max", 429, time.Now().Add(24 * time.Hour).UTC().Format(http.TimeFormat),
 			func(d time.Duration) bool { return d == 5*time.Second }},
-		{"zero means now", 429, "0", func(d time.Duration) bool { return d == 0 }},
+		{"zero waits at least min", 429, "0", func(d time.Duration) bool { return d >= 100*time.Millisecond && d <= 200*time.Millisecond }},
+		{"a past date waits at least min", 503, "Wed, 21 Oct 2015 07:28:00 GMT", func(d time.Duration) bool { return d >= 100*time.Millisecond && d <= 200*time.Millisecond }},
 		{"garbage falls back to backoff", 429, "soon", func(d time.Duration) bool { return d >= 100*time.Millisecond && d <= 5*time.Second }},
 		{"500 ignores Retry-After", 500, "2", func(d time.Duration) bool { return d != 2*time.Second && d >= 100*time.Millisecond }},
 	}
