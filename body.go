@@ -47,15 +47,18 @@ type problem struct {
 
 // apiError builds the typed error for a non-2xx or undecodable response.
 func (c *Client) apiError(method, path string, meta *ResponseMeta, resp *http.Response, body []byte, cause error) error {
-	if cause != nil {
-		// A decode error quotes the server's bytes (a time.ParseError does):
-		// redact and cap its text like any other server-provided text.
-		cause = &redactedError{msg: trim(c.redact(cause.Error())), err: cause}
+	// A decode error quotes the server's bytes (a time.ParseError does):
+	// redact and sanitize its text like any other server-provided text.
+	cause = c.safeCause(cause)
+	e := &APIError{Method: method, Path: c.red.text(path), Attempts: meta.Attempts, IdempotencyKey: meta.IdempotencyKey, cause: cause}
+	if len(body) > 0 {
+		// Redact before anything is cut from it, so a key straddling a cut
+		// can't leave a fragment.
+		e.rawBody = []byte(c.redact(string(body)))
 	}
-	e := &APIError{Method: method, Path: path, Attempts: meta.Attempts, IdempotencyKey: meta.IdempotencyKey, cause: cause}
 	if resp != nil {
 		e.StatusCode = resp.StatusCode
-		e.RequestID = c.redact(resp.Header.Get("X-Request-Id"))
+		e.RequestID = c.red.text(resp.Header.Get("X-Request-Id"))
 		e.Replayed = strings.EqualFold(resp.Header.Get("X-Idempotent-Replayed"), "true")
 		if d, ok := retry.RetryAfter(resp, time.Now()); ok {
 			e.RetryAfter = d
@@ -80,9 +83,8 @@ func (c *Client) apiError(method, path string, meta *ResponseMeta, resp *http.Re
 			return e
 		}
 	}
-	if len(body) > 0 {
-		// Redact before cutting, so a key straddling the cut can't leave a fragment.
-		e.Body = snippet([]byte(c.redact(string(body))))
+	if len(e.rawBody) > 0 {
+		e.Body = snippet(e.rawBody)
 	}
 	return e
 }
@@ -96,13 +98,8 @@ func snippet(b []byte) string {
 }
 
 // redact removes the API key from server-provided text, in case a hostile or
-// buggy server echoes it back.
-func (c *Client) redact(s string) string {
-	if c.apiKey == "" || !strings.Contains(s, c.apiKey) {
-		return s
-	}
-	return strings.ReplaceAll(s, c.apiKey, "[REDACTED]")
-}
+// buggy server echoes it back (literally, escaped, or in part).
+func (c *Client) redact(s string) string { return c.red.redact(s) }
 
 // attemptTransport bounds each attempt by a timeout (headers and body) and
 // hides CloseIdleConnections from go-retryablehttp, which would otherwise
@@ -116,6 +113,9 @@ func (t *attemptTransport) RoundTrip(req *http.Request) (*http.Response, error) 
 	parent := req.Context()
 	ctx, cancel := context.WithTimeout(parent, t.timeout)
 	resp, err := t.base.RoundTrip(req.WithContext(ctx))
+	if err == nil && resp.StatusCode < 200 {
+		err = refuseInformational(resp)
+	}
 	if err != nil {
 		// Judge before cancel(): afterwards ctx.Err() is always set, and every
 		// transport error would pass for a timeout.

@@ -40,6 +40,7 @@ const (
 type Client struct {
 	base      *url.URL
 	apiKey    string
+	red       *redactor // removes the key from foreign text
 	userAgent string
 	uaHeader  []string // userAgent, as a header value
 	cfg       config
@@ -90,7 +91,7 @@ func NewClient(apiKey string, opts ...Option) (*Client, error) {
 		return nil, inputErr("max body bytes", "must be positive")
 	}
 
-	c := &Client{base: base, apiKey: apiKey, cfg: cfg, log: cfg.logger}
+	c := &Client{base: base, apiKey: apiKey, red: newRedactor(apiKey), cfg: cfg, log: cfg.logger}
 	if c.log == nil {
 		c.log = slog.New(slog.DiscardHandler)
 	}
@@ -206,12 +207,13 @@ func defaultTransport() *http.Transport {
 	// Bound the pool: under a burst, net/http dials for every request that
 	// finds no idle connection, and the extra connections linger.
 	t.MaxConnsPerHost = 64
+	t.MaxResponseHeaderBytes = DefaultMaxHeaderBytes
 	return t
 }
 
 // callState travels in the request's context to the retry hooks.
 type callState struct {
-	safe     bool // a GET, or a POST with an Idempotency-Key: retrying it is harmless
+	safe     bool // a GET or HEAD, or a request with an Idempotency-Key the method class allows retrying
 	attempts int
 	body     []byte
 	readErr  error
@@ -279,19 +281,26 @@ func (c *Client) do(ctx context.Context, method, path, query string, body, out a
 		header[http.CanonicalHeaderKey(k)] = vs
 	}
 	header.Del("Idempotency-Key") // WithIdempotencyKey is the only way to set it; GETs carry none
-	safe := method == http.MethodGet || method == http.MethodHead
-	if method != http.MethodGet && method != http.MethodHead {
+	class := methodClass(method)
+	safe := class == methodRead
+	if class != methodRead {
 		// The key is decided once, before the retry loop, so every attempt of
-		// this call carries the same one; the caller's key always wins.
+		// this call carries the same one; the caller's key always wins. POST
+		// and PATCH always carry one; other methods only the caller's, and
+		// are retried only with it (see methodClass).
 		key := cc.idempotencyKey
-		if key == "" {
+		if key == "" && class == methodKeyed {
 			key = idem.New()
-		} else if err := idem.Check(key); err != nil {
-			return nil, inputErr("idempotency key", err.Error())
+		} else if key != "" {
+			if err := idem.Check(key); err != nil {
+				return nil, inputErr("idempotency key", err.Error())
+			}
 		}
-		header.Set("Idempotency-Key", key)
-		meta.IdempotencyKey = key
-		safe = true
+		if key != "" {
+			header.Set("Idempotency-Key", key)
+			meta.IdempotencyKey = key
+			safe = true
+		}
 	}
 	// Canonical keys set directly: Header.Set would canonicalise them on every call.
 	header["X-Api-Key"] = []string{c.apiKey}
@@ -340,10 +349,15 @@ func (c *Client) do(ctx context.Context, method, path, query string, body, out a
 		if errors.Is(st.readErr, errBodyTooLarge) {
 			return meta, c.apiError(method, path, meta, resp, nil, st.readErr)
 		}
-		if c.log.Enabled(ctx, slog.LevelDebug) {
-			c.log.DebugContext(ctx, "quotastack request failed", "method", method, "path", path, "attempts", meta.Attempts, "error", err)
+		var ue *upgradeError
+		if errors.As(err, &ue) {
+			return meta, c.upgradeAPIError(method, path, meta, ue)
 		}
-		return meta, &RequestError{Method: method, Path: path, Attempts: meta.Attempts, Err: unwrapURLError(err)}
+		reqErr := c.requestError(method, path, meta.Attempts, err)
+		if c.log.Enabled(ctx, slog.LevelDebug) {
+			c.log.DebugContext(ctx, "quotastack request failed", "method", method, "path", reqErr.Path, "attempts", meta.Attempts, "error", reqErr.Err)
+		}
+		return meta, reqErr
 	}
 	defer func() { _ = resp.Body.Close() }()
 	respBody, readErr := st.body, st.readErr
@@ -351,10 +365,10 @@ func (c *Client) do(ctx context.Context, method, path, query string, body, out a
 		respBody, readErr = readCapped(resp.Body, c.cfg.maxBodyBytes)
 	}
 	meta.StatusCode = resp.StatusCode
-	meta.RequestID = c.redact(resp.Header.Get("X-Request-Id"))
+	meta.RequestID = c.red.text(resp.Header.Get("X-Request-Id"))
 	meta.Replayed = strings.EqualFold(resp.Header.Get("X-Idempotent-Replayed"), "true")
 	if c.log.Enabled(ctx, slog.LevelDebug) { // the arguments would allocate even for a discarding logger
-		c.log.DebugContext(ctx, "quotastack request", "method", method, "path", path, "status", resp.StatusCode,
+		c.log.DebugContext(ctx, "quotastack request", "method", method, "path", c.red.text(path), "status", resp.StatusCode,
 			"attempts", meta.Attempts, "request_id", meta.RequestID, "replayed", meta.Replayed, "duration", time.Since(start))
 	}
 	if readErr != nil {
@@ -383,7 +397,8 @@ func hasDeadline(ctx context.Context) bool {
 }
 
 // checkRetry retries transport errors, 429 and 5xx (not 501), and only for
-// requests marked safe: GETs and POSTs carrying an Idempotency-Key.
+// requests marked safe: GETs and HEADs, POSTs and PATCHes (always keyed), and
+// other methods only when the caller gave an Idempotency-Key.
 func (c *Client) checkRetry(ctx context.Context, resp *http.Response, err error) (bool, error) {
 	if ctx.Err() != nil {
 		return false, ctx.Err()
@@ -392,8 +407,8 @@ func (c *Client) checkRetry(ctx context.Context, resp *http.Response, err error)
 		return false, nil
 	}
 	if err != nil {
-		if errors.Is(err, errBodyTooLarge) {
-			return false, nil
+		if errors.Is(err, errBodyTooLarge) || errors.Is(err, errUpgrade) {
+			return false, nil // the next answer would be the same
 		}
 		return retryablehttp.DefaultRetryPolicy(ctx, nil, err)
 	}
@@ -410,7 +425,7 @@ func (c *Client) logAttempt(_ retryablehttp.Logger, req *http.Request, attempt i
 		st.body, st.readErr = nil, nil
 	}
 	if attempt > 0 {
-		c.log.DebugContext(req.Context(), "quotastack retry", "method", req.Method, "path", req.URL.Path, "attempt", attempt+1)
+		c.log.DebugContext(req.Context(), "quotastack retry", "method", req.Method, "path", c.red.text(req.URL.Path), "attempt", attempt+1)
 	}
 }
 

@@ -65,25 +65,34 @@ type APIError struct {
 	RetryAfter          time.Duration // the server's Retry-After on 429/503, uncapped
 	Body                string        // the start of the raw body (at most 512 bytes), when it wasn't a problem document
 	cause               error         // decode failure, for Unwrap
+	rawBody             []byte        // the whole body read (key redacted), for RawBody
 }
+
+// RawBody returns the response body as read (at most the client's
+// WithMaxBodyBytes), with the API key redacted but control characters and
+// formatting kept, for code that wants the server's own text. Error() and
+// the log lines never carry it raw. Nil when there was no body.
+func (e *APIError) RawBody() []byte { return e.rawBody }
 
 // Retried reports whether the request was attempted more than once.
 func (e *APIError) Retried() bool { return e.Attempts > 1 }
 
 func (e *APIError) Error() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "quotastack: %s %s: %d", e.Method, e.Path, e.StatusCode)
+	// Every field that came from the server is sanitized (control characters,
+	// bidi overrides and line separators escaped): no log forging through Error().
+	fmt.Fprintf(&b, "quotastack: %s %s: %d", e.Method, sanitize(e.Path), e.StatusCode)
 	if e.Type != "" {
-		fmt.Fprintf(&b, " %s", strings.TrimPrefix(e.Type, ProblemTypeBase))
+		fmt.Fprintf(&b, " %s", trim(sanitize(strings.TrimPrefix(e.Type, ProblemTypeBase))))
 	}
 	switch {
 	case e.Detail != "":
-		fmt.Fprintf(&b, ": %s", trim(e.Detail))
+		fmt.Fprintf(&b, ": %s", trim(sanitize(e.Detail)))
 	case e.Title != "":
-		fmt.Fprintf(&b, ": %s", trim(e.Title))
+		fmt.Fprintf(&b, ": %s", trim(sanitize(e.Title)))
 	}
 	if e.cause != nil {
-		fmt.Fprintf(&b, ": %v", e.cause)
+		fmt.Fprintf(&b, ": %s", trim(sanitize(e.cause.Error())))
 	}
 	if e.Body != "" && e.Type == "" {
 		fmt.Fprintf(&b, ": body %q", e.Body)
@@ -95,7 +104,7 @@ func (e *APIError) Error() string {
 		fmt.Fprintf(&b, " (retry after %s)", e.RetryAfter)
 	}
 	if e.RequestID != "" {
-		fmt.Fprintf(&b, " [request %s]", e.RequestID)
+		fmt.Fprintf(&b, " [request %s]", trim(sanitize(e.RequestID)))
 	}
 	return b.String()
 }
@@ -168,9 +177,11 @@ func inputErr(field, reason string) error { return &InputError{Field: field, Rea
 
 // trim caps server-provided text in error strings.
 func trim(s string) string {
-	const maxText = 512
-	if len(s) <= maxText {
+	if len(s) <= maxErrText {
 		return s
 	}
-	return strings.ToValidUTF8(s[:maxText], "") + "..."
+	return strings.ToValidUTF8(s[:maxErrText], "") + "..."
 }
+
+// maxErrText caps each piece of server-provided text in an error string.
+const maxErrText = 512

@@ -62,7 +62,7 @@ func TestEscapeSegment(t *testing.T) {
 
 func TestRedactAndSnippet(t *testing.T) {
 	t.Parallel()
-	c := &Client{apiKey: "qs_test_SECRETKEY123"}
+	c := &Client{apiKey: "qs_test_SECRETKEY123", red: newRedactor("qs_test_SECRETKEY123")}
 	assert.Equal(t, "key [REDACTED] and [REDACTED]", c.redact("key qs_test_SECRETKEY123 and qs_test_SECRETKEY123"))
 	assert.Equal(t, "nothing here", c.redact("nothing here"))
 	assert.Len(t, snippet([]byte(strings.Repeat("a", 2000))), 512)
