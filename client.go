@@ -346,18 +346,21 @@ func (c *Client) do(ctx context.Context, method, path, query string, body, out a
 		if resp != nil {
 			_ = resp.Body.Close()
 		}
-		if errors.Is(st.readErr, errBodyTooLarge) {
-			return meta, c.apiError(method, path, meta, resp, nil, st.readErr)
-		}
+		var callErr error
 		var ue *upgradeError
-		if errors.As(err, &ue) {
-			return meta, c.upgradeAPIError(method, path, meta, ue)
+		switch {
+		case errors.Is(st.readErr, errBodyTooLarge):
+			callErr = c.apiError(method, path, meta, resp, nil, st.readErr)
+		case errors.As(err, &ue):
+			callErr = c.upgradeAPIError(method, path, meta, ue)
+		default:
+			callErr = c.requestError(method, path, meta.Attempts, err)
 		}
-		reqErr := c.requestError(method, path, meta.Attempts, err)
 		if c.log.Enabled(ctx, slog.LevelDebug) {
-			c.log.DebugContext(ctx, "quotastack request failed", "method", method, "path", reqErr.Path, "attempts", meta.Attempts, "error", reqErr.Err)
+			// callErr's text is redacted and sanitized; err's may not be.
+			c.log.DebugContext(ctx, "quotastack request failed", "method", method, "path", c.red.text(path), "attempts", meta.Attempts, "error", callErr.Error())
 		}
-		return meta, reqErr
+		return meta, callErr
 	}
 	defer func() { _ = resp.Body.Close() }()
 	respBody, readErr := st.body, st.readErr
