@@ -203,10 +203,10 @@ func TestHandlerOverHTTP(t *testing.T) {
 	}))
 	t.Cleanup(srv.Close)
 
-	post := func(secret string, body []byte) int {
+	post := func(secret, id string, body []byte) int {
 		req, err := http.NewRequest(http.MethodPost, srv.URL, bytes.NewReader(body))
 		require.NoError(t, err)
-		h, err := webhook.SignedHeaders(secret, "msg_http", time.Now(), body)
+		h, err := webhook.SignedHeaders(secret, id, time.Now(), body)
 		require.NoError(t, err)
 		// Send lower-case names, as the Standard Webhooks senders do.
 		for k, vs := range h {
@@ -220,12 +220,14 @@ func TestHandlerOverHTTP(t *testing.T) {
 		return resp.StatusCode
 	}
 
-	require.Equal(t, http.StatusNoContent, post(testSecret, []byte(envelope)))
-	require.Equal(t, http.StatusNoContent, post(oldSecret, []byte(envelope)))
-	require.Equal(t, http.StatusBadRequest, post("b3RoZXItc2VjcmV0", []byte(envelope)))
+	require.Equal(t, http.StatusNoContent, post(testSecret, "msg_http", []byte(envelope)))
+	require.Equal(t, http.StatusNoContent, post(oldSecret, "msg_http_2", []byte(envelope)))
+	require.Equal(t, http.StatusBadRequest, post("b3RoZXItc2VjcmV0", "msg_http_3", []byte(envelope)))
 	big := []byte(`{"id":"evt_big","type":"x","data":"` + strings.Repeat("a", 2048) + `"}`)
-	require.Equal(t, http.StatusRequestEntityTooLarge, post(testSecret, big))
+	require.Equal(t, http.StatusRequestEntityTooLarge, post(testSecret, "msg_http_4", big))
 	require.Equal(t, int32(2), calls.Load())
+	require.Equal(t, http.StatusNoContent, post(oldSecret, "msg_http", []byte(envelope)), "a replay: 2xx, so the sender stops")
+	require.Equal(t, int32(2), calls.Load(), "a replay is not handled again")
 }
 
 func TestParseRequest(t *testing.T) {

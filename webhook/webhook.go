@@ -46,13 +46,16 @@ var (
 
 const secretPrefix = "whsec_"
 
-// Verifier checks signatures and timestamps of webhook deliveries. It is immutable after
-// [NewVerifier] and safe for concurrent use.
+// Verifier checks signatures and timestamps of webhook deliveries. Its settings are
+// immutable after [NewVerifier]; it is safe for concurrent use.
 type Verifier struct {
 	keys         [][]byte
 	tolerance    time.Duration
 	now          func() time.Time
 	maxBodyBytes int64
+	replay       ReplayStore // nil: no replay protection
+	retention    time.Duration
+	claimTTL     time.Duration
 }
 
 type config struct {
@@ -60,6 +63,10 @@ type config struct {
 	tolerance    time.Duration
 	now          func() time.Time
 	maxBodyBytes int64
+	replay       ReplayStore
+	noReplay     bool
+	retention    time.Duration
+	claimTTL     time.Duration
 }
 
 // Option configures a [Verifier].
@@ -88,6 +95,28 @@ func WithMaxBodyBytes(n int64) Option {
 	return func(c *config) { c.maxBodyBytes = n }
 }
 
+// WithReplayStore sets where [Verifier.Handler] remembers handled webhook-ids (default: a
+// [MemoryReplayStore] of its own, for one process). Use a shared store (the Redis one in
+// autobuy/redislock) when several replicas receive deliveries.
+func WithReplayStore(s ReplayStore) Option {
+	return func(c *config) { c.replay = s }
+}
+
+// WithoutReplayProtection makes [Verifier.Handler] pass every verified delivery to its
+// callback, replays included (for handlers that deduplicate on their own).
+func WithoutReplayProtection() Option {
+	return func(c *config) { c.noReplay = true }
+}
+
+// WithReplayRetention sets how long a handled webhook-id is remembered (default twice the
+// tolerance plus a minute, the longest a captured delivery passes the timestamp check).
+// A longer retention in a shared store also absorbs the sender's own redeliveries. It must
+// exceed the tolerance; claimTTL (default 1 minute, if 0) bounds how long a delivery being
+// handled blocks its redeliveries if the handler dies.
+func WithReplayRetention(retention, claimTTL time.Duration) Option {
+	return func(c *config) { c.retention, c.claimTTL = retention, claimTTL }
+}
+
 // NewVerifier returns a Verifier for the endpoint secret: standard base64, with or without
 // the "whsec_" prefix. It fails with [ErrInvalidSecret] on an empty or undecodable secret
 // (its own or one given to [WithSecrets]), and with a plain error on an invalid option.
@@ -105,6 +134,22 @@ func NewVerifier(secret string, opts ...Option) (*Verifier, error) {
 		return nil, errors.New("webhook: WithClock given a nil clock")
 	case c.maxBodyBytes <= 0:
 		return nil, fmt.Errorf("webhook: max body bytes must be positive, got %d", c.maxBodyBytes)
+	case c.retention != 0 && c.retention <= c.tolerance:
+		return nil, fmt.Errorf("webhook: replay retention %s must exceed the tolerance %s", c.retention, c.tolerance)
+	case c.claimTTL < 0:
+		return nil, fmt.Errorf("webhook: claim TTL must not be negative, got %s", c.claimTTL)
+	}
+	if c.retention == 0 {
+		c.retention = replayRetention(c.tolerance)
+	}
+	if c.claimTTL == 0 {
+		c.claimTTL = DefaultClaimTTL
+	}
+	if c.replay == nil && !c.noReplay {
+		c.replay = NewMemoryReplayStore(0)
+	}
+	if c.noReplay {
+		c.replay = nil
 	}
 	secrets := append([]string{secret}, c.extraSecrets...)
 	keys := make([][]byte, 0, len(secrets))
@@ -115,7 +160,8 @@ func NewVerifier(secret string, opts ...Option) (*Verifier, error) {
 		}
 		keys = append(keys, key)
 	}
-	return &Verifier{keys: keys, tolerance: c.tolerance, now: c.now, maxBodyBytes: c.maxBodyBytes}, nil
+	return &Verifier{keys: keys, tolerance: c.tolerance, now: c.now, maxBodyBytes: c.maxBodyBytes,
+		replay: c.replay, retention: c.retention, claimTTL: c.claimTTL}, nil
 }
 
 // decodeSecret returns the HMAC key of a secret. Its errors never quote the secret.
