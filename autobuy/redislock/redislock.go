@@ -8,6 +8,14 @@
 // purchase's intent is in the journal, the next replica finishes that intent
 // with its keys; a lease lost before the intent is written can let two
 // replicas buy for one exhaustion, so keep the TTL far above a purchase.
+//
+// Every lock call is bounded (WithCallTimeout, default 2 s), also when the
+// caller's context has no deadline (the gate releases under
+// context.WithoutCancel): a partitioned Redis can't hold a gate past the
+// bound. go-redis ignores context deadlines on sockets unless the client has
+// ContextTimeoutEnabled, so a call that overruns is abandoned to its own
+// goroutine, which ends at go-redis's ReadTimeout; set ContextTimeoutEnabled
+// to have the socket itself give up at the deadline.
 package redislock
 
 import (
@@ -28,7 +36,17 @@ type Locker struct {
 	retry   time.Duration
 	refresh bool
 	prefix  string
+	timeout time.Duration // bound of one release or refresh
 }
+
+// DefaultCallTimeout bounds each release and refresh, and a Lock whose
+// context has no deadline waits at most the TTL.
+const DefaultCallTimeout = 2 * time.Second
+
+// WithCallTimeout bounds each Redis call of a release or a refresh (default
+// 2 s), whatever the context. Lock is bounded by its context, or by the TTL
+// when the context has no deadline.
+func WithCallTimeout(d time.Duration) Option { return func(l *Locker) { l.timeout = d } }
 
 // Option configures a Locker.
 type Option func(*Locker)
@@ -48,7 +66,7 @@ func WithPrefix(p string) Option { return func(l *Locker) { l.prefix = p } }
 
 // New returns a Locker on rdb (a *redis.Client, *redis.ClusterClient, ...).
 func New(rdb redis.UniversalClient, opts ...Option) *Locker {
-	l := &Locker{client: redislock.New(rdb), ttl: 30 * time.Second, retry: 50 * time.Millisecond, refresh: true}
+	l := &Locker{client: redislock.New(rdb), ttl: 30 * time.Second, retry: 50 * time.Millisecond, refresh: true, timeout: DefaultCallTimeout}
 	for _, o := range opts {
 		o(l)
 	}
@@ -58,35 +76,53 @@ func New(rdb redis.UniversalClient, opts ...Option) *Locker {
 // ErrLockLost is returned by unlock when the lease had expired before release.
 var ErrLockLost = errors.New("redislock: lock expired before it was released")
 
-// Lock waits until key is held or ctx ends. The returned unlock stops the
-// watchdog and releases the lock; it returns ErrLockLost if the lease had lapsed.
+// ErrTimeout is a Redis call that did not answer within its bound.
+var ErrTimeout = errors.New("redislock: redis did not answer in time")
+
+// Lock waits until key is held or ctx ends (at most the TTL if ctx has no
+// deadline). The returned unlock stops the watchdog and releases the lock
+// within the call timeout, whatever its context; it returns ErrLockLost if
+// the lease had lapsed, and an error matching ErrTimeout if Redis did not
+// answer (the lock then lapses after its TTL).
 func (l *Locker) Lock(ctx context.Context, key string) (func(context.Context) error, error) {
-	lock, err := l.client.Obtain(ctx, l.prefix+key, l.ttl, &redislock.Options{
-		RetryStrategy: redislock.LinearBackoff(l.retry),
+	wait := l.ttl
+	if dl, ok := ctx.Deadline(); ok {
+		wait = time.Until(dl)
+	}
+	var lock *redislock.Lock
+	err := bounded(ctx, wait, func(ctx context.Context) error {
+		var err error
+		lock, err = l.client.Obtain(ctx, l.prefix+key, l.ttl, &redislock.Options{
+			RetryStrategy: redislock.LinearBackoff(l.retry),
+		})
+		return err
+	}, func() {
+		// Obtained after Lock gave up: nobody will release it, so do it now.
+		if lock != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), l.timeout)
+			_ = lock.Release(ctx)
+			cancel()
+		}
 	})
 	if err != nil {
 		return nil, fmt.Errorf("redislock: obtaining %q: %w", key, err)
 	}
 	stop := make(chan struct{})
-	var wg sync.WaitGroup
 	if l.refresh {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			l.watch(lock, stop)
-		}()
+		go l.watch(lock, stop)
 	}
 	var once sync.Once
 	var uerr error
 	return func(ctx context.Context) error {
 		once.Do(func() {
+			// The watchdog is not waited for: a refresh racing the release
+			// can't revive the key (it only extends a key holding our token).
 			close(stop)
-			wg.Wait()
-			if err := lock.Release(ctx); err != nil {
-				if errors.Is(err, redislock.ErrLockNotHeld) {
-					uerr = ErrLockLost
-					return
-				}
+			err := bounded(ctx, l.timeout, func(ctx context.Context) error { return lock.Release(ctx) }, nil)
+			switch {
+			case errors.Is(err, redislock.ErrLockNotHeld):
+				uerr = ErrLockLost
+			case err != nil:
 				uerr = fmt.Errorf("redislock: releasing %q: %w", key, err)
 			}
 		})
@@ -102,12 +138,52 @@ func (l *Locker) watch(lock *redislock.Lock, stop <-chan struct{}) {
 		case <-stop:
 			return
 		case <-t.C:
-			ctx, cancel := context.WithTimeout(context.Background(), l.ttl/3)
-			err := lock.Refresh(ctx, l.ttl, nil)
-			cancel()
+			err := bounded(context.Background(), min(l.ttl/3, l.timeout), func(ctx context.Context) error {
+				return lock.Refresh(ctx, l.ttl, nil)
+			}, nil)
 			if err != nil {
-				return // lost; Release will report it
+				return // lost, or Redis is unreachable: Release will report it
 			}
 		}
+	}
+}
+
+// bounded runs fn with a context that ends after d (or with ctx) and returns
+// by then, whether or not fn has: a client that ignores context deadlines on
+// its sockets can't hold the caller. late, if not nil, runs after an
+// abandoned fn returns.
+func bounded(ctx context.Context, d time.Duration, fn func(context.Context) error, late func()) error {
+	if d <= 0 {
+		return fmt.Errorf("%w (no time left)", ErrTimeout)
+	}
+	ctx, cancel := context.WithTimeout(ctx, d)
+	done := make(chan error, 1)
+	var abandoned sync.Mutex // held by the caller until it has decided
+	abandoned.Lock()
+	gaveUp := false
+	go func() {
+		defer cancel()
+		err := fn(ctx)
+		done <- err
+		abandoned.Lock()
+		defer abandoned.Unlock()
+		if gaveUp && late != nil {
+			late()
+		}
+	}()
+	select {
+	case err := <-done:
+		abandoned.Unlock()
+		return err
+	case <-ctx.Done():
+		select {
+		case err := <-done: // finished at the same moment
+			abandoned.Unlock()
+			return err
+		default:
+		}
+		gaveUp = true
+		abandoned.Unlock()
+		return fmt.Errorf("%w within %s: %w", ErrTimeout, d, ctx.Err())
 	}
 }

@@ -1,0 +1,210 @@
+package redislock_test
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/quotastack/quotastack-go/autobuy"
+	"github.com/quotastack/quotastack-go/autobuy/redislock"
+)
+
+// proxy is a TCP proxy in front of Redis that can be paused: while paused it
+// forwards nothing and closes nothing, like a network partition (a blackhole,
+// not a refused connection).
+type proxy struct {
+	ln     net.Listener
+	target string
+	mu     sync.Mutex
+	cond   *sync.Cond
+	paused bool
+	closed bool
+	conns  []net.Conn
+	wg     sync.WaitGroup
+}
+
+func startProxy(t *testing.T, target string) *proxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	p := &proxy{ln: ln, target: target}
+	p.cond = sync.NewCond(&p.mu)
+	p.wg.Add(1)
+	go p.accept()
+	t.Cleanup(p.Close)
+	return p
+}
+
+func (p *proxy) Addr() string { return p.ln.Addr().String() }
+
+// Pause stops all forwarding, in both directions, on every connection.
+func (p *proxy) Pause() {
+	p.mu.Lock()
+	p.paused = true
+	p.mu.Unlock()
+}
+
+// Close ends the partition for good: every connection is closed.
+func (p *proxy) Close() {
+	p.mu.Lock()
+	p.closed = true
+	for _, c := range p.conns {
+		_ = c.Close()
+	}
+	p.cond.Broadcast()
+	p.mu.Unlock()
+	_ = p.ln.Close()
+	p.wg.Wait()
+}
+
+func (p *proxy) accept() {
+	defer p.wg.Done()
+	for {
+		in, err := p.ln.Accept()
+		if err != nil {
+			return
+		}
+		out, err := net.Dial("tcp", p.target)
+		if err != nil {
+			_ = in.Close()
+			continue
+		}
+		p.mu.Lock()
+		if p.closed {
+			p.mu.Unlock()
+			_ = in.Close()
+			_ = out.Close()
+			return
+		}
+		p.conns = append(p.conns, in, out)
+		p.wg.Add(2)
+		p.mu.Unlock()
+		go p.pipe(out, in)
+		go p.pipe(in, out)
+	}
+}
+
+func (p *proxy) pipe(dst, src net.Conn) {
+	defer p.wg.Done()
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			p.mu.Lock()
+			for p.paused && !p.closed {
+				p.cond.Wait()
+			}
+			closed := p.closed
+			p.mu.Unlock()
+			if closed {
+				return
+			}
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			if !errors.Is(err, io.EOF) {
+				_ = dst.Close()
+			}
+			return
+		}
+	}
+}
+
+// partitionable returns a Redis client through a pausable proxy, to the
+// real redis-server when QUOTASTACK_TEST_REDIS_ADDR is set and to miniredis
+// otherwise. The client keeps go-redis's defaults (3 s read timeout, three
+// retries, context deadlines ignored on sockets): the worst case to bound.
+func partitionable(t *testing.T) (*redis.Client, *proxy) {
+	t.Helper()
+	target := os.Getenv("QUOTASTACK_TEST_REDIS_ADDR")
+	if target == "" {
+		target = miniredis.RunT(t).Addr()
+	}
+	p := startProxy(t, target)
+	rdb := redis.NewClient(&redis.Options{Addr: p.Addr()})
+	t.Cleanup(func() {
+		p.Close() // first: it ends the reads go-redis is stuck in
+		_ = rdb.Close()
+	})
+	require.NoError(t, rdb.Ping(context.Background()).Err())
+	return rdb, p
+}
+
+func uniqueKey(t *testing.T) string { return t.Name() + ":" + time.Now().Format(time.RFC3339Nano) }
+
+// hangLimit is how long a bounded call may take before it counts as a hang:
+// the bound plus a generous slack, still under go-redis's own 3 s read timeout.
+const hangLimit = 300*time.Millisecond + 2*time.Second
+
+func TestReleaseIsBoundedWhenRedisIsPartitioned(t *testing.T) {
+	t.Parallel()
+	rdb, p := partitionable(t)
+	l := redislock.New(rdb, redislock.WithCallTimeout(300*time.Millisecond), redislock.WithTTL(time.Second))
+	unlock, err := l.Lock(context.Background(), uniqueKey(t))
+	require.NoError(t, err)
+	p.Pause()
+	start := time.Now()
+	err = unlock(context.WithoutCancel(context.Background())) // no deadline, as the gate calls it
+	assert.Less(t, time.Since(start), hangLimit)
+	assert.ErrorIs(t, err, redislock.ErrTimeout)
+}
+
+func TestLockIsBoundedWhenRedisIsPartitioned(t *testing.T) {
+	t.Parallel()
+	rdb, p := partitionable(t)
+	l := redislock.New(rdb, redislock.WithTTL(300*time.Millisecond))
+	p.Pause()
+	start := time.Now()
+	_, err := l.Lock(context.Background(), uniqueKey(t)) // no deadline: bounded by the TTL
+	assert.Less(t, time.Since(start), hangLimit)
+	assert.ErrorIs(t, err, redislock.ErrTimeout)
+}
+
+// pauseAfterLock partitions Redis as soon as the lock is taken, so the
+// purchase runs with the lock held and the release meets the partition.
+type pauseAfterLock struct {
+	autobuy.Locker
+	p *proxy
+}
+
+func (l pauseAfterLock) Lock(ctx context.Context, key string) (func(context.Context) error, error) {
+	unlock, err := l.Locker.Lock(ctx, key)
+	if err == nil {
+		l.p.Pause()
+	}
+	return unlock, err
+}
+
+// TestGateNotHeldByAPartitionedRedis: Redis partitioned after the lock was
+// taken must not hold the gate past the release bound once the purchase
+// (which doesn't need Redis) has succeeded.
+func TestGateNotHeldByAPartitionedRedis(t *testing.T) {
+	t.Parallel()
+	rdb, p := partitionable(t)
+	w := setup(t)
+	l := redislock.New(rdb, redislock.WithPrefix(uniqueKey(t)), redislock.WithCallTimeout(300*time.Millisecond))
+	gate := w.replica(t, pauseAfterLock{Locker: l, p: p})
+
+	start := time.Now()
+	d, err := gate.Gate(context.Background(), w.cust, "chat_message", autobuy.WithEventID("m1"))
+	elapsed := time.Since(start)
+	require.NoError(t, err)
+	assert.True(t, d.Allowed)
+	require.NotNil(t, d.Purchase, "the purchase went through")
+	assert.Less(t, elapsed, hangLimit, "the gate was not held by the partitioned release")
+	debits, grants := w.planPurchases()
+	assert.Equal(t, 1, debits)
+	assert.Equal(t, 1, grants)
+}
