@@ -117,7 +117,7 @@ func (c *Client) WithReservation(ctx context.Context, p ReserveParams, fn func(c
 	release := func(cause error) (*Reservation, error) {
 		released, rerr := c.Release(settle, r.ID, WithIdempotencyKey("release:"+r.ID), WithCallTimeout(c.cfg.timeout))
 		if rerr != nil {
-			return r, errors.Join(cause, fmt.Errorf("releasing reservation %s: %w", r.ID, rerr))
+			return r, errors.Join(cause, fmt.Errorf("releasing reservation %s: %w", c.red.text(r.ID), rerr)) // the id came from the server
 		}
 		return released, cause
 	}
