@@ -219,7 +219,7 @@ func unescape(s string) (string, []int) {
 				}
 			case 'x':
 				if v, ok := hexAt(s, i+2, 2); ok {
-					c, n = byte(v), 4
+					c, n = byte(v), 4 //nolint:gosec // two hex digits: at most 0xff
 				}
 			case 'n':
 				c, n = '\n', 2
@@ -232,7 +232,7 @@ func unescape(s string) (string, []int) {
 			}
 		case s[i] == '%':
 			if v, ok := hexAt(s, i+1, 2); ok {
-				c, n = byte(v), 3
+				c, n = byte(v), 3 //nolint:gosec // two hex digits: at most 0xff
 			}
 		case s[i] == '&' && i+2 < len(s) && s[i+1] == '#':
 			if end := strings.IndexByte(s[i:min(len(s), i+12)], ';'); end > 2 {

@@ -92,18 +92,14 @@ func (s *rawServer) serve(conn net.Conn, script rawScript) {
 		delete(s.conns, conn)
 		s.mu.Unlock()
 	}()
-	br := bufio.NewReader(conn)
-	for {
-		req, ok := readRawRequest(br)
-		if !ok {
-			return
-		}
-		req.N = s.reqs.Add(1)
-		script(conn, req, s.stop)
-		// One request per connection: every script decides how its answer
-		// ends, so the connection is not reused.
+	// One request per connection: every script decides how its answer ends,
+	// so the connection is not reused.
+	req, ok := readRawRequest(bufio.NewReader(conn))
+	if !ok {
 		return
 	}
+	req.N = s.reqs.Add(1)
+	script(conn, req, s.stop)
 }
 
 // readRawRequest reads a request head and its Content-Length body.

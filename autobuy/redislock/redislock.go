@@ -109,7 +109,7 @@ func (l *Locker) Lock(ctx context.Context, key string) (func(context.Context) er
 	}
 	stop := make(chan struct{})
 	if l.refresh {
-		go l.watch(lock, stop)
+		go l.watch(lock, stop) //nolint:gosec // the watchdog outlives Lock's ctx: it runs until unlock
 	}
 	var once sync.Once
 	var uerr error
