@@ -19,6 +19,20 @@ type LeaseConfig struct {
 	TTL time.Duration
 	// Linger commits a lease idle this long (default 10 s).
 	Linger time.Duration
+	// Events, when set, remembers the event ids let through on leases for
+	// TTL, so a repeat of an event is let through once across the leases of
+	// every replica sharing it (redislock.NewEventStore); without it an event
+	// id is counted once per lease.
+	Events EventStore
+}
+
+// EventStore remembers the events let through on leases, shared by the
+// replicas that use one. Implementations must be safe for concurrent use.
+type EventStore interface {
+	// FirstUse reports whether key is seen for the first time, and remembers
+	// it for ttl either way; an error refuses the lease path (the gate then
+	// checks and records the action one by one).
+	FirstUse(ctx context.Context, key string, ttl time.Duration) (bool, error)
 }
 
 // WithLease serves hot customers from leases: one reservation (POST
@@ -96,6 +110,7 @@ func (g *Gatekeeper) leased(ctx context.Context, customer quotastack.Customer, m
 	if l.res != nil && cfg.eventID != "" && l.events[cfg.eventID] {
 		return g.leaseDecision(l), true, nil // this event already went through on this lease
 	}
+
 	if l.res != nil && (l.left < cfg.units || g.now().After(l.res.ExpiresAt.Add(-ls.cfg.TTL/10))) {
 		if err := g.commitLease(ctx, l); err != nil {
 			return Decision{}, false, err
@@ -117,6 +132,15 @@ func (g *Gatekeeper) leased(ctx context.Context, customer quotastack.Customer, m
 			return Decision{}, false, err
 		}
 		l.res, l.left, l.used, l.events = res, res.EstimatedUnits, 0, map[string]bool{}
+	}
+	if ls.cfg.Events != nil && cfg.eventID != "" {
+		first, err := ls.cfg.Events.FirstUse(ctx, quotastack.DeriveKey("lease-event", key, cfg.eventID), ls.cfg.TTL)
+		if err != nil {
+			return Decision{}, false, nil // the per-action path, whose usage keys dedupe
+		}
+		if !first {
+			return g.leaseDecision(l), true, nil // it went through on a lease already (maybe another replica's)
+		}
 	}
 	l.left -= cfg.units
 	l.used += cfg.units
