@@ -59,7 +59,8 @@ type ResponseMeta struct {
 }
 
 // NewClient returns a client for apiKey. The key is required (an empty key
-// is an error, never an offline client) and is sent only in the X-API-Key header.
+// is an error, never an offline client), must start with qs_live_ or qs_test_,
+// and is sent only in the X-API-Key header.
 func NewClient(apiKey string, opts ...Option) (*Client, error) {
 	cfg := config{
 		baseURL:        DefaultBaseURL,
@@ -164,8 +165,18 @@ func checkAPIKey(key string) error {
 			return inputErr("api key", "API key contains whitespace or non-printable characters")
 		}
 	}
+	if (!strings.HasPrefix(key, LiveKeyPrefix) && !strings.HasPrefix(key, TestKeyPrefix)) || len(key) == len(TestKeyPrefix) {
+		// Often a key of another service, or a key pasted with a prefix missing.
+		return inputErr("api key", "API key must start with "+LiveKeyPrefix+" or "+TestKeyPrefix)
+	}
 	return nil
 }
+
+// The prefixes of QuotaStack API keys: the prefix selects the environment.
+const (
+	LiveKeyPrefix = "qs_live_"
+	TestKeyPrefix = "qs_test_"
+)
 
 func parseBaseURL(raw string, allowInsecure bool) (*url.URL, error) {
 	u, err := url.Parse(strings.TrimRight(raw, "/"))
@@ -173,6 +184,10 @@ func parseBaseURL(raw string, allowInsecure bool) (*url.URL, error) {
 		// The value is not echoed: it might be a key pasted in the wrong place.
 		return nil, inputErr("base URL", "not an absolute URL")
 	}
+	// The /v1 prefix is added per call: a base URL that already ends in it
+	// (as copied from the API docs) would send to /v1/v1/..., so it is dropped.
+	u.Path = strings.TrimSuffix(u.Path, "/v1")
+	u.RawPath = strings.TrimSuffix(u.RawPath, "/v1")
 	switch {
 	case u.User != nil:
 		return nil, inputErr("base URL", "must not contain user info")

@@ -36,8 +36,8 @@ type config struct {
 }
 
 // WithBaseURL sets the API root, e.g. "https://api.quotastack.io" (the /v1
-// prefix is added per call). Plain http is refused unless the host is
-// loopback or WithInsecureHTTP is given.
+// prefix is added per call; a trailing "/v1" in u is dropped). Plain http is
+// refused unless the host is loopback or WithInsecureHTTP is given.
 func WithBaseURL(u string) Option { return func(c *config) { c.baseURL = u } }
 
 // WithHTTPClient makes the client send through hc (its Transport, Jar and

@@ -65,7 +65,11 @@ func main() {
 		opts = append(opts, quotastacktest.WithBurnOrder(quotastacktest.BurnOrderPriorityAsc))
 	}
 	opts = append(opts, modeOpts...)
-	srv := quotastacktest.NewServer(opts...)
+	srv, err := listen(opts)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "quotastack-fake:", err)
+		os.Exit(1)
+	}
 	defer srv.Close()
 	if *seed {
 		if err := seedRecipe(srv); err != nil {
@@ -83,6 +87,17 @@ func main() {
 	stop := make(chan os.Signal, 1)
 	signal.Notify(stop, os.Interrupt, syscall.SIGTERM)
 	<-stop
+}
+
+// listen starts the server; NewServer panics when it can't listen (a port
+// taken, an address that doesn't parse), which becomes a one-line error here.
+func listen(opts []quotastacktest.Option) (srv *quotastacktest.Server, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("%v", r)
+		}
+	}()
+	return quotastacktest.NewServer(opts...), nil
 }
 
 // seedRecipe creates the recipe's world: chat messages paid by plan credits only, plan
