@@ -3,7 +3,11 @@ package autobuy
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"net/http"
+	"strconv"
+	"strings"
+	"time"
 
 	"github.com/quotastack/quotastack-go"
 )
@@ -18,7 +22,9 @@ type Action struct {
 	EventID  string // e.g. the message id; "" = a new event per request
 }
 
-// ActionFunc extracts the Action from a request. An error answers 400.
+// ActionFunc extracts the Action from a request. An error is answered 400
+// with the error's text as the body's detail (write it for the API's
+// caller), or with the status of an error that has a method HTTPStatus() int.
 type ActionFunc func(r *http.Request) (Action, error)
 
 type decisionKey struct{}
@@ -29,56 +35,264 @@ func DecisionFrom(ctx context.Context) (Decision, bool) {
 	return d, ok
 }
 
-// Denial is the JSON body of a denied request.
+// Denial is the default JSON body of a request the middleware answers itself.
 type Denial struct {
-	Allowed bool   `json:"allowed"`
-	Reason  Reason `json:"reason"`
-	// Show tells the front end what to show: "paywall" (wallet can't pay),
-	// "plan_picker" (auto-buy off), or "retry".
+	Allowed bool `json:"allowed"`
+	// Reason is the gate's reason; "" when the gate returned an error.
+	Reason Reason `json:"reason,omitempty"`
+	// Show tells the front end what to show: "paywall" (pay to go on),
+	// "plan_picker" (choose a plan), "retry" (try again shortly) or "error"
+	// (nothing the user can do).
 	Show string `json:"show"`
+	// Error names an error class when there is no reason: "bad_request",
+	// "billing_unavailable", "billing_misconfigured" or "conflict".
+	Error string `json:"error,omitempty"`
+	// Detail is the ActionFunc's error text on a bad request (never the
+	// gate's errors, which are for logs).
+	Detail string `json:"detail,omitempty"`
+}
+
+// Refusal is a request the middleware answers without running the handler.
+type Refusal struct {
+	Status     int           // the HTTP status the middleware chose (see Middleware)
+	RetryAfter time.Duration // sent as Retry-After when > 0
+	Decision   Decision      // the gate's decision; zero when Err is set
+	// Err is the ActionFunc's error (Status 400 or its HTTPStatus) or the
+	// gate's error; nil for a denial.
+	Err  error
+	Body Denial // the default body
+}
+
+// MiddlewareOption configures Middleware.
+type MiddlewareOption func(*middlewareConfig)
+
+type middlewareConfig struct {
+	twoPhase   bool
+	holdTTL    time.Duration
+	refuse     func(w http.ResponseWriter, r *http.Request, ref Refusal)
+	onSettle   func(r *http.Request, d Decision, committed bool, err error)
+	settleTime time.Duration
+}
+
+// TwoPhase holds the action's credits with a reservation (ttl 0 = server
+// default) before the handler runs, commits them when the handler answers a
+// status below 400, and releases them when it answers 400 or more or panics
+// (the panic then goes on). A customer pays only for work done. The handler
+// must finish within ttl, or the hold expires and the commit fails (see OnSettle).
+func TwoPhase(ttl time.Duration) MiddlewareOption {
+	return func(c *middlewareConfig) { c.twoPhase, c.holdTTL = true, ttl }
+}
+
+// OnRefusal replaces how a refused request is answered (the default writes
+// ref.Status, Retry-After and ref.Body as JSON). Use it to shape the 402/503
+// bodies of your API, or to log ref.Err.
+func OnRefusal(fn func(w http.ResponseWriter, r *http.Request, ref Refusal)) MiddlewareOption {
+	return func(c *middlewareConfig) { c.refuse = fn }
+}
+
+// OnSettle is called in two-phase mode after the hold of an allowed request
+// was committed (committed true) or released, with the error of that call.
+// A failed commit leaves the hold to expire: the action was not charged.
+func OnSettle(fn func(r *http.Request, d Decision, committed bool, err error)) MiddlewareOption {
+	return func(c *middlewareConfig) { c.onSettle = fn }
 }
 
 // Middleware gates every request through g before next runs. An allowed
-// request reaches next with the Decision in its context (DecisionFrom). A
-// denied one gets 402 with a Denial body; an unreachable QuotaStack (with the
-// ReturnError policy, or FailClosed) gets 503; a bad Action gets 400.
-func Middleware(g *Gatekeeper, action ActionFunc) func(http.Handler) http.Handler {
+// request reaches next with the Decision in its context (DecisionFrom); by
+// default its usage is recorded before next runs (see TwoPhase to charge only
+// when next succeeds). Other requests are refused (see OnRefusal):
+//
+//   - 402: denials the customer can lift by paying or choosing a plan:
+//     empty_wallet, plan_expired, purchase_limit, auto_buy_suspended,
+//     action_too_large, no_account (a topup creates the account).
+//   - 429 with Retry-After: denials worth retrying soon: insufficient_credits,
+//     purchase_unavailable.
+//   - 503 (Retry-After when QuotaStack sent one): QuotaStack could not answer
+//     (the unavailable reason of a FailClosed gate, or the error of a
+//     ReturnError gate: transport errors, timeouts, 5xx, 429 after retries).
+//   - 500: configuration errors: entitlement_failed_after_purchase, a
+//     rejected API key, an unknown metric or a metric without a rule.
+//   - 409: the event id was used before for another action.
+//   - 400: the ActionFunc's error (or its HTTPStatus), or an invalid Action.
+func Middleware(g *Gatekeeper, action ActionFunc, opts ...MiddlewareOption) func(http.Handler) http.Handler {
+	cfg := middlewareConfig{refuse: writeRefusal, settleTime: quotastack.DefaultTimeout}
+	for _, o := range opts {
+		o(&cfg)
+	}
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			a, err := action(r)
 			if err != nil {
-				writeJSON(w, http.StatusBadRequest, map[string]string{"error": "bad request"})
+				cfg.refuse(w, r, actionRefusal(err))
 				return
 			}
-			opts := []GateOption{}
+			var gopts []GateOption
 			if a.Units > 0 {
-				opts = append(opts, WithUnits(a.Units))
+				gopts = append(gopts, WithUnits(a.Units))
 			}
 			if a.EventID != "" {
-				opts = append(opts, WithEventID(a.EventID))
+				gopts = append(gopts, WithEventID(a.EventID))
 			}
-			d, err := g.Gate(r.Context(), a.Customer, a.Metric, opts...)
-			if err != nil || (d.Fallback && !d.Allowed) {
-				writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": "billing unavailable"})
+			if cfg.twoPhase {
+				gopts = append(gopts, WithReservation(cfg.holdTTL))
+			}
+			d, err := g.Gate(r.Context(), a.Customer, a.Metric, gopts...)
+			if err != nil {
+				cfg.refuse(w, r, errorRefusal(err))
 				return
 			}
 			if !d.Allowed {
-				writeJSON(w, http.StatusPaymentRequired, Denial{Allowed: false, Reason: d.Reason, Show: show(d.Reason)})
+				cfg.refuse(w, r, denialRefusal(d))
 				return
 			}
-			next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), decisionKey{}, d)))
+			r = r.WithContext(context.WithValue(r.Context(), decisionKey{}, d))
+			if d.Hold == nil { // recorded already, or allowed by the FailOpen fallback
+				next.ServeHTTP(w, r)
+				return
+			}
+			serveHeld(w, r, next, g.client, d, cfg)
 		})
 	}
 }
 
-func show(r Reason) string {
-	switch r {
-	case ReasonEmptyWallet:
-		return "paywall"
-	case ReasonPlanExpired:
-		return "plan_picker"
+// serveHeld runs next and settles the hold: commit below 400, release at 400
+// or above and on a panic (which then goes on).
+func serveHeld(w http.ResponseWriter, r *http.Request, next http.Handler, c *quotastack.Client, d Decision, cfg middlewareConfig) {
+	sw := &statusWriter{ResponseWriter: w}
+	settled := false
+	settle := func(commit bool) {
+		settled = true
+		// The request's context may be done (client gone): a hold left behind
+		// would block the customer's credits until its TTL.
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), cfg.settleTime)
+		defer cancel()
+		var err error
+		if commit {
+			_, err = c.Commit(ctx, d.Hold.ID, d.Hold.EstimatedUnits, quotastack.WithIdempotencyKey("commit:"+d.Hold.ID))
+		} else {
+			_, err = c.Release(ctx, d.Hold.ID, quotastack.WithIdempotencyKey("release:"+d.Hold.ID))
+		}
+		if cfg.onSettle != nil {
+			cfg.onSettle(r, d, commit, err)
+		}
 	}
-	return "retry"
+	defer func() {
+		if !settled {
+			settle(false) // next panicked (http.ErrAbortHandler included)
+		}
+	}()
+	next.ServeHTTP(sw, r)
+	settle(sw.status() < http.StatusBadRequest)
+}
+
+// statusWriter remembers the status a handler wrote (200 if it wrote a body
+// without one).
+type statusWriter struct {
+	http.ResponseWriter
+	code int
+}
+
+func (s *statusWriter) WriteHeader(code int) {
+	if s.code == 0 && code >= 200 { // 1xx are informational, not the answer
+		s.code = code
+	}
+	s.ResponseWriter.WriteHeader(code)
+}
+
+func (s *statusWriter) Write(b []byte) (int, error) {
+	if s.code == 0 {
+		s.code = http.StatusOK
+	}
+	return s.ResponseWriter.Write(b)
+}
+
+func (s *statusWriter) status() int {
+	if s.code == 0 {
+		return http.StatusOK
+	}
+	return s.code
+}
+
+// Unwrap lets http.ResponseController reach Flush, deadlines and hijacking.
+func (s *statusWriter) Unwrap() http.ResponseWriter { return s.ResponseWriter }
+
+func actionRefusal(err error) Refusal {
+	status := http.StatusBadRequest
+	var hs interface{ HTTPStatus() int }
+	if errors.As(err, &hs) && hs.HTTPStatus() >= 400 && hs.HTTPStatus() <= 599 {
+		status = hs.HTTPStatus()
+	}
+	return Refusal{Status: status, Err: err, Body: Denial{Show: "error", Error: "bad_request", Detail: err.Error()}}
+}
+
+func errorRefusal(err error) Refusal {
+	ref := Refusal{Err: err}
+	var apiErr *quotastack.APIError
+	switch {
+	case errors.Is(err, quotastack.ErrInvalidInput):
+		ref.Status, ref.Body = http.StatusBadRequest, Denial{Show: "error", Error: "bad_request"}
+	case errors.Is(err, quotastack.ErrNotFound) && errors.As(err, &apiErr) && strings.HasSuffix(apiErr.Type, "customer-not-found"):
+		// A gate that reports an unknown customer as an error: the same
+		// answer as the no_account denial.
+		return denialRefusal(Decision{Reason: ReasonNoAccount, Err: err})
+	case errors.Is(err, quotastack.ErrIdempotencyConflict):
+		ref.Status, ref.Body = http.StatusConflict, Denial{Show: "error", Error: "conflict"}
+	case unreachable(err):
+		ref.Status, ref.Body = http.StatusServiceUnavailable, Denial{Show: "retry", Error: "billing_unavailable"}
+		if errors.As(err, &apiErr) {
+			ref.RetryAfter = apiErr.RetryAfter
+		}
+	default: // a definite answer that is our (the tenant's) mistake: key, metric, rule
+		ref.Status, ref.Body = http.StatusInternalServerError, Denial{Show: "error", Error: "billing_misconfigured"}
+	}
+	return ref
+}
+
+// unreachable reports whether QuotaStack could not answer: no HTTP answer, a
+// 5xx, a 429 after retries, or a response that could not be read.
+func unreachable(err error) bool {
+	var reqErr *quotastack.RequestError
+	return errors.As(err, &reqErr) || errors.Is(err, quotastack.ErrServer) ||
+		errors.Is(err, quotastack.ErrRateLimited) || errors.Is(err, quotastack.ErrUnexpectedResponse) ||
+		errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled)
+}
+
+// retrySoon is the Retry-After of denials worth retrying.
+const retrySoon = time.Second
+
+func denialRefusal(d Decision) Refusal {
+	ref := Refusal{Decision: d, Body: Denial{Reason: d.Reason}}
+	switch d.Reason {
+	case ReasonEmptyWallet, ReasonPurchaseLimit, ReasonNoAccount:
+		ref.Status, ref.Body.Show = http.StatusPaymentRequired, "paywall"
+	case ReasonPlanExpired, ReasonAutoBuySuspended, ReasonActionTooLarge:
+		ref.Status, ref.Body.Show = http.StatusPaymentRequired, "plan_picker"
+	case ReasonInsufficientCredits, ReasonPurchaseUnavailable:
+		ref.Status, ref.Body.Show, ref.RetryAfter = http.StatusTooManyRequests, "retry", retrySoon
+	case ReasonUnavailable:
+		ref.Status, ref.Body.Show = http.StatusServiceUnavailable, "retry"
+		var apiErr *quotastack.APIError
+		if errors.As(d.Err, &apiErr) {
+			ref.RetryAfter = apiErr.RetryAfter
+		}
+	case ReasonEntitlementFailedAfterPurchase:
+		ref.Status, ref.Body.Show = http.StatusInternalServerError, "error"
+	default: // a reason newer than this code
+		if d.Reason.Final() {
+			ref.Status, ref.Body.Show = http.StatusPaymentRequired, "paywall"
+		} else {
+			ref.Status, ref.Body.Show, ref.RetryAfter = http.StatusTooManyRequests, "retry", retrySoon
+		}
+	}
+	return ref
+}
+
+func writeRefusal(w http.ResponseWriter, _ *http.Request, ref Refusal) {
+	if ref.RetryAfter > 0 {
+		secs := int64((ref.RetryAfter + time.Second - 1) / time.Second)
+		w.Header().Set("Retry-After", strconv.FormatInt(secs, 10))
+	}
+	writeJSON(w, ref.Status, ref.Body)
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
