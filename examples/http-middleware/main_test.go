@@ -12,7 +12,7 @@ import (
 func TestStory(t *testing.T) {
 	t.Parallel()
 	var out bytes.Buffer
-	require.NoError(t, run(context.Background(), &out, func(string) string { return "" }))
+	require.NoError(t, run(context.Background(), &out, func(string) string { return "" }, false))
 	for _, want := range []string{
 		"Using the embedded fake QuotaStack",
 		"bob: used up the plan credits (50 messages).",
