@@ -67,6 +67,7 @@ type Refusal struct {
 type MiddlewareOption func(*middlewareConfig)
 
 type middlewareConfig struct {
+	gate       GateFunc
 	twoPhase   bool
 	holdTTL    time.Duration
 	refuse     func(w http.ResponseWriter, r *http.Request, ref Refusal)
@@ -82,6 +83,15 @@ type middlewareConfig struct {
 func TwoPhase(ttl time.Duration) MiddlewareOption {
 	return func(c *middlewareConfig) { c.twoPhase, c.holdTTL = true, ttl }
 }
+
+// GateFunc has the signature of Gatekeeper.Gate.
+type GateFunc func(ctx context.Context, customer quotastack.Customer, metric string, opts ...GateOption) (Decision, error)
+
+// GateWith makes the middleware gate through fn instead of calling the
+// Gatekeeper's Gate directly, e.g. a tracing wrapper's Gate method
+// (otelquotastack.GateTracer). fn must call the same Gatekeeper: two-phase
+// holds are settled through its client.
+func GateWith(fn GateFunc) MiddlewareOption { return func(c *middlewareConfig) { c.gate = fn } }
 
 // OnRefusal replaces how a refused request is answered (the default writes
 // ref.Status, Retry-After and ref.Body as JSON). Use it to shape the 402/503
@@ -115,7 +125,7 @@ func OnSettle(fn func(r *http.Request, d Decision, committed bool, err error)) M
 //   - 409: the event id was used before for another action.
 //   - 400: the ActionFunc's error (or its HTTPStatus), or an invalid Action.
 func Middleware(g *Gatekeeper, action ActionFunc, opts ...MiddlewareOption) func(http.Handler) http.Handler {
-	cfg := middlewareConfig{refuse: writeRefusal, settleTime: quotastack.DefaultTimeout}
+	cfg := middlewareConfig{gate: g.Gate, refuse: writeRefusal, settleTime: quotastack.DefaultTimeout}
 	for _, o := range opts {
 		o(&cfg)
 	}
@@ -136,7 +146,7 @@ func Middleware(g *Gatekeeper, action ActionFunc, opts ...MiddlewareOption) func
 			if cfg.twoPhase {
 				gopts = append(gopts, WithReservation(cfg.holdTTL))
 			}
-			d, err := g.Gate(r.Context(), a.Customer, a.Metric, gopts...)
+			d, err := cfg.gate(r.Context(), a.Customer, a.Metric, gopts...)
 			if err != nil {
 				cfg.refuse(w, r, errorRefusal(err))
 				return
