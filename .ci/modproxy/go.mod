@@ -1,0 +1,5 @@
+module modproxy // CI tooling, never imported
+
+go 1.25.0
+
+require golang.org/x/mod v0.40.0
