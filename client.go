@@ -1,6 +1,3 @@
-// Package quotastack is the Go client of QuotaStack, a credit-native billing
-// API: entitlement checks, balances, usage events and topups. Amounts are
-// int64 millicredits (1 credit = 1,000 mc). A Client is safe for concurrent use.
 package quotastack
 
 import (
