@@ -1,8 +1,10 @@
 // Command http-middleware serves a /chat endpoint gated by
 // autobuy.Middleware: each request is checked (and a plan auto-bought from
 // the wallet when the plan credits have run out) before the handler runs, and
-// a denied request gets 402 with what the front end should show. The example
-// sends a few requests to itself. It runs on an embedded fake QuotaStack, or
+// a denied request gets 402 with what the front end should show. It runs in
+// two-phase mode: the credits are held before the handler runs and charged
+// only when it answers below 400, so a failed reply costs nothing. The
+// example sends a few requests to itself. It runs on an embedded fake QuotaStack, or
 // on a real one when QUOTASTACK_API_KEY is set (a qs_test_
 // key: it refuses a live one).
 package main
@@ -73,25 +75,35 @@ func run(ctx context.Context, out io.Writer, getenv func(string) string, replace
 		return autobuy.Action{Customer: c, Metric: "chat_message", EventID: c.ID() + ":" + r.Header.Get("X-Message-Id")}, nil
 	}
 	mux := http.NewServeMux()
-	mux.Handle("POST /chat", autobuy.Middleware(gate, action)(http.HandlerFunc(chat)))
+	// TwoPhase: hold the credits, run chat, commit when it answers < 400,
+	// release when it fails (or panics).
+	mux.Handle("POST /chat", autobuy.Middleware(gate, action, autobuy.TwoPhase(time.Minute))(http.HandlerFunc(chat)))
 	srv := httptest.NewServer(mux)
 	defer srv.Close()
 	env.Printf("\n== Requests to POST %s/chat ==\n", srv.URL)
 
-	for _, rq := range []struct{ user, msgID, who string }{
-		{"alice", "m1", "has plan credits"},
-		{"bob", "m1", "used up his plan, wallet full"},
-		{"carol", "m1", "has an empty wallet"},
-		{"dave", "m1", "turned auto-buy off"},
+	for _, rq := range []struct {
+		user, msgID, who string
+		modelDown        bool
+	}{
+		{"alice", "m1", "has plan credits", false},
+		{"alice", "m2", "the model fails: the hold is released", true},
+		{"bob", "m1", "used up his plan, wallet full", false},
+		{"carol", "m1", "has an empty wallet", false},
+		{"dave", "m1", "turned auto-buy off", false},
 	} {
-		env.Printf("%s (%s):\n", rq.user, rq.who)
-		status, body, err := send(ctx, srv.URL+"/chat", rq.user, rq.msgID)
+		env.Printf("%s %s (%s):\n", rq.user, rq.msgID, rq.who)
+		status, body, err := send(ctx, srv.URL+"/chat", rq.user, rq.msgID, rq.modelDown)
 		if err != nil {
 			return err
 		}
 		env.Printf("  %d %s %s\n", status, http.StatusText(status), body)
 	}
 
+	env.Printf("\n== Alice's ledger: m1 was charged, the failed m2 was not ==\n")
+	if err := env.printLedger(ctx, env.customer("alice")); err != nil {
+		return err
+	}
 	env.Printf("\n== Bob's ledger: the auto-bought plan paid for his message ==\n")
 	return env.printLedger(ctx, env.customer("bob"))
 }
@@ -99,6 +111,10 @@ func run(ctx context.Context, out io.Writer, getenv func(string) string, replace
 // chat is the paid action. It runs only for allowed requests; the gate's
 // decision is in the request context.
 func chat(w http.ResponseWriter, r *http.Request) {
+	if r.Header.Get("X-Model") == "down" {
+		http.Error(w, "the model is unavailable", http.StatusBadGateway)
+		return
+	}
 	d, _ := autobuy.DecisionFrom(r.Context())
 	resp := struct {
 		Reply     string         `json:"reply"`
@@ -113,13 +129,16 @@ func chat(w http.ResponseWriter, r *http.Request) {
 }
 
 // send posts one chat message as user and returns the status and body.
-func send(ctx context.Context, url, user, msgID string) (int, string, error) {
+func send(ctx context.Context, url, user, msgID string, modelDown bool) (int, string, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, nil)
 	if err != nil {
 		return 0, "", err
 	}
 	req.Header.Set("X-User", user)
 	req.Header.Set("X-Message-Id", msgID)
+	if modelDown {
+		req.Header.Set("X-Model", "down") // a stand-in for a failing model
+	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return 0, "", err
