@@ -223,6 +223,15 @@ func (s *statusWriter) status() int {
 	return s.code
 }
 
+// Flush sends buffered data (a streamed reply), for handlers that assert
+// http.Flusher; it implies status 200 when none was written.
+func (s *statusWriter) Flush() {
+	if s.code == 0 {
+		s.code = http.StatusOK
+	}
+	_ = http.NewResponseController(s.ResponseWriter).Flush()
+}
+
 // Unwrap lets http.ResponseController reach Flush, deadlines and hijacking.
 func (s *statusWriter) Unwrap() http.ResponseWriter { return s.ResponseWriter }
 

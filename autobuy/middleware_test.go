@@ -67,6 +67,12 @@ func TestMiddlewareTwoPhaseChargesOnlyForWorkDone(t *testing.T) {
 			w.WriteHeader(http.StatusInternalServerError)
 			_, _ = io.WriteString(w, "model failed")
 		}, false, false},
+		{"streamed", func(w http.ResponseWriter, _ *http.Request) {
+			f, ok := w.(http.Flusher)
+			require.True(t, ok, "a streaming handler can flush")
+			_, _ = io.WriteString(w, "data: hi\n\n")
+			f.Flush()
+		}, true, false},
 		{"panic", func(http.ResponseWriter, *http.Request) { panic("model crashed") }, false, true},
 		{"abort", func(http.ResponseWriter, *http.Request) { panic(http.ErrAbortHandler) }, false, true},
 	}
