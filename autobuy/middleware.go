@@ -41,7 +41,8 @@ type Denial struct {
 	// Reason is the gate's reason; "" when the gate returned an error.
 	Reason Reason `json:"reason,omitempty"`
 	// Show tells the front end what to show: "paywall" (pay to go on),
-	// "plan_picker" (choose a plan), "retry" (try again shortly) or "error"
+	// "plan_picker" (choose a plan), "retry" (try again shortly),
+	// "purchase_review" (support is checking the last purchase) or "error"
 	// (nothing the user can do).
 	Show string `json:"show"`
 	// Error names an error class when there is no reason: "bad_request",
@@ -296,6 +297,9 @@ func denialRefusal(d Decision) Refusal {
 		}
 	case ReasonEntitlementFailedAfterPurchase:
 		ref.Status, ref.Body.Show = http.StatusInternalServerError, "error"
+	case ReasonPurchaseInReview:
+		// Not the customer's to fix, not an outage: support has the case.
+		ref.Status, ref.Body.Show = http.StatusConflict, "purchase_review"
 	default: // a reason newer than this code
 		if d.Reason.Final() {
 			ref.Status, ref.Body.Show = http.StatusPaymentRequired, "paywall"

@@ -28,6 +28,7 @@ func TestDenialStatusForEveryReason(t *testing.T) {
 		{ReasonPurchaseUnavailable, http.StatusTooManyRequests, "retry", time.Second},
 		{ReasonUnavailable, http.StatusServiceUnavailable, "retry", 0},
 		{ReasonEntitlementFailedAfterPurchase, http.StatusInternalServerError, "error", 0},
+		{ReasonPurchaseInReview, http.StatusConflict, "purchase_review", 0},
 		{Reason("some_final_reason_of_the_future"), http.StatusPaymentRequired, "paywall", 0},
 	}
 	for _, tt := range tests {
