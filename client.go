@@ -110,7 +110,8 @@ func NewClient(apiKey string, opts ...Option) (*Client, error) {
 	if c.transport == nil {
 		c.transport = defaultTransport()
 	}
-	hc.Transport = &attemptTransport{base: c.transport, timeout: cfg.attemptTimeout}
+	hc.Transport = &pacedTransport{gate: newRateGate(&cfg, base.Hostname()),
+		next: &attemptTransport{base: c.transport, timeout: cfg.attemptTimeout}}
 	// Never follow a redirect: the API doesn't send them, and following one
 	// could carry the X-API-Key header to another host.
 	hc.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
@@ -422,13 +423,13 @@ func (c *Client) checkRetry(ctx context.Context, resp *http.Response, err error)
 		return false, nil
 	}
 	if err != nil {
-		if errors.Is(err, errBodyTooLarge) || errors.Is(err, errUpgrade) {
-			return false, nil // the next answer would be the same
+		if errors.Is(err, errBodyTooLarge) || errors.Is(err, errUpgrade) || errors.As(err, new(*RateLimitError)) {
+			return false, nil // the next answer would be the same; a rate-limit refusal is already final
 		}
 		return retryablehttp.DefaultRetryPolicy(ctx, nil, err)
 	}
-	if d, ok := retry.RetryAfter(resp, time.Now()); ok && d > c.cfg.waitMax {
-		// Not worth waiting for: the caller gets ErrRateLimited with the wait.
+	if d, ok := retry.RetryAfter(resp, time.Now()); ok && (d > c.cfg.waitMax || !retryFits(ctx, d)) {
+		// Not worth (or too late for) waiting: the caller gets ErrRateLimited with the wait.
 		return false, nil
 	}
 	return retry.RetryableStatus(resp.StatusCode), nil

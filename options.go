@@ -33,6 +33,8 @@ type config struct {
 	logger         *slog.Logger
 	userAgent      string
 	allowInsecure  bool
+	pacer          Pacer // ratelimit.go
+	paceSet        bool
 }
 
 // WithBaseURL sets the API root, e.g. "https://api.quotastack.io" (the /v1

@@ -4,11 +4,16 @@ import (
 	quotastack "github.com/quotastack/quotastack-go"
 )
 
-// Client returns a *quotastack.Client wired to this server (its URL and API key), with opts
-// applied after those. It panics only if quotastack.NewClient fails, which cannot happen for
+// Client returns a *quotastack.Client wired to this server (its URL and API key) and, when the
+// server's rate limit is on, paced to it (quotastack.WithRateBudget, as a client of the real
+// API is paced to the documented limit), with opts applied after those. It panics only if quotastack.NewClient fails, which cannot happen for
 // the server's loopback URL and key unless opts are invalid.
 func (s *Server) Client(opts ...quotastack.Option) *quotastack.Client {
-	all := append([]quotastack.Option{quotastack.WithBaseURL(s.URL)}, opts...)
+	all := []quotastack.Option{quotastack.WithBaseURL(s.URL)}
+	if n, per := s.RateLimit(); n > 0 {
+		all = append(all, quotastack.WithRateBudget(n, per))
+	}
+	all = append(all, opts...)
 	c, err := quotastack.NewClient(s.APIKey, all...)
 	if err != nil {
 		panic("quotastacktest: " + err.Error())

@@ -151,6 +151,13 @@ func (s *Server) SetBurnOrder(o BurnOrder) {
 // WithRateLimit), forgetting the requests admitted so far; n <= 0 turns it off.
 func (s *Server) SetRateLimit(n int, per time.Duration) { s.limit.set(n, per) }
 
+// RateLimit returns the token bucket's size and period; n is 0 when rate limiting is off.
+func (s *Server) RateLimit() (n int, per time.Duration) {
+	s.limit.mu.Lock()
+	defer s.limit.mu.Unlock()
+	return s.limit.n, s.limit.per
+}
+
 // ConnectionsOpened returns how many TCP connections the server has accepted.
 func (s *Server) ConnectionsOpened() int64 { return s.conns.Load() }
 

@@ -1,0 +1,252 @@
+package quotastack
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"net/http"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/time/rate"
+
+	"github.com/quotastack/quotastack-go/internal/retry"
+)
+
+// The tenant's documented rate limit: 100 requests per 60 s, one bucket for
+// every endpoint. A client of the documented API host (*.quotastack.io)
+// paces itself to it unless WithRateBudget says otherwise.
+const (
+	DefaultRateBudget = 100
+	DefaultRatePeriod = 60 * time.Second
+)
+
+// MaxRatePause is the longest a 429's Retry-After pauses the client: the
+// documented window is 60 s, so a longer value is a server error, and a
+// hostile one must not stop the client for good.
+const MaxRatePause = 60 * time.Second
+
+// WithRateBudget paces the client to n requests per period (every HTTP
+// attempt counts, retries included), shared by all its callers: a call waits
+// its turn, or fails at once with ErrRateLimited when its deadline can't
+// cover the wait. The first 90% of n may go at once; then one request every
+// period/n. n <= 0 turns pacing off (429 answers still pause the client).
+// Without this option a client of *.quotastack.io uses the documented 100
+// per 60 s and a client of any other host (a fake, a proxy) is not paced.
+func WithRateBudget(n int, per time.Duration) Option {
+	return func(c *config) {
+		c.pacer, c.paceSet = nil, true
+		if n > 0 && per > 0 {
+			c.pacer = NewLocalPacer(n, per)
+		}
+	}
+}
+
+// WithPacer paces the client's requests with p instead of a local budget,
+// e.g. a budget shared by the replicas of a service through Redis
+// (autobuy/redislock.NewPacer). nil turns pacing off.
+func WithPacer(p Pacer) Option { return func(c *config) { c.pacer, c.paceSet = p, true } }
+
+// Pacer hands out request slots. Reserve is called before every HTTP attempt
+// (concurrently, by all the callers of a client); it claims a slot and
+// returns how long to wait before using it. When the slot would come after
+// deadline (zero: no deadline) it claims nothing and returns ok false with
+// the wait. An error means the pacer itself failed; the attempt is not sent.
+type Pacer interface {
+	Reserve(ctx context.Context, deadline time.Time) (wait time.Duration, ok bool, err error)
+}
+
+// drainer is a Pacer that can forget the slots it has saved up, which the
+// client does when the server answers 429: the server's bucket is empty.
+type drainer interface{ drain(now time.Time) }
+
+// LocalPacer is a token bucket in this process (golang.org/x/time/rate):
+// burst 90% of n, refilled at n per period. Safe for concurrent use.
+type LocalPacer struct{ lim *rate.Limiter }
+
+// NewLocalPacer returns a pacer of n requests per period; the tenth held back
+// from the burst absorbs other traffic and timing noise, so that the
+// server's bucket, refilled at the same rate, is never the first to run dry.
+func NewLocalPacer(n int, per time.Duration) *LocalPacer {
+	burst := max(n-n/10, 1)
+	return &LocalPacer{lim: rate.NewLimiter(rate.Every(per/time.Duration(n)), burst)}
+}
+
+// Reserve implements Pacer.
+func (p *LocalPacer) Reserve(_ context.Context, deadline time.Time) (time.Duration, bool, error) {
+	now := time.Now()
+	if p.lim.AllowN(now, 1) {
+		return 0, true, nil
+	}
+	r := p.lim.ReserveN(now, 1)
+	if !r.OK() {
+		return 0, false, nil
+	}
+	d := r.DelayFrom(now)
+	if !deadline.IsZero() && now.Add(d).After(deadline) {
+		r.CancelAt(now)
+		return d, false, nil
+	}
+	return d, true, nil
+}
+
+func (p *LocalPacer) drain(now time.Time) {
+	if n := int(p.lim.TokensAt(now)); n > 0 {
+		p.lim.ReserveN(now, n)
+	}
+}
+
+// RateLimitError is a call the client did not send because the tenant's rate
+// limit would hold it past its deadline: the server asked for a pause (429
+// with Retry-After) or the client's budget has no slot in time. It matches
+// ErrRateLimited; Wait is how long the call would have had to wait.
+type RateLimitError struct {
+	Wait   time.Duration
+	Reason string // "paused" (after a 429) or "budget"
+}
+
+func (e *RateLimitError) Error() string {
+	return fmt.Sprintf("quotastack: rate limited: %s wait of %s exceeds the call's deadline", e.Reason, e.Wait.Round(time.Millisecond))
+}
+
+// Is makes errors.Is(err, ErrRateLimited) true.
+func (e *RateLimitError) Is(target error) bool { return target == ErrRateLimited }
+
+// rateGate is the client-wide view of the rate limit: the pause a 429 asked
+// for and the pacer's budget. Every attempt of every call goes through it.
+type rateGate struct {
+	until   atomic.Int64 // unix nanoseconds: no request before this
+	spread  atomic.Int64 // nanoseconds: each waiter wakes at until + rand[0, spread)
+	pacer   Pacer
+	minWait time.Duration // pause after a 429 without a usable Retry-After
+}
+
+// pacedTransport waits at the client's rate gate before each attempt and
+// learns the pause from each 429.
+type pacedTransport struct {
+	next http.RoundTripper
+	gate *rateGate
+}
+
+func (t *pacedTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	if err := t.gate.wait(req.Context()); err != nil {
+		return nil, err
+	}
+	resp, err := t.next.RoundTrip(req)
+	if err == nil && resp.StatusCode == http.StatusTooManyRequests {
+		t.gate.pause(resp)
+	}
+	return resp, err
+}
+
+// newRateGate builds the gate of a client: the configured pacer, else the
+// documented budget for the documented host, else none.
+func newRateGate(cfg *config, host string) *rateGate {
+	g := &rateGate{pacer: cfg.pacer, minWait: cfg.waitMin}
+	if !cfg.paceSet && isQuotaStackHost(host) {
+		g.pacer = NewLocalPacer(DefaultRateBudget, DefaultRatePeriod)
+	}
+	return g
+}
+
+func isQuotaStackHost(host string) bool {
+	host = strings.ToLower(strings.TrimSuffix(host, "."))
+	return host == "quotastack.io" || strings.HasSuffix(host, ".quotastack.io")
+}
+
+// pause makes every caller wait for the Retry-After of a 429 (capped at
+// MaxRatePause), and empties the pacer's saved-up slots.
+func (g *rateGate) pause(resp *http.Response) {
+	now := time.Now()
+	if dr, ok := g.pacer.(drainer); ok {
+		dr.drain(now)
+	}
+	d, ok := retry.RetryAfter(resp, now)
+	switch {
+	case !ok:
+		d = g.minWait
+	case d <= 0:
+		return // "retry now"
+	}
+	d = min(d, MaxRatePause)
+	// Waiters spread their wake-up over a tenth of the pause (10 ms to 1 s),
+	// so they don't return as one wave.
+	spread := min(max(d/10, 10*time.Millisecond), time.Second)
+	end := now.Add(d).UnixNano()
+	for {
+		cur := g.until.Load()
+		if end <= cur || g.until.CompareAndSwap(cur, end) {
+			break
+		}
+	}
+	g.spread.Store(int64(spread))
+}
+
+// wait holds an attempt until the pause is over and the pacer grants a slot,
+// or fails at once with a *RateLimitError when ctx's deadline comes first.
+func (g *rateGate) wait(ctx context.Context) error {
+	deadline, _ := ctx.Deadline()
+	if err := g.waitPause(ctx, deadline); err != nil {
+		return err
+	}
+	if g.pacer == nil {
+		return nil
+	}
+	d, ok, err := g.pacer.Reserve(ctx, deadline)
+	switch {
+	case err != nil:
+		return fmt.Errorf("rate pacer: %w", err)
+	case !ok:
+		return &RateLimitError{Wait: d, Reason: "budget"}
+	case d > 0:
+		if err := sleep(ctx, d); err != nil {
+			return err
+		}
+		// A 429 may have paused the client meanwhile: the slot is kept, the pause honoured.
+		return g.waitPause(ctx, deadline)
+	}
+	return nil
+}
+
+func (g *rateGate) waitPause(ctx context.Context, deadline time.Time) error {
+	for {
+		until := g.until.Load()
+		now := time.Now()
+		left := time.Duration(until - now.UnixNano())
+		if left <= 0 {
+			return nil
+		}
+		if !deadline.IsZero() && deadline.Sub(now) < left {
+			return &RateLimitError{Wait: left, Reason: "paused"}
+		}
+		if s := g.spread.Load(); s > 0 {
+			left += time.Duration(rand.Int64N(s)) //nolint:gosec // jitter, not a secret
+		}
+		if !deadline.IsZero() {
+			left = min(left, deadline.Sub(now))
+		}
+		if err := sleep(ctx, left); err != nil {
+			return err
+		}
+	}
+}
+
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+// retryFits reports whether a retry after the server's wait d can still be
+// sent before ctx's deadline; a 429 that can't be waited for ends the call
+// at once.
+func retryFits(ctx context.Context, d time.Duration) bool {
+	deadline, ok := ctx.Deadline()
+	return !ok || time.Until(deadline) > d
+}

@@ -1,0 +1,257 @@
+package quotastack_test
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/quotastack/quotastack-go"
+)
+
+// scriptedTransport answers each request with the next scripted status (200
+// when the script runs out) and records when each request arrived.
+type scriptedTransport struct {
+	mu         sync.Mutex
+	script     []int
+	retryAfter string
+	arrivals   []time.Time
+}
+
+func (s *scriptedTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	if req.Body != nil {
+		_, _ = io.Copy(io.Discard, req.Body)
+		_ = req.Body.Close()
+	}
+	s.mu.Lock()
+	s.arrivals = append(s.arrivals, time.Now())
+	status := http.StatusOK
+	if len(s.script) > 0 {
+		status, s.script = s.script[0], s.script[1:]
+	}
+	s.mu.Unlock()
+	h := http.Header{"Content-Type": {"application/json"}}
+	body := `{"allowed":true}`
+	if status == http.StatusTooManyRequests {
+		h.Set("Content-Type", "application/problem+json")
+		h.Set("Retry-After", s.retryAfter)
+		body = `{"type":"https://quotastack.io/errors/rate-limited","title":"Rate limited","status":429}`
+	}
+	return &http.Response{StatusCode: status, Header: h, Body: io.NopCloser(strings.NewReader(body)), Request: req}, nil
+}
+
+func (s *scriptedTransport) count() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.arrivals)
+}
+
+func (s *scriptedTransport) times() []time.Time {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]time.Time(nil), s.arrivals...)
+}
+
+func pacedClient(t *testing.T, base string, tr http.RoundTripper, opts ...quotastack.Option) *quotastack.Client {
+	t.Helper()
+	c, err := quotastack.NewClient(testKey, append([]quotastack.Option{quotastack.WithBaseURL(base),
+		quotastack.WithTransport(tr), quotastack.WithRetry(4, time.Millisecond, 5*time.Second)}, opts...)...)
+	require.NoError(t, err)
+	return c
+}
+
+func checkCall(ctx context.Context, c *quotastack.Client) error {
+	_, err := c.Check(ctx, quotastack.ExternalID("u1"), "chat_message", 1)
+	return err
+}
+
+// A 429 pauses every caller of the client, not only the one that got it: no
+// request reaches the server before the Retry-After has passed.
+func TestRateLimit429PausesEveryCaller(t *testing.T) {
+	t.Parallel()
+	tr := &scriptedTransport{script: []int{429}, retryAfter: "1"}
+	c := pacedClient(t, baseURL, tr)
+	require.NoError(t, checkCall(context.Background(), c)) // 429, then a retry after the pause
+
+	var wg sync.WaitGroup
+	errs := make([]error, 8)
+	for i := range errs {
+		wg.Go(func() { errs[i] = checkCall(context.Background(), c) })
+	}
+	wg.Wait()
+	for _, err := range errs {
+		require.NoError(t, err)
+	}
+	times := tr.times()
+	require.Len(t, times, 10)
+	for i, at := range times[1:] {
+		assert.GreaterOrEqual(t, at.Sub(times[0]), time.Second, "request %d came inside the pause", i+1)
+	}
+}
+
+// A call whose deadline ends before the pause does fails at once with
+// ErrRateLimited carrying the wait, and sends nothing.
+func TestRateLimitPauseLongerThanTheDeadlineFailsAtOnce(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name, retryAfter string
+		wantMin, wantMax time.Duration
+	}{
+		{"seconds", "30", 29 * time.Second, 30 * time.Second},
+		{"hostile value capped", "999999999", 59 * time.Second, quotastack.MaxRatePause},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			tr := &scriptedTransport{script: []int{429}, retryAfter: tc.retryAfter}
+			c := pacedClient(t, baseURL, tr)
+			err := checkCall(context.Background(), c)
+			var apiErr *quotastack.APIError
+			require.ErrorAs(t, err, &apiErr, "a Retry-After above the retry cap is not waited for")
+			assert.Equal(t, 1, apiErr.Attempts)
+
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			defer cancel()
+			err = checkCall(ctx, c)
+			require.ErrorIs(t, err, quotastack.ErrRateLimited)
+			var rl *quotastack.RateLimitError
+			require.ErrorAs(t, err, &rl)
+			assert.Equal(t, "paused", rl.Reason)
+			assert.GreaterOrEqual(t, rl.Wait, tc.wantMin)
+			assert.LessOrEqual(t, rl.Wait, tc.wantMax)
+			assert.NoError(t, ctx.Err(), "failed at once, not at the deadline")
+			assert.Equal(t, 1, tr.count(), "nothing sent during the pause")
+			assert.NotContains(t, err.Error(), testKey)
+		})
+	}
+}
+
+// A 429 whose Retry-After the call's deadline can't cover is not retried.
+func TestRateLimit429NotRetriedPastTheDeadline(t *testing.T) {
+	t.Parallel()
+	tr := &scriptedTransport{script: []int{429}, retryAfter: "3"}
+	c := pacedClient(t, baseURL, tr)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	err := checkCall(ctx, c)
+	var apiErr *quotastack.APIError
+	require.ErrorAs(t, err, &apiErr)
+	require.ErrorIs(t, err, quotastack.ErrRateLimited)
+	assert.Equal(t, 3*time.Second, apiErr.RetryAfter)
+	assert.Equal(t, 1, apiErr.Attempts)
+	assert.NoError(t, ctx.Err())
+}
+
+// The budget lets 90% of n through at once, then paces; a call whose slot
+// comes after its deadline fails at once and gives its slot back.
+func TestRateBudget(t *testing.T) {
+	t.Parallel()
+	tr := &scriptedTransport{}
+	c := pacedClient(t, baseURL, tr, quotastack.WithRateBudget(10, time.Hour))
+	for range 9 {
+		require.NoError(t, checkCall(context.Background(), c))
+	}
+	for range 3 {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		err := checkCall(ctx, c)
+		cancel()
+		var rl *quotastack.RateLimitError
+		require.ErrorAs(t, err, &rl)
+		require.ErrorIs(t, err, quotastack.ErrRateLimited)
+		assert.Equal(t, "budget", rl.Reason)
+		// One slot every 6 minutes; refused callers don't take slots, so the wait doesn't grow.
+		assert.InDelta(t, float64(6*time.Minute), float64(rl.Wait), float64(time.Second))
+		var reqErr *quotastack.RequestError
+		require.ErrorAs(t, err, &reqErr, "no answer from QuotaStack: a fallback may apply")
+	}
+	assert.Equal(t, 9, tr.count())
+}
+
+// Paced calls are spaced by period/n once the burst is spent.
+func TestRateBudgetPaces(t *testing.T) {
+	t.Parallel()
+	tr := &scriptedTransport{}
+	c := pacedClient(t, baseURL, tr, quotastack.WithRateBudget(20, time.Second)) // burst 18, then every 50 ms
+	var wg sync.WaitGroup
+	errs := make([]error, 24)
+	for i := range errs {
+		wg.Go(func() { errs[i] = checkCall(context.Background(), c) })
+	}
+	wg.Wait()
+	for _, err := range errs {
+		require.NoError(t, err)
+	}
+	times := tr.times()
+	require.Len(t, times, 24)
+	// 24 requests with a burst of 18 take at least 6 intervals of 50 ms.
+	assert.GreaterOrEqual(t, times[23].Sub(times[0]), 6*50*time.Millisecond-5*time.Millisecond)
+}
+
+// The documented budget applies to the documented host only, unless set.
+func TestRateBudgetDefaults(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name, base string
+		opts       []quotastack.Option
+		paced      bool
+	}{
+		{"api.quotastack.io", quotastack.DefaultBaseURL, nil, true},
+		{"other quotastack.io host", "https://eu.api.quotastack.io", nil, true},
+		{"turned off", quotastack.DefaultBaseURL, []quotastack.Option{quotastack.WithRateBudget(0, 0)}, false},
+		{"another host", baseURL, nil, false},
+		{"set for another host", baseURL, []quotastack.Option{quotastack.WithRateBudget(100, time.Minute)}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			tr := &scriptedTransport{}
+			c := pacedClient(t, tc.base, tr, tc.opts...)
+			var limited int
+			for range 120 {
+				ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond) // < one slot (600 ms)
+				err := checkCall(ctx, c)
+				cancel()
+				if errors.Is(err, quotastack.ErrRateLimited) {
+					limited++
+				} else {
+					require.NoError(t, err)
+				}
+			}
+			if tc.paced {
+				// A burst of 90% of 100, then a slot per 600 ms (a slow machine may earn one or two).
+				assert.GreaterOrEqual(t, tr.count(), 90)
+				assert.LessOrEqual(t, tr.count(), 93)
+				assert.Equal(t, 120-tr.count(), limited)
+			} else {
+				assert.Equal(t, 120, tr.count())
+				assert.Zero(t, limited)
+			}
+		})
+	}
+}
+
+// pacerFunc adapts a function to quotastack.Pacer.
+type pacerFunc func(ctx context.Context, deadline time.Time) (time.Duration, bool, error)
+
+func (f pacerFunc) Reserve(ctx context.Context, deadline time.Time) (time.Duration, bool, error) {
+	return f(ctx, deadline)
+}
+
+func TestPacerErrorSendsNothing(t *testing.T) {
+	t.Parallel()
+	tr := &scriptedTransport{}
+	boom := errors.New("pacer store down")
+	c := pacedClient(t, baseURL, tr, quotastack.WithPacer(pacerFunc(func(context.Context, time.Time) (time.Duration, bool, error) {
+		return 0, false, boom
+	})))
+	err := checkCall(context.Background(), c)
+	require.ErrorIs(t, err, boom)
+	var reqErr *quotastack.RequestError
+	require.ErrorAs(t, err, &reqErr)
+	assert.Zero(t, tr.count())
+}
