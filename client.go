@@ -85,7 +85,7 @@ func NewClient(apiKey string, opts ...Option) (*Client, error) {
 		return nil, inputErr("retry", "need 0 < min wait <= max wait")
 	case cfg.attemptTimeout <= 0 || cfg.timeout <= 0:
 		return nil, inputErr("timeout", "timeouts must be positive")
-	case cfg.maxBodyBytes <= 0:
+	case cfg.maxBodyBytes <= 0 || cfg.maxBlocksBody < 0:
 		return nil, inputErr("max body bytes", "must be positive")
 	}
 
@@ -348,7 +348,7 @@ func (c *Client) do(ctx context.Context, method, path, query string, body, out a
 	req.SetResponseHandler(func(resp *http.Response) error {
 		// Read the body inside the retry loop, so a body cut short by a dropped
 		// connection or the attempt timeout is retried like a transport error.
-		st.body, st.readErr = readCapped(resp.Body, c.cfg.maxBodyBytes)
+		st.body, st.readErr = readCapped(resp.Body, c.bodyCap(&cc))
 		return st.readErr
 	})
 
@@ -378,7 +378,7 @@ func (c *Client) do(ctx context.Context, method, path, query string, body, out a
 	defer func() { _ = resp.Body.Close() }()
 	respBody, readErr := st.body, st.readErr
 	if respBody == nil && readErr == nil {
-		respBody, readErr = readCapped(resp.Body, c.cfg.maxBodyBytes)
+		respBody, readErr = readCapped(resp.Body, c.bodyCap(&cc))
 	}
 	meta.StatusCode = resp.StatusCode
 	meta.RequestID = c.red.text(resp.Header.Get("X-Request-Id"))

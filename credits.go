@@ -119,6 +119,31 @@ func (c *Client) BalanceWithBlocks(ctx context.Context, customer Customer, opts 
 	return c.balance(ctx, customer, true, opts)
 }
 
+// DefaultMaxBlocksBodyBytes caps the body of a balance with its blocks: a
+// block is about 200 bytes of JSON, so 16 MiB is some 80,000 blocks, where
+// the general cap (1 MiB) would stop at about 5,300.
+const DefaultMaxBlocksBodyBytes = 16 << 20
+
+// WithMaxBlocksBodyBytes caps how much of a balance-with-blocks response is
+// read (default DefaultMaxBlocksBodyBytes, never below WithMaxBodyBytes's
+// cap); the decoded blocks are bounded by it too.
+func WithMaxBlocksBodyBytes(n int64) Option { return func(c *config) { c.maxBlocksBody = n } }
+
+// bodyCap is the body cap of a call: the general one, or the larger one of
+// the block list.
+func (c *Client) bodyCap(cc *callConfig) int64 {
+	if cc.largeBody {
+		limit := c.cfg.maxBlocksBody
+		if limit == 0 {
+			limit = DefaultMaxBlocksBodyBytes
+		}
+		return max(limit, c.cfg.maxBodyBytes)
+	}
+	return c.cfg.maxBodyBytes
+}
+
+func withLargeBody() CallOption { return func(cc *callConfig) { cc.largeBody = true } }
+
 func (c *Client) balance(ctx context.Context, customer Customer, blocks bool, opts []CallOption) (*Balance, error) {
 	if err := customer.validate(); err != nil {
 		return nil, err
@@ -126,6 +151,7 @@ func (c *Client) balance(ctx context.Context, customer Customer, blocks bool, op
 	q := ""
 	if blocks {
 		q = "include_blocks=true"
+		opts = append(opts[:len(opts):len(opts)], withLargeBody())
 	}
 	var out Balance
 	meta, err := c.do(ctx, http.MethodGet, customer.path()+"/credits", q, nil, &out, opts)

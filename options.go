@@ -35,6 +35,7 @@ type config struct {
 	allowInsecure  bool
 	pacer          Pacer // ratelimit.go
 	paceSet        bool
+	maxBlocksBody  int64 // credits.go
 }
 
 // WithBaseURL sets the API root, e.g. "https://api.quotastack.io" (the /v1
@@ -87,6 +88,7 @@ type callConfig struct {
 	idempotencyKey string
 	timeout        time.Duration
 	header         http.Header
+	largeBody      bool // the body cap is maxBlocksBodyBytes (credits.go)
 }
 
 // WithIdempotencyKey sets the Idempotency-Key of a POST. Use a key derived
