@@ -2,14 +2,13 @@ package quotastack
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net/http"
 	"strings"
 	"sync/atomic"
 	"time"
-
-	"golang.org/x/time/rate"
 
 	"github.com/quotastack/quotastack-go/internal/retry"
 )
@@ -30,8 +29,9 @@ const MaxRatePause = 60 * time.Second
 // WithRateBudget paces the client to n requests per period (every HTTP
 // attempt counts, retries included), shared by all its callers: a call waits
 // its turn, or fails at once with ErrRateLimited when its deadline can't
-// cover the wait. The first 90% of n may go at once; then one request every
-// period/n. n <= 0 turns pacing off (429 answers still pause the client).
+// cover the wait. n/20 requests may go at once, then 90% of n per period,
+// evenly spaced (BudgetShape), so no window of length period holds more than
+// 95% of n. n <= 0 turns pacing off (429 answers still pause the client).
 // Without this option a client of *.quotastack.io uses the documented 100
 // per 60 s and a client of any other host (a fake, a proxy) is not paced.
 func WithRateBudget(n int, per time.Duration) Option {
@@ -48,54 +48,18 @@ func WithRateBudget(n int, per time.Duration) Option {
 // (autobuy/redislock.NewPacer). nil turns pacing off.
 func WithPacer(p Pacer) Option { return func(c *config) { c.pacer, c.paceSet = p, true } }
 
-// Pacer hands out request slots. Reserve is called before every HTTP attempt
-// (concurrently, by all the callers of a client); it claims a slot and
-// returns how long to wait before using it. When the slot would come after
-// deadline (zero: no deadline) it claims nothing and returns ok false with
-// the wait. An error means the pacer itself failed; the attempt is not sent.
+// Pacer hands out request slots; Wait is called before every HTTP attempt
+// by all the callers of a client. It returns nil when the attempt may be
+// sent; a *RateLimitError when the slot would come after ctx's deadline (at
+// once, or as soon as that is known), without sending anything; ctx's
+// error; or an error of the pacer itself (the attempt is not sent).
 type Pacer interface {
-	Reserve(ctx context.Context, deadline time.Time) (wait time.Duration, ok bool, err error)
+	Wait(ctx context.Context) error
 }
 
 // drainer is a Pacer that can forget the slots it has saved up, which the
 // client does when the server answers 429: the server's bucket is empty.
 type drainer interface{ drain(now time.Time) }
-
-// LocalPacer is a token bucket in this process (golang.org/x/time/rate):
-// burst 90% of n, refilled at n per period. Safe for concurrent use.
-type LocalPacer struct{ lim *rate.Limiter }
-
-// NewLocalPacer returns a pacer of n requests per period; the tenth held back
-// from the burst absorbs other traffic and timing noise, so that the
-// server's bucket, refilled at the same rate, is never the first to run dry.
-func NewLocalPacer(n int, per time.Duration) *LocalPacer {
-	burst := max(n-n/10, 1)
-	return &LocalPacer{lim: rate.NewLimiter(rate.Every(per/time.Duration(n)), burst)}
-}
-
-// Reserve implements Pacer.
-func (p *LocalPacer) Reserve(_ context.Context, deadline time.Time) (time.Duration, bool, error) {
-	now := time.Now()
-	if p.lim.AllowN(now, 1) {
-		return 0, true, nil
-	}
-	r := p.lim.ReserveN(now, 1)
-	if !r.OK() {
-		return 0, false, nil
-	}
-	d := r.DelayFrom(now)
-	if !deadline.IsZero() && now.Add(d).After(deadline) {
-		r.CancelAt(now)
-		return d, false, nil
-	}
-	return d, true, nil
-}
-
-func (p *LocalPacer) drain(now time.Time) {
-	if n := int(p.lim.TokensAt(now)); n > 0 {
-		p.lim.ReserveN(now, n)
-	}
-}
 
 // RateLimitError is a call the client did not send because the tenant's rate
 // limit would hold it past its deadline: the server asked for a pause (429
@@ -193,20 +157,15 @@ func (g *rateGate) wait(ctx context.Context) error {
 	if g.pacer == nil {
 		return nil
 	}
-	d, ok, err := g.pacer.Reserve(ctx, deadline)
-	switch {
-	case err != nil:
-		return fmt.Errorf("rate pacer: %w", err)
-	case !ok:
-		return &RateLimitError{Wait: d, Reason: "budget"}
-	case d > 0:
-		if err := sleep(ctx, d); err != nil {
+	if err := g.pacer.Wait(ctx); err != nil {
+		var rl *RateLimitError
+		if errors.As(err, &rl) || ctx.Err() != nil {
 			return err
 		}
-		// A 429 may have paused the client meanwhile: the slot is kept, the pause honoured.
-		return g.waitPause(ctx, deadline)
+		return fmt.Errorf("rate pacer: %w", err)
 	}
-	return nil
+	// A 429 may have paused the client meanwhile: the slot is kept, the pause honoured.
+	return g.waitPause(ctx, deadline)
 }
 
 func (g *rateGate) waitPause(ctx context.Context, deadline time.Time) error {

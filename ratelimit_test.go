@@ -148,15 +148,13 @@ func TestRateLimit429NotRetriedPastTheDeadline(t *testing.T) {
 	assert.NoError(t, ctx.Err())
 }
 
-// The budget lets 90% of n through at once, then paces; a call whose slot
-// comes after its deadline fails at once and gives its slot back.
+// The budget lets n/20 through at once, then paces; a call whose slot
+// comes too late for its deadline fails at once and takes no slot.
 func TestRateBudget(t *testing.T) {
 	t.Parallel()
 	tr := &scriptedTransport{}
 	c := pacedClient(t, baseURL, tr, quotastack.WithRateBudget(10, time.Hour))
-	for range 9 {
-		require.NoError(t, checkCall(context.Background(), c))
-	}
+	require.NoError(t, checkCall(context.Background(), c)) // the burst: max(10/20, 1)
 	for range 3 {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		err := checkCall(ctx, c)
@@ -165,21 +163,21 @@ func TestRateBudget(t *testing.T) {
 		require.ErrorAs(t, err, &rl)
 		require.ErrorIs(t, err, quotastack.ErrRateLimited)
 		assert.Equal(t, "budget", rl.Reason)
-		// One slot every 6 minutes; refused callers don't take slots, so the wait doesn't grow.
-		assert.InDelta(t, float64(6*time.Minute), float64(rl.Wait), float64(time.Second))
+		// One slot per hour/9 (400 s); refused callers take none, so the wait doesn't grow.
+		assert.InDelta(t, float64(400*time.Second), float64(rl.Wait), float64(time.Second))
 		var reqErr *quotastack.RequestError
 		require.ErrorAs(t, err, &reqErr, "no answer from QuotaStack: a fallback may apply")
 	}
-	assert.Equal(t, 9, tr.count())
+	assert.Equal(t, 1, tr.count())
 }
 
 // Paced calls are spaced by period/n once the burst is spent.
 func TestRateBudgetPaces(t *testing.T) {
 	t.Parallel()
 	tr := &scriptedTransport{}
-	c := pacedClient(t, baseURL, tr, quotastack.WithRateBudget(20, time.Second)) // burst 18, then every 50 ms
+	c := pacedClient(t, baseURL, tr, quotastack.WithRateBudget(20, time.Second)) // burst 1, then every 1 s/18
 	var wg sync.WaitGroup
-	errs := make([]error, 24)
+	errs := make([]error, 8)
 	for i := range errs {
 		wg.Go(func() { errs[i] = checkCall(context.Background(), c) })
 	}
@@ -188,9 +186,9 @@ func TestRateBudgetPaces(t *testing.T) {
 		require.NoError(t, err)
 	}
 	times := tr.times()
-	require.Len(t, times, 24)
-	// 24 requests with a burst of 18 take at least 6 intervals of 50 ms.
-	assert.GreaterOrEqual(t, times[23].Sub(times[0]), 6*50*time.Millisecond-5*time.Millisecond)
+	require.Len(t, times, 8)
+	// 8 requests with a burst of 1 take at least 7 intervals of 55 ms.
+	assert.GreaterOrEqual(t, times[7].Sub(times[0]), 7*55*time.Millisecond-5*time.Millisecond)
 }
 
 // The documented budget applies to the documented host only, unless set.
@@ -223,9 +221,9 @@ func TestRateBudgetDefaults(t *testing.T) {
 				}
 			}
 			if tc.paced {
-				// A burst of 90% of 100, then a slot per 600 ms (a slow machine may earn one or two).
-				assert.GreaterOrEqual(t, tr.count(), 90)
-				assert.LessOrEqual(t, tr.count(), 93)
+				// A burst of 5, then a slot per 667 ms, too late for these calls (a slow machine may earn one or two).
+				assert.GreaterOrEqual(t, tr.count(), 5)
+				assert.LessOrEqual(t, tr.count(), 8)
 				assert.Equal(t, 120-tr.count(), limited)
 			} else {
 				assert.Equal(t, 120, tr.count())
@@ -236,19 +234,15 @@ func TestRateBudgetDefaults(t *testing.T) {
 }
 
 // pacerFunc adapts a function to quotastack.Pacer.
-type pacerFunc func(ctx context.Context, deadline time.Time) (time.Duration, bool, error)
+type pacerFunc func(ctx context.Context) error
 
-func (f pacerFunc) Reserve(ctx context.Context, deadline time.Time) (time.Duration, bool, error) {
-	return f(ctx, deadline)
-}
+func (f pacerFunc) Wait(ctx context.Context) error { return f(ctx) }
 
 func TestPacerErrorSendsNothing(t *testing.T) {
 	t.Parallel()
 	tr := &scriptedTransport{}
 	boom := errors.New("pacer store down")
-	c := pacedClient(t, baseURL, tr, quotastack.WithPacer(pacerFunc(func(context.Context, time.Time) (time.Duration, bool, error) {
-		return 0, false, boom
-	})))
+	c := pacedClient(t, baseURL, tr, quotastack.WithPacer(pacerFunc(func(context.Context) error { return boom })))
 	err := checkCall(context.Background(), c)
 	require.ErrorIs(t, err, boom)
 	var reqErr *quotastack.RequestError

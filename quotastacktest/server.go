@@ -151,7 +151,7 @@ func (s *Server) SetBurnOrder(o BurnOrder) {
 // WithRateLimit), forgetting the requests admitted so far; n <= 0 turns it off.
 func (s *Server) SetRateLimit(n int, per time.Duration) { s.limit.set(n, per) }
 
-// RateLimit returns the token bucket's size and period; n is 0 when rate limiting is off.
+// RateLimit returns the limit's requests and window; n is 0 when rate limiting is off.
 func (s *Server) RateLimit() (n int, per time.Duration) {
 	s.limit.mu.Lock()
 	defer s.limit.mu.Unlock()
