@@ -45,7 +45,7 @@ func WithRateBudget(n int, per time.Duration) Option {
 
 // WithPacer paces the client's requests with p instead of a local budget,
 // e.g. a budget shared by the replicas of a service through Redis
-// (autobuy/redislock.NewPacer). nil turns pacing off.
+// (implement Pacer over a shared store). nil turns pacing off.
 func WithPacer(p Pacer) Option { return func(c *config) { c.pacer, c.paceSet = p, true } }
 
 // Pacer hands out request slots; Wait is called before every HTTP attempt
