@@ -156,8 +156,8 @@ func (r *Recorder) Add(ctx context.Context, id string, p UsageParams) error {
 			r.added++
 			r.stats.Added++
 			r.queue = append(r.queue, queuedEvent{id: id, p: p, seq: r.added, at: time.Now()})
-			if len(r.queue) == r.cfg.batch {
-				r.notify()
+			if n := len(r.queue); n == 1 || n == r.cfg.batch {
+				r.notify() // the sender arms its timer, or sends
 			}
 			r.mu.Unlock()
 			return nil
