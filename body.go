@@ -111,7 +111,16 @@ type attemptTransport struct {
 
 func (t *attemptTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	parent := req.Context()
-	ctx, cancel := context.WithTimeout(parent, t.timeout)
+	// One timer per attempt, at the earlier of the attempt timeout and the
+	// call's deadline (which has no context of its own: client.go do).
+	end, callBound := time.Now().Add(t.timeout), false
+	if st, ok := parent.Value(callStateKey{}).(*callState); ok && !st.deadline.IsZero() && !end.Before(st.deadline) {
+		end, callBound = st.deadline, true
+		if !time.Now().Before(end) {
+			return nil, context.DeadlineExceeded
+		}
+	}
+	ctx, cancel := context.WithDeadline(parent, end)
 	resp, err := t.base.RoundTrip(req.WithContext(ctx))
 	if err == nil && resp.StatusCode < 200 {
 		err = refuseInformational(resp)
@@ -121,26 +130,33 @@ func (t *attemptTransport) RoundTrip(req *http.Request) (*http.Response, error) 
 		// transport error would pass for a timeout.
 		timedOut := parent.Err() == nil && errors.Is(ctx.Err(), context.DeadlineExceeded)
 		cancel()
-		if timedOut {
+		switch {
+		case timedOut && callBound:
+			return nil, context.DeadlineExceeded
+		case timedOut:
 			return nil, fmt.Errorf("%w after %s", errAttemptTimeout, t.timeout)
 		}
 		return nil, err
 	}
-	resp.Body = &cancelOnClose{ReadCloser: resp.Body, cancel: cancel, parent: parent, attempt: ctx, timeout: t.timeout}
+	resp.Body = &cancelOnClose{ReadCloser: resp.Body, cancel: cancel, parent: parent, attempt: ctx, timeout: t.timeout, callBound: callBound}
 	return resp, nil
 }
 
 type cancelOnClose struct {
 	io.ReadCloser
-	cancel  context.CancelFunc
-	parent  context.Context
-	attempt context.Context
-	timeout time.Duration
+	cancel    context.CancelFunc
+	parent    context.Context
+	attempt   context.Context
+	timeout   time.Duration
+	callBound bool // the attempt's end is the call's deadline
 }
 
 func (b *cancelOnClose) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
 	if err != nil && !errors.Is(err, io.EOF) && b.parent.Err() == nil && b.attempt.Err() != nil {
+		if b.callBound {
+			return n, context.DeadlineExceeded
+		}
 		err = fmt.Errorf("%w after %s (reading body)", errAttemptTimeout, b.timeout)
 	}
 	return n, err

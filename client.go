@@ -228,6 +228,7 @@ func defaultTransport() *http.Transport {
 type callState struct {
 	safe     bool // a GET or HEAD, or a request with an Idempotency-Key the method class allows retrying
 	attempts int
+	deadline time.Time // the call's: the caller's, WithCallTimeout's or the client's default
 	body     []byte
 	readErr  error
 }
@@ -269,16 +270,10 @@ func (c *Client) do(ctx context.Context, method, path, query string, body, out a
 	if err := ctx.Err(); err != nil {
 		return nil, &RequestError{Method: method, Path: path, Err: err}
 	}
-	switch {
-	case cc.timeout > 0:
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, cc.timeout)
-		defer cancel()
-	case !hasDeadline(ctx):
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, c.cfg.timeout)
-		defer cancel()
-	}
+	// The call's deadline is not a context of its own: each attempt's one
+	// timer ends at the earlier of it and the attempt timeout, and no retry
+	// starts whose backoff could pass it (attemptTransport, checkRetry).
+	deadline := callDeadline(ctx, cc.timeout, c.cfg.timeout)
 
 	var raw []byte
 	if body != nil {
@@ -334,7 +329,7 @@ func (c *Client) do(ctx context.Context, method, path, query string, body, out a
 	u.RawPath = c.base.EscapedPath() + path
 	u.RawQuery = query
 
-	st := &callState{safe: safe}
+	st := &callState{safe: safe, deadline: deadline}
 	ctx = context.WithValue(ctx, callStateKey{}, st)
 	var rawBody any
 	if raw != nil {
@@ -407,9 +402,19 @@ func (c *Client) do(ctx context.Context, method, path, query string, body, out a
 	return meta, nil
 }
 
-func hasDeadline(ctx context.Context) bool {
-	_, ok := ctx.Deadline()
-	return ok
+// callDeadline is the deadline of a call: ctx's, or now plus the call's
+// timeout (WithCallTimeout, else the client's) if that is earlier or ctx has none.
+func callDeadline(ctx context.Context, callTimeout, clientTimeout time.Duration) time.Time {
+	d, ok := ctx.Deadline()
+	switch {
+	case callTimeout > 0:
+		if own := time.Now().Add(callTimeout); !ok || own.Before(d) {
+			return own
+		}
+	case !ok:
+		return time.Now().Add(clientTimeout)
+	}
+	return d
 }
 
 // checkRetry retries transport errors, 429 and 5xx (not 501), and only for
@@ -419,8 +424,15 @@ func (c *Client) checkRetry(ctx context.Context, resp *http.Response, err error)
 	if ctx.Err() != nil {
 		return false, ctx.Err()
 	}
-	if st, _ := ctx.Value(callStateKey{}).(*callState); st == nil || !st.safe {
+	st, _ := ctx.Value(callStateKey{}).(*callState)
+	if st == nil || !st.safe {
 		return false, nil
+	}
+	if !time.Now().Before(st.deadline) {
+		return false, context.DeadlineExceeded
+	}
+	if !st.fits(backoffBound(c.cfg.waitMin, c.cfg.waitMax, st.attempts-1, resp)) {
+		return false, nil // the next attempt could not start before the deadline
 	}
 	if err != nil {
 		if errors.Is(err, errBodyTooLarge) || errors.Is(err, errUpgrade) || errors.As(err, new(*RateLimitError)) {
@@ -428,7 +440,7 @@ func (c *Client) checkRetry(ctx context.Context, resp *http.Response, err error)
 		}
 		return retryablehttp.DefaultRetryPolicy(ctx, nil, err)
 	}
-	if d, ok := retry.RetryAfter(resp, time.Now()); ok && (d > c.cfg.waitMax || !retryFits(ctx, d)) {
+	if d, ok := retry.RetryAfter(resp, time.Now()); ok && (d > c.cfg.waitMax || !st.fits(d)) {
 		// Not worth (or too late for) waiting: the caller gets ErrRateLimited with the wait.
 		return false, nil
 	}

@@ -85,9 +85,11 @@ func (h *waiterHeap) Pop() any {
 func sendMargin(left time.Duration) time.Duration { return left / 2 }
 
 // Wait implements Pacer.
-func (p *LocalPacer) Wait(ctx context.Context) error {
+func (p *LocalPacer) Wait(ctx context.Context, deadline time.Time) error {
 	now := time.Now()
-	deadline, _ := ctx.Deadline()
+	if d, ok := ctx.Deadline(); ok && (deadline.IsZero() || d.Before(deadline)) {
+		deadline = d
+	}
 	var latest time.Time
 	if !deadline.IsZero() {
 		latest = deadline.Add(-sendMargin(deadline.Sub(now)))

@@ -22,13 +22,13 @@ func TestLocalPacerEarliestDeadlineFirst(t *testing.T) {
 	t.Parallel()
 	p := NewLocalPacer(20, time.Second) // burst 1, then a token every 55 ms
 	ctx := context.Background()
-	require.NoError(t, p.Wait(ctx))
+	require.NoError(t, p.Wait(ctx, time.Time{}))
 	order := make(chan string, 3)
 	start := func(name string, timeout time.Duration) {
 		c, cancel := context.WithTimeout(ctx, timeout)
 		go func() {
 			defer cancel()
-			if err := p.Wait(c); err != nil {
+			if err := p.Wait(c, time.Time{}); err != nil {
 				order <- name + ": " + err.Error()
 				return
 			}
@@ -45,12 +45,12 @@ func TestLocalPacerEarliestDeadlineFirst(t *testing.T) {
 
 	// A deadline shorter than the queue ahead of it: refused at once.
 	for range 3 {
-		go func() { _ = p.Wait(ctx) }()
+		go func() { _ = p.Wait(ctx, time.Time{}) }()
 	}
 	require.Eventually(t, func() bool { return p.queued() >= 2 }, 5*time.Second, time.Millisecond)
 	short, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
 	defer cancel()
-	err := p.Wait(short)
+	err := p.Wait(short, time.Time{})
 	var rl *RateLimitError
 	require.True(t, errors.As(err, &rl), "%v", err)
 	assert.Equal(t, "budget", rl.Reason)

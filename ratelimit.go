@@ -49,12 +49,13 @@ func WithRateBudget(n int, per time.Duration) Option {
 func WithPacer(p Pacer) Option { return func(c *config) { c.pacer, c.paceSet = p, true } }
 
 // Pacer hands out request slots; Wait is called before every HTTP attempt
-// by all the callers of a client. It returns nil when the attempt may be
-// sent; a *RateLimitError when the slot would come after ctx's deadline (at
-// once, or as soon as that is known), without sending anything; ctx's
-// error; or an error of the pacer itself (the attempt is not sent).
+// by all the callers of a client, with the call's deadline (zero: none; ctx
+// may also end). It returns nil when the attempt may be sent; a
+// *RateLimitError when the slot would come too late for deadline (at once,
+// or as soon as that is known), without sending anything; ctx's error; or
+// an error of the pacer itself (the attempt is not sent).
 type Pacer interface {
-	Wait(ctx context.Context) error
+	Wait(ctx context.Context, deadline time.Time) error
 }
 
 // drainer is a Pacer that can forget the slots it has saved up, which the
@@ -94,7 +95,14 @@ type pacedTransport struct {
 }
 
 func (t *pacedTransport) RoundTrip(req *http.Request) (*http.Response, error) {
-	if err := t.gate.wait(req.Context()); err != nil {
+	ctx := req.Context()
+	var deadline time.Time
+	if st, ok := ctx.Value(callStateKey{}).(*callState); ok {
+		deadline = st.deadline
+	} else {
+		deadline, _ = ctx.Deadline()
+	}
+	if err := t.gate.wait(ctx, deadline); err != nil {
 		return nil, err
 	}
 	resp, err := t.next.RoundTrip(req)
@@ -149,15 +157,14 @@ func (g *rateGate) pause(resp *http.Response) {
 
 // wait holds an attempt until the pause is over and the pacer grants a slot,
 // or fails at once with a *RateLimitError when ctx's deadline comes first.
-func (g *rateGate) wait(ctx context.Context) error {
-	deadline, _ := ctx.Deadline()
+func (g *rateGate) wait(ctx context.Context, deadline time.Time) error {
 	if err := g.waitPause(ctx, deadline); err != nil {
 		return err
 	}
 	if g.pacer == nil {
 		return nil
 	}
-	if err := g.pacer.Wait(ctx); err != nil {
+	if err := g.pacer.Wait(ctx, deadline); err != nil {
 		var rl *RateLimitError
 		if errors.As(err, &rl) || ctx.Err() != nil {
 			return err
@@ -202,10 +209,21 @@ func sleep(ctx context.Context, d time.Duration) error {
 	}
 }
 
-// retryFits reports whether a retry after the server's wait d can still be
-// sent before ctx's deadline; a 429 that can't be waited for ends the call
-// at once.
-func retryFits(ctx context.Context, d time.Duration) bool {
-	deadline, ok := ctx.Deadline()
-	return !ok || time.Until(deadline) > d
+// fits reports whether a retry after a wait of d can still start before
+// the call's deadline; a 429 that can't be waited for ends the call at once.
+func (st *callState) fits(d time.Duration) bool {
+	return st.deadline.IsZero() || time.Until(st.deadline) > d
+}
+
+// backoffBound is the longest wait retry.Backoff may choose before retry
+// number attempt: the capped Retry-After, or the exponential ceiling.
+func backoffBound(minWait, maxWait time.Duration, attempt int, resp *http.Response) time.Duration {
+	if _, ok := retry.RetryAfter(resp, time.Now()); ok {
+		return maxWait
+	}
+	ceiling := minWait
+	for i := 0; i < attempt && ceiling < maxWait; i++ {
+		ceiling *= 2
+	}
+	return min(ceiling, maxWait)
 }

@@ -234,15 +234,15 @@ func TestRateBudgetDefaults(t *testing.T) {
 }
 
 // pacerFunc adapts a function to quotastack.Pacer.
-type pacerFunc func(ctx context.Context) error
+type pacerFunc func(ctx context.Context, deadline time.Time) error
 
-func (f pacerFunc) Wait(ctx context.Context) error { return f(ctx) }
+func (f pacerFunc) Wait(ctx context.Context, deadline time.Time) error { return f(ctx, deadline) }
 
 func TestPacerErrorSendsNothing(t *testing.T) {
 	t.Parallel()
 	tr := &scriptedTransport{}
 	boom := errors.New("pacer store down")
-	c := pacedClient(t, baseURL, tr, quotastack.WithPacer(pacerFunc(func(context.Context) error { return boom })))
+	c := pacedClient(t, baseURL, tr, quotastack.WithPacer(pacerFunc(func(context.Context, time.Time) error { return boom })))
 	err := checkCall(context.Background(), c)
 	require.ErrorIs(t, err, boom)
 	var reqErr *quotastack.RequestError

@@ -306,8 +306,11 @@ func TestDeadlineShorterThanBackoff(t *testing.T) {
 
 	start := time.Now()
 	_, err := check(ctx, c)
-	assert.Less(t, time.Since(start), 2*time.Second, "returned at the deadline, not after the backoff")
-	require.ErrorIs(t, err, context.DeadlineExceeded)
+	assert.Less(t, time.Since(start), 2*time.Second, "returned at once, not after the backoff")
+	// No retry starts whose backoff could pass the deadline: the call ends
+	// at once with the last answer.
+	require.ErrorIs(t, err, quotastack.ErrServer)
+	assert.NoError(t, ctx.Err(), "before the deadline")
 	assert.Equal(t, 1, mt.GetTotalCallCount())
 }
 
@@ -319,7 +322,25 @@ func TestCallTimeoutShorterThanBackoff(t *testing.T) {
 	start := time.Now()
 	_, err := c.Check(context.Background(), quotastack.ExternalID("u"), "look", 1, quotastack.WithCallTimeout(100*time.Millisecond))
 	assert.Less(t, time.Since(start), 2*time.Second)
+	require.ErrorIs(t, err, quotastack.ErrServer, "the last answer, at once: the backoff can't fit")
+	assert.Equal(t, 1, mt.GetTotalCallCount())
+}
+
+// A call deadline that ends during an attempt ends the call with
+// context.DeadlineExceeded, not with an attempt timeout to retry.
+func TestCallTimeoutDuringAnAttempt(t *testing.T) {
+	t.Parallel()
+	c, err := quotastack.NewClient(testKey, quotastack.WithBaseURL(baseURL), quotastack.WithRetry(4, time.Millisecond, time.Millisecond),
+		quotastack.WithTransport(roundTripFunc(func(req *http.Request) (*http.Response, error) {
+			<-req.Context().Done()
+			return nil, req.Context().Err()
+		})))
+	require.NoError(t, err)
+	_, err = c.Check(context.Background(), quotastack.ExternalID("u"), "look", 1, quotastack.WithCallTimeout(50*time.Millisecond))
 	require.ErrorIs(t, err, context.DeadlineExceeded)
+	var reqErr *quotastack.RequestError
+	require.ErrorAs(t, err, &reqErr)
+	assert.Equal(t, 1, reqErr.Attempts)
 }
 
 func TestIdempotencyKeys(t *testing.T) {
@@ -382,3 +403,7 @@ func TestRetryWaitsAreBounded(t *testing.T) {
 	assert.GreaterOrEqual(t, elapsed, 30*time.Millisecond, "3 waits of at least 10ms")
 	assert.Less(t, elapsed, time.Second, "3 waits of at most 20ms")
 }
+
+type roundTripFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripFunc) RoundTrip(req *http.Request) (*http.Response, error) { return f(req) }
