@@ -40,6 +40,7 @@ type Client struct {
 	red       *redactor // removes the key from foreign text
 	userAgent string
 	uaHeader  []string // userAgent, as a header value
+	keyHeader []string // apiKey, as a header value
 	cfg       config
 	rc        *retryablehttp.Client
 	transport http.RoundTripper // the caller's or ours, below the attempt timeout
@@ -98,6 +99,7 @@ func NewClient(apiKey string, opts ...Option) (*Client, error) {
 		c.userAgent += " " + cfg.userAgent
 	}
 	c.uaHeader = []string{c.userAgent}
+	c.keyHeader = []string{apiKey}
 
 	hc := &http.Client{}
 	if cfg.httpClient != nil {
@@ -224,16 +226,44 @@ func defaultTransport() *http.Transport {
 	return t
 }
 
-// callState travels in the request's context to the retry hooks.
+// callState travels in the request's context to the retry hooks: it is that
+// context (the caller's, with the state as its callStateKey value), which
+// saves a context.WithValue per call.
 type callState struct {
+	context.Context
 	safe     bool // a GET or HEAD, or a request with an Idempotency-Key the method class allows retrying
 	attempts int
 	deadline time.Time // the call's: the caller's, WithCallTimeout's or the client's default
+	bodyCap  int64
+	meta     ResponseMeta
 	body     []byte
 	readErr  error
 }
 
 type callStateKey struct{}
+
+// Value implements context.Context.
+func (st *callState) Value(key any) any {
+	if _, ok := key.(callStateKey); ok {
+		return st
+	}
+	return st.Context.Value(key)
+}
+
+// readBody reads a response body inside the retry loop, so a body cut short
+// by a dropped connection or the attempt timeout is retried like a transport
+// error. One function for every call: it finds the call through the request.
+func readBody(resp *http.Response) error {
+	if resp.Request == nil {
+		return nil // read after the loop
+	}
+	st, ok := resp.Request.Context().Value(callStateKey{}).(*callState)
+	if !ok {
+		return nil
+	}
+	st.body, st.readErr = readCapped(resp.Body, st.bodyCap)
+	return st.readErr
+}
 
 // Do sends one request to path (e.g. "/v1/usage" or "/v1/customers/x/credits?include_blocks=true")
 // with the client's auth, retries, idempotency and error decoding, and decodes
@@ -283,7 +313,8 @@ func (c *Client) do(ctx context.Context, method, path, query string, body, out a
 		}
 	}
 
-	meta := &ResponseMeta{}
+	st := &callState{deadline: deadline, bodyCap: c.bodyCap(cc.largeBody)}
+	meta := &st.meta
 	header := make(http.Header, 6+len(cc.header))
 	for k, vs := range cc.header {
 		header[http.CanonicalHeaderKey(k)] = vs
@@ -311,7 +342,7 @@ func (c *Client) do(ctx context.Context, method, path, query string, body, out a
 		}
 	}
 	// Canonical keys set directly: Header.Set would canonicalise them on every call.
-	header["X-Api-Key"] = []string{c.apiKey}
+	header["X-Api-Key"] = c.keyHeader
 	header["User-Agent"] = c.uaHeader
 	header["Accept"] = jsonMIME
 	if raw != nil {
@@ -329,23 +360,19 @@ func (c *Client) do(ctx context.Context, method, path, query string, body, out a
 	u.RawPath = c.base.EscapedPath() + path
 	u.RawQuery = query
 
-	st := &callState{safe: safe, deadline: deadline}
-	ctx = context.WithValue(ctx, callStateKey{}, st)
-	var rawBody any
-	if raw != nil {
-		rawBody = raw
+	st.safe, st.Context = safe, ctx
+	ctx = st
+	// Built from the URL struct: no string to render and parse again.
+	hreq := (&http.Request{Method: method, URL: &u, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
+		Header: header, Host: u.Host}).WithContext(ctx)
+	req, err := retryablehttp.FromRequest(hreq)
+	if err == nil && raw != nil {
+		err = req.SetBody(raw)
 	}
-	req, err := retryablehttp.NewRequestWithContext(ctx, method, u.String(), rawBody)
 	if err != nil {
 		return nil, inputErr("request", "cannot build request")
 	}
-	req.Header = header
-	req.SetResponseHandler(func(resp *http.Response) error {
-		// Read the body inside the retry loop, so a body cut short by a dropped
-		// connection or the attempt timeout is retried like a transport error.
-		st.body, st.readErr = readCapped(resp.Body, c.bodyCap(&cc))
-		return st.readErr
-	})
+	req.SetResponseHandler(readBody)
 
 	start := time.Now()
 	resp, err := c.rc.Do(req)
@@ -373,7 +400,7 @@ func (c *Client) do(ctx context.Context, method, path, query string, body, out a
 	defer func() { _ = resp.Body.Close() }()
 	respBody, readErr := st.body, st.readErr
 	if respBody == nil && readErr == nil {
-		respBody, readErr = readCapped(resp.Body, c.bodyCap(&cc))
+		respBody, readErr = readCapped(resp.Body, st.bodyCap)
 	}
 	meta.StatusCode = resp.StatusCode
 	meta.RequestID = c.red.text(resp.Header.Get("X-Request-Id"))

@@ -131,8 +131,8 @@ func WithMaxBlocksBodyBytes(n int64) Option { return func(c *config) { c.maxBloc
 
 // bodyCap is the body cap of a call: the general one, or the larger one of
 // the block list.
-func (c *Client) bodyCap(cc *callConfig) int64 {
-	if cc.largeBody {
+func (c *Client) bodyCap(largeBody bool) int64 {
+	if largeBody {
 		limit := c.cfg.maxBlocksBody
 		if limit == 0 {
 			limit = DefaultMaxBlocksBodyBytes
