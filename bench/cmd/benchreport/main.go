@@ -31,6 +31,10 @@ func main() {
 	flag.StringVar(&o.allocList, "alloc-list", "", "pprof -list of allocations in the SDK's request path")
 	flag.StringVar(&o.cpuTop, "cpu-top", "", "pprof -top -cum of CPU (SDK check, in memory)")
 	flag.StringVar(&o.cpuAutoBuyTop, "cpu-autobuy-top", "", "pprof -top -cum of CPU (SDK auto-buy gate, in memory)")
+	flag.StringVar(&o.interleaved, "interleaved", "", "interleaved in-memory benchmark output, lines prefixed round=N")
+	flag.StringVar(&o.economy, "economy", "", "go test -v output of TestRequestEconomy")
+	flag.StringVar(&o.interCmd, "inter-cmd", "", "the interleaved benchmark command")
+	flag.StringVar(&o.economyCmd, "economy-cmd", "", "the request-economy test command")
 	flag.StringVar(&o.out, "out", "BENCHMARKS.md", "report to write")
 	flag.StringVar(&o.command, "command", "scripts/bench", "the one command that reproduces the report")
 	flag.StringVar(&o.benchCmd, "bench-cmd", "", "the benchmark command line")
@@ -56,6 +60,7 @@ type options struct {
 	bench, benchstat, tests, allocTop, allocList, cpuTop, cpuAutoBuyTop, out string
 	command, benchCmd, testCmd, profCmd, statCmd                             string
 	goVersion, arch, nproc, cpu, date, loadBefore, loadAfter, testStatus     string
+	interleaved, economy, interCmd, economyCmd                               string
 }
 
 func run(o options) error {
@@ -71,7 +76,18 @@ func run(o options) error {
 	if err != nil {
 		return err
 	}
+	if o.economy != "" {
+		econ, err := os.ReadFile(o.economy)
+		if err != nil {
+			return err
+		}
+		testOut = append(testOut, econ...)
+	}
 	logs := parseLogs(testOut)
+	inter, err := parseInterleaved(o.interleaved)
+	if err != nil {
+		return err
+	}
 	read := func(path string) string {
 		if path == "" {
 			return ""
@@ -84,9 +100,11 @@ func run(o options) error {
 	}
 
 	var w bytes.Buffer
-	r := report{w: &w, res: res, logs: logs}
+	r := report{w: &w, res: res, logs: logs, inter: inter}
 	r.header(o)
 	r.targets()
+	r.economy(o.economyCmd)
+	r.overhead(o.interCmd)
 	r.ratios()
 	r.roundTrips()
 	r.concurrency()
@@ -165,7 +183,7 @@ func parseLogs(b []byte) map[string][]logLine {
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
 	for sc.Scan() {
 		line := sc.Text()
-		for _, kind := range []string{"roundtrips", "concurrency", "coldstart"} {
+		for _, kind := range []string{"roundtrips", "concurrency", "coldstart", "economy"} {
 			i := strings.Index(line, ": "+kind+" ")
 			if i < 0 {
 				continue
@@ -201,9 +219,10 @@ func find(lines []logLine, key, val string, more ...string) logLine {
 }
 
 type report struct {
-	w    *bytes.Buffer
-	res  result
-	logs map[string][]logLine
+	w     *bytes.Buffer
+	res   result
+	logs  map[string][]logLine
+	inter interleaved
 }
 
 func (r report) printf(format string, args ...any) { fmt.Fprintf(r.w, format, args...) }
@@ -262,6 +281,7 @@ func (r report) ratio(name, unit string) (sdk, raw, ratio float64, ok bool) {
 func (r report) targets() {
 	r.section("## Targets", "")
 	r.printf("| target | measured | result |\n|---|---|---|\n")
+	r.overheadTargets()
 	if sdk, raw, x, ok := r.ratio("Check/via=mem", "ns/op"); ok {
 		r.printf("| entitlement check, client overhead: ns/op ≤ 1.25× baseline | %.0f vs %.0f ns/op = **%.2f×** | %s |\n", sdk, raw, x, verdict(x <= 1.25))
 	}
