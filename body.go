@@ -113,10 +113,11 @@ func (t *attemptTransport) RoundTrip(req *http.Request) (*http.Response, error) 
 	parent := req.Context()
 	// One timer per attempt, at the earlier of the attempt timeout and the
 	// call's deadline (which has no context of its own: client.go do).
-	end, callBound := time.Now().Add(t.timeout), false
+	now := time.Now()
+	end, callBound := now.Add(t.timeout), false
 	if st, ok := parent.Value(callStateKey{}).(*callState); ok && !st.deadline.IsZero() && !end.Before(st.deadline) {
 		end, callBound = st.deadline, true
-		if !time.Now().Before(end) {
+		if !now.Before(end) {
 			return nil, context.DeadlineExceeded
 		}
 	}

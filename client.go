@@ -374,7 +374,10 @@ func (c *Client) do(ctx context.Context, method, path, query string, body, out a
 	}
 	req.SetResponseHandler(readBody)
 
-	start := time.Now()
+	var start time.Time
+	if c.log.Enabled(ctx, slog.LevelDebug) {
+		start = time.Now()
+	}
 	resp, err := c.rc.Do(req)
 	meta.Attempts = st.attempts
 	if err != nil {
@@ -450,6 +453,9 @@ func callDeadline(ctx context.Context, callTimeout, clientTimeout time.Duration)
 func (c *Client) checkRetry(ctx context.Context, resp *http.Response, err error) (bool, error) {
 	if ctx.Err() != nil {
 		return false, ctx.Err()
+	}
+	if err == nil && !retry.RetryableStatus(resp.StatusCode) {
+		return false, nil // the common case: an answer to keep
 	}
 	st, _ := ctx.Value(callStateKey{}).(*callState)
 	if st == nil || !st.safe {

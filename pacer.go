@@ -5,6 +5,7 @@ import (
 	"context"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/time/rate"
@@ -22,6 +23,8 @@ import (
 // Safe for concurrent use.
 type LocalPacer struct {
 	lim *rate.Limiter
+
+	nwait atomic.Int64 // len(waiters), read without the lock on the fast path
 
 	mu      sync.Mutex
 	waiters waiterHeap
@@ -94,11 +97,10 @@ func (p *LocalPacer) Wait(ctx context.Context, deadline time.Time) error {
 	if !deadline.IsZero() {
 		latest = deadline.Add(-sendMargin(deadline.Sub(now)))
 	}
-	p.mu.Lock()
-	if len(p.waiters) == 0 && p.lim.AllowN(now, 1) {
-		p.mu.Unlock()
-		return nil
+	if p.nwait.Load() == 0 && p.lim.AllowN(now, 1) {
+		return nil // a token and nobody waiting for it (a waiter joining meanwhile only loses its place)
 	}
+	p.mu.Lock()
 	// The calls due before this one are those with an earlier deadline.
 	ahead := 0
 	for _, w := range p.waiters {
@@ -114,6 +116,7 @@ func (p *LocalPacer) Wait(ctx context.Context, deadline time.Time) error {
 	p.seq++
 	w := &waiter{deadline: deadline, latest: latest, seq: p.seq, ready: make(chan error, 1)}
 	heap.Push(&p.waiters, w)
+	p.nwait.Store(int64(len(p.waiters)))
 	p.schedule(now)
 	p.mu.Unlock()
 
@@ -124,6 +127,7 @@ func (p *LocalPacer) Wait(ctx context.Context, deadline time.Time) error {
 		p.mu.Lock()
 		if w.index >= 0 {
 			heap.Remove(&p.waiters, w.index)
+			p.nwait.Store(int64(len(p.waiters)))
 		}
 		p.mu.Unlock()
 		return ctx.Err()
@@ -179,6 +183,7 @@ func (p *LocalPacer) dispatch() {
 			ahead++
 		}
 	}
+	p.nwait.Store(int64(len(p.waiters)))
 	p.schedule(now)
 }
 

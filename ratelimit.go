@@ -178,6 +178,9 @@ func (g *rateGate) wait(ctx context.Context, deadline time.Time) error {
 func (g *rateGate) waitPause(ctx context.Context, deadline time.Time) error {
 	for {
 		until := g.until.Load()
+		if until == 0 {
+			return nil // never paused: no clock to read
+		}
 		now := time.Now()
 		left := time.Duration(until - now.UnixNano())
 		if left <= 0 {
