@@ -149,7 +149,7 @@ func (r report) economy(cmd string) {
 		return
 	}
 	r.section("## Request economy",
-		"`TestRequestEconomy` against the fake with its rate limiter on, on a scaled window of 100 requests per "+lines[0]["window"]+
+		"`TestRequestEconomy` against the fake with its rate limiter on, on a scaled window (requests/period) of "+lines[0]["window"]+
 			"; actions per minute are scaled back to the documented 100 requests per 60 s (the steady rate of successful requests once the "+
 			"fake's initial burst is spent, divided by the successful requests per action), and so are the latencies (the client's default "+
 			"30 s call timeout is scaled too). One client as shipped: paced by its budget (the documented 100 per 60 s, here scaled), a 429 "+
