@@ -34,8 +34,9 @@ return {1, wait}
 `)
 
 // Pacer is a quotastack.Pacer whose budget is shared by every replica using
-// the same Redis key: n requests per period for the tenant, a burst of 90%
-// of n, on the Redis server's clock. Slots go first come, first served (the
+// the same Redis key: at most n requests per period for the tenant, shaped
+// like quotastack.BudgetShape (a burst of n/20, then 90% of n per period),
+// on the Redis server's clock. Slots go first come, first served (the
 // in-process quotastack.LocalPacer also orders waiters by deadline). A call
 // whose slot would come after the first half of the time it has left is
 // refused with a *quotastack.RateLimitError, like the local pacer. If Redis
@@ -51,10 +52,11 @@ type Pacer struct {
 // NewPacer returns a pacer of n requests per period shared through key on rdb;
 // give it to quotastack.WithPacer on every replica.
 func NewPacer(rdb redis.Scripter, key string, n int, per time.Duration) (*Pacer, error) {
-	if n <= 0 || per <= 0 || per/time.Duration(n) < time.Microsecond {
+	if n <= 0 || per <= 0 || per/time.Duration(n) < 2*time.Microsecond {
 		return nil, fmt.Errorf("redislock: pacer needs n > 0 and per/n of at least 1µs")
 	}
-	return &Pacer{rdb: rdb, key: key, interval: per / time.Duration(n), burst: max(n-n/10, 1)}, nil
+	interval, burst := quotastack.BudgetShape(n, per)
+	return &Pacer{rdb: rdb, key: key, interval: interval, burst: burst}, nil
 }
 
 // Wait implements quotastack.Pacer.
