@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/quotastack/quotastack-go"
+	"github.com/quotastack/quotastack-go/autobuy"
 )
 
 // economyFull runs the request-economy rows at the scale BENCHMARKS.md
@@ -21,7 +22,7 @@ var economyFull = flag.Bool("economy.full", false, "run the request-economy tabl
 
 // economyRun is one row of the request-economy table.
 type economyRun struct {
-	mode       string // "gate", "gate-unpaced" or "batch"
+	mode       string // "gate", "gate-unpaced", "record-first", "lease" or "batch"
 	goroutines int
 	scale      int           // the fake's window is 60 s / scale, for 100 requests
 	length     time.Duration // how long actions are started
@@ -65,7 +66,10 @@ func runEconomy(tb testing.TB, run economyRun) economyResult {
 	tb.Helper()
 	per := quotastack.DefaultRatePeriod / time.Duration(run.scale)
 	srv := newServer(tb)
-	const customers = 1000
+	customers := 1000
+	if run.mode == "record-first" || run.mode == "lease" {
+		customers = 20 // hot customers: the case these modes are for
+	}
 	exts := make([]string, customers)
 	for i := range exts {
 		exts[i] = fmt.Sprintf("econ-%d", i)
@@ -106,8 +110,20 @@ func runEconomy(tb testing.TB, run economyRun) economyResult {
 	var next atomic.Int64
 	var wg sync.WaitGroup
 	switch run.mode {
-	case "gate", "gate-unpaced":
-		g := sdkGate(tb, c)
+	case "gate", "gate-unpaced", "record-first", "lease":
+		var gopts []autobuy.Option
+		switch run.mode {
+		case "record-first":
+			gopts = append(gopts, autobuy.WithRecordFirst())
+		case "lease":
+			gopts = append(gopts, autobuy.WithLease(autobuy.LeaseConfig{Actions: 100, TTL: time.Minute, Linger: time.Second}))
+		}
+		g := sdkGate(tb, c, gopts...)
+		defer func() {
+			if err := g.Close(context.Background()); err != nil {
+				tb.Error(err)
+			}
+		}()
 		for range run.goroutines {
 			wg.Go(func() {
 				for time.Now().Before(stop) {
@@ -219,6 +235,8 @@ func TestRequestEconomy(t *testing.T) {
 	}
 	runs := []economyRun{
 		{mode: "gate", goroutines: 64, scale: 30, length: 5 * time.Second},
+		{mode: "record-first", goroutines: 8, scale: 30, length: 3 * time.Second},
+		{mode: "lease", goroutines: 64, scale: 30, length: 3 * time.Second},
 		{mode: "batch", goroutines: 8, scale: 30, length: 3 * time.Second},
 	}
 	if *economyFull {
@@ -227,6 +245,8 @@ func TestRequestEconomy(t *testing.T) {
 			{mode: "gate", goroutines: 8, scale: 10, length: 30 * time.Second},
 			{mode: "gate", goroutines: 64, scale: 10, length: 30 * time.Second},
 			{mode: "gate-unpaced", goroutines: 64, scale: 10, length: 30 * time.Second},
+			{mode: "record-first", goroutines: 8, scale: 10, length: 30 * time.Second},
+			{mode: "lease", goroutines: 64, scale: 10, length: 30 * time.Second},
 			{mode: "batch", goroutines: 8, scale: 10, length: 20 * time.Second},
 		}
 	}
