@@ -19,7 +19,7 @@ func TestBalanceWithTenThousandBlocks(t *testing.T) {
 	srv := quotastacktest.Start(t)
 	const n = 10_000
 	for i := range n {
-		_, err := srv.Grant("hoarder", quotastacktest.Grant{Credits: int64(i + 1)})
+		_, err := srv.Grant("hoarder", quotastacktest.BlockSpec{Credits: int64(i + 1)})
 		require.NoError(t, err)
 	}
 	ctx := context.Background()

@@ -61,8 +61,9 @@ func (b Block) IsWallet() bool { return b.Priority == WalletPriority && b.Expire
 // IsPlan reports whether b looks like plan credit: a positive priority and an expiry.
 func (b Block) IsPlan() bool { return b.Priority > WalletPriority && b.ExpiresAt != nil }
 
-// Balance is a customer's credit account, in millicredits.
-type Balance struct {
+// Credits is a customer's credit account (GET /v1/{c}/credits), in
+// millicredits: its balances and, from BalanceWithBlocks, its live blocks.
+type Credits struct {
 	CustomerID         string `json:"customer_id"`
 	ExternalCustomerID string `json:"external_customer_id"`
 	Balance            int64  `json:"balance"`
@@ -78,18 +79,18 @@ type Balance struct {
 }
 
 // WalletBlocks returns the wallet blocks (priority 0, no expiry).
-func (b *Balance) WalletBlocks() []Block { return b.filter(Block.IsWallet) }
+func (b *Credits) WalletBlocks() []Block { return b.filter(Block.IsWallet) }
 
 // PlanBlocks returns the plan blocks (positive priority with an expiry).
-func (b *Balance) PlanBlocks() []Block { return b.filter(Block.IsPlan) }
+func (b *Credits) PlanBlocks() []Block { return b.filter(Block.IsPlan) }
 
 // WalletMC sums the remaining millicredits of the wallet blocks.
-func (b *Balance) WalletMC() int64 { return SumRemaining(b.WalletBlocks()) }
+func (b *Credits) WalletMC() int64 { return SumRemaining(b.WalletBlocks()) }
 
 // PlanMC sums the remaining millicredits of the plan blocks.
-func (b *Balance) PlanMC() int64 { return SumRemaining(b.PlanBlocks()) }
+func (b *Credits) PlanMC() int64 { return SumRemaining(b.PlanBlocks()) }
 
-func (b *Balance) filter(keep func(Block) bool) []Block {
+func (b *Credits) filter(keep func(Block) bool) []Block {
 	var out []Block
 	for _, blk := range b.Blocks {
 		if keep(blk) {
@@ -109,13 +110,13 @@ func SumRemaining(blocks []Block) int64 {
 }
 
 // Balance returns the customer's balances without the blocks.
-func (c *Client) Balance(ctx context.Context, customer Customer, opts ...CallOption) (*Balance, error) {
+func (c *Client) Balance(ctx context.Context, customer Customer, opts ...CallOption) (*Credits, error) {
 	return c.balance(ctx, customer, false, opts)
 }
 
 // BalanceWithBlocks returns the customer's balances and live credit blocks,
 // for WalletMC, PlanMC and the block filters.
-func (c *Client) BalanceWithBlocks(ctx context.Context, customer Customer, opts ...CallOption) (*Balance, error) {
+func (c *Client) BalanceWithBlocks(ctx context.Context, customer Customer, opts ...CallOption) (*Credits, error) {
 	return c.balance(ctx, customer, true, opts)
 }
 
@@ -144,7 +145,7 @@ func (c *Client) bodyCap(largeBody bool) int64 {
 
 func withLargeBody() CallOption { return func(cc *callConfig) { cc.largeBody = true } }
 
-func (c *Client) balance(ctx context.Context, customer Customer, blocks bool, opts []CallOption) (*Balance, error) {
+func (c *Client) balance(ctx context.Context, customer Customer, blocks bool, opts []CallOption) (*Credits, error) {
 	if err := customer.validate(); err != nil {
 		return nil, err
 	}
@@ -153,7 +154,7 @@ func (c *Client) balance(ctx context.Context, customer Customer, blocks bool, op
 		q = "include_blocks=true"
 		opts = append(opts[:len(opts):len(opts)], withLargeBody())
 	}
-	var out Balance
+	var out Credits
 	meta, err := c.do(ctx, http.MethodGet, customer.path()+"/credits", q, nil, &out, opts)
 	if err != nil {
 		return nil, err

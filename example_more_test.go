@@ -13,8 +13,8 @@ import (
 func ExampleClient_Reserve() {
 	srv := quotastacktest.NewServer()
 	defer srv.Close()
-	_, _ = srv.CreateRule(quotastacktest.Rule{MetricKey: "image_generation", CostType: "per_unit", UnitCost: 2_000})
-	_, _ = srv.Grant("ivy", quotastacktest.Grant{Credits: 50_000})
+	_, _ = srv.CreateRule(quotastack.Rule{BillableMetricKey: "image_generation", CostType: "per_unit", UnitCost: 2_000})
+	_, _ = srv.Grant("ivy", quotastacktest.BlockSpec{Credits: 50_000})
 	client := srv.Client()
 	ctx := context.Background()
 

@@ -13,10 +13,10 @@ import (
 // plan credits only) and a customer holding 5,000 mc of plan credits.
 func newFake() *quotastacktest.Server {
 	srv := quotastacktest.NewServer()
-	_, _ = srv.CreateRule(quotastacktest.Rule{MetricKey: "chat_message", CostType: "per_unit", UnitCost: 1000,
+	_, _ = srv.CreateRule(quotastack.Rule{BillableMetricKey: "chat_message", CostType: "per_unit", UnitCost: 1000,
 		Eligible: &quotastacktest.Eligibility{MinPriority: quotastacktest.Ptr(10)}})
 	exp := srv.Now().AddDate(0, 0, 1)
-	_, _ = srv.Grant("user42:companion7", quotastacktest.Grant{Credits: 5_000, Priority: 10, ExpiresAt: &exp})
+	_, _ = srv.Grant("user42:companion7", quotastacktest.BlockSpec{Credits: 5_000, Priority: 10, ExpiresAt: &exp})
 	return srv
 }
 

@@ -19,10 +19,10 @@ import (
 func fakeWithWallet(t *testing.T, walletMC int64) (*quotastacktest.Server, *quotastacktest.ManualClock, *quotastack.Client, quotastack.Customer) {
 	t.Helper()
 	clock := quotastacktest.NewManualClock(time.Now().UTC().Truncate(time.Second))
-	srv := quotastacktest.Start(t, quotastacktest.WithClock(clock))
-	_, err := srv.CreateRule(quotastacktest.Rule{MetricKey: "image_generation", CostType: "per_unit", UnitCost: 2000})
+	srv := quotastacktest.Start(t, quotastacktest.WithClock(clock.Now))
+	_, err := srv.CreateRule(quotastack.Rule{BillableMetricKey: "image_generation", CostType: "per_unit", UnitCost: 2000})
 	require.NoError(t, err)
-	_, err = srv.Grant("ivy", quotastacktest.Grant{Credits: walletMC})
+	_, err = srv.Grant("ivy", quotastacktest.BlockSpec{Credits: walletMC})
 	require.NoError(t, err)
 	t.Cleanup(func() { assert.NoError(t, srv.CheckInvariants()) })
 	return srv, clock, srv.Client(quotastack.WithRetry(3, time.Millisecond, 5*time.Millisecond)), quotastack.ExternalID("ivy")
@@ -31,7 +31,7 @@ func fakeWithWallet(t *testing.T, walletMC int64) (*quotastacktest.Server, *quot
 func TestReservationsAgainstTheFake(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	balance := func(t *testing.T, c *quotastack.Client, cust quotastack.Customer) *quotastack.Balance {
+	balance := func(t *testing.T, c *quotastack.Client, cust quotastack.Customer) *quotastack.Credits {
 		t.Helper()
 		b, err := c.Balance(ctx, cust)
 		require.NoError(t, err)

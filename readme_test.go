@@ -82,7 +82,7 @@ func TestREADME(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 		defer cancel()
 		srv := quotastacktest.Start(t) // an empty tenant: the quickstart sets it up
-		_, err := srv.Grant("user42:companion7", quotastacktest.Grant{Credits: 250_000,
+		_, err := srv.Grant("user42:companion7", quotastacktest.BlockSpec{Credits: 250_000,
 			Metadata: map[string]string{"source": "wallet_recharge"}})
 		require.NoError(t, err)
 		dir, env := consumerModule(t, blocks["quickstart"][0], blocks["quickstart"][1])

@@ -50,10 +50,10 @@ func (r *results) get() (map[string]quotastack.RecordResult, int) {
 func recorderWorld(t *testing.T, clientOpts []quotastack.Option, opts ...quotastack.RecorderOption) (*quotastacktest.Server, *quotastack.Recorder, *results) {
 	t.Helper()
 	srv := quotastacktest.Start(t)
-	_, err := srv.CreateRule(quotastacktest.Rule{MetricKey: "api_call", CostType: "per_unit", UnitCost: 10})
+	_, err := srv.CreateRule(quotastack.Rule{BillableMetricKey: "api_call", CostType: "per_unit", UnitCost: 10})
 	require.NoError(t, err)
 	for _, u := range []string{"rita", "sam"} {
-		_, err = srv.Grant(u, quotastacktest.Grant{Credits: 1_000_000_000})
+		_, err = srv.Grant(u, quotastacktest.BlockSpec{Credits: 1_000_000_000})
 		require.NoError(t, err)
 	}
 	_, err = srv.CreateCustomer("poor", "")

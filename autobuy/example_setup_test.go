@@ -54,7 +54,7 @@ func ExampleSetup_Apply() {
 	}
 
 	// Someone reprices chat messages on the tenant; Apply leaves that alone.
-	_, _ = srv.CreateRule(quotastacktest.Rule{MetricKey: "chat_message", CostType: "per_unit", UnitCost: 5})
+	_, _ = srv.CreateRule(quotastack.Rule{BillableMetricKey: "chat_message", CostType: "per_unit", UnitCost: 5})
 	_, err = setup.Apply(context.Background(), client)
 	fmt.Println(errors.Is(err, autobuy.ErrRuleDiffers))
 	// Output:

@@ -19,7 +19,7 @@ import (
 func recipeFake(walletMC int64) *quotastacktest.Server {
 	srv := quotastacktest.NewServer()
 	_ = srv.SeedRecipe()
-	_, _ = srv.Grant("user42:companion7", quotastacktest.Grant{Credits: walletMC})
+	_, _ = srv.Grant("user42:companion7", quotastacktest.BlockSpec{Credits: walletMC})
 	return srv
 }
 

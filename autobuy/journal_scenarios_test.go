@@ -43,9 +43,9 @@ type jworld struct {
 func newJWorld(t *testing.T, walletMC int64, mode quotastacktest.Mode) *jworld {
 	t.Helper()
 	clock := quotastacktest.NewManualClock(time.Now().UTC().Truncate(time.Second))
-	srv := quotastacktest.Start(t, append([]quotastacktest.Option{quotastacktest.WithClock(clock)}, mode.Options...)...)
+	srv := quotastacktest.Start(t, append([]quotastacktest.Option{quotastacktest.WithClock(clock.Now)}, mode.Options...)...)
 	require.NoError(t, srv.SeedRecipe())
-	_, err := srv.Grant(user, quotastacktest.Grant{Credits: walletMC})
+	_, err := srv.Grant(user, quotastacktest.BlockSpec{Credits: walletMC})
 	require.NoError(t, err)
 	acct, ok := srv.Account(user)
 	require.True(t, ok)
@@ -175,7 +175,7 @@ func TestCrashBetweenStepsIsFinishedByTheNextProcess(t *testing.T) {
 					crashed := open[0].OrderID
 
 					if topup {
-						_, err := w.srv.Grant(user, quotastacktest.Grant{Credits: 100_000})
+						_, err := w.srv.Grant(user, quotastacktest.BlockSpec{Credits: 100_000})
 						require.NoError(t, err)
 					}
 					w.clock.Advance(later)
@@ -195,7 +195,7 @@ func TestCrashBetweenStepsIsFinishedByTheNextProcess(t *testing.T) {
 						// The person finds the debit in the ledger and grants the plan by hand (or finds none).
 						if pt.debited {
 							exp := w.srv.Now().Add(time.Hour)
-							_, err := w.srv.Grant(user, quotastacktest.Grant{Credits: hourPlan.CreditsMC, Priority: 10, ExpiresAt: &exp,
+							_, err := w.srv.Grant(user, quotastacktest.BlockSpec{Credits: hourPlan.CreditsMC, Priority: 10, ExpiresAt: &exp,
 								Metadata: map[string]string{"source": "plan_grant", "plan_type": "1hr", "order_id": crashed}})
 							require.NoError(t, err)
 						}
@@ -443,7 +443,7 @@ func TestCrashThenTopupThenRacingReplicas(t *testing.T) {
 	crash := &crashTransport{base: http.DefaultTransport, crashAt: func(r *http.Request) (bool, bool) { return isPlanGrant(r), false }}
 	_, err := w.gatekeeper(t, crash).Gate(context.Background(), w.cust, "chat_message", autobuy.WithEventID("m0"))
 	require.Error(t, err)
-	_, err = w.srv.Grant(user, quotastacktest.Grant{Credits: 100_000})
+	_, err = w.srv.Grant(user, quotastacktest.BlockSpec{Credits: 100_000})
 	require.NoError(t, err)
 	gates := []*autobuy.Gatekeeper{w.gatekeeper(t, nil), w.gatekeeper(t, nil), w.gatekeeper(t, nil)}
 	allowed := runGates(t, w.world, gates, 30)

@@ -74,7 +74,7 @@ func TestEventIsRecordedOnceAfterAnyNumberOf402s(t *testing.T) {
 						if path == "entitled" {
 							w.grantPlanCredits(t, 5_000)
 						} else {
-							_, err := w.srv.Grant(user, quotastacktest.Grant{Credits: 250_000})
+							_, err := w.srv.Grant(user, quotastacktest.BlockSpec{Credits: 250_000})
 							require.NoError(t, err)
 							want = autobuy.ReasonAutoBought
 						}
@@ -253,12 +253,12 @@ func TestTwoCustomersOneEventID(t *testing.T) {
 					t.Parallel()
 					w := setup(t, 0, mode.Options...)
 					for _, ext := range []string{alice, bob} {
-						_, err := w.srv.Grant(ext, quotastacktest.Grant{Credits: 250_000})
+						_, err := w.srv.Grant(ext, quotastacktest.BlockSpec{Credits: 250_000})
 						require.NoError(t, err)
 					}
 					if !both {
 						exp := w.clock.Now().Add(time.Hour)
-						_, err := w.srv.Grant(alice, quotastacktest.Grant{Credits: 5_000, Priority: 10, ExpiresAt: &exp,
+						_, err := w.srv.Grant(alice, quotastacktest.BlockSpec{Credits: 5_000, Priority: 10, ExpiresAt: &exp,
 							Metadata: map[string]string{"plan_type": "1hr", "source": "plan_grant"}})
 						require.NoError(t, err)
 					}

@@ -97,7 +97,7 @@ func TestNoFalseDiagnosisUnderLoad(t *testing.T) {
 				w := setup(t, 0, mode.Options...)
 				w.srv.SetLatency(time.Millisecond) // widens every race window
 				for _, ext := range customers {
-					_, err := w.srv.Grant(ext, quotastacktest.Grant{Credits: 1_000_000})
+					_, err := w.srv.Grant(ext, quotastacktest.BlockSpec{Credits: 1_000_000})
 					require.NoError(t, err)
 				}
 				custs := map[string]quotastack.Customer{}

@@ -417,7 +417,7 @@ func TestTwoMetricsOneExhaustionBuyOnePlan(t *testing.T) {
 			runModes(t, func(t *testing.T, mode quotastacktest.Mode) {
 				t.Parallel()
 				w := setup(t, wallet, mode.Options...)
-				_, err := w.srv.CreateRule(quotastacktest.Rule{MetricKey: "voice_message", CostType: "per_unit", UnitCost: 1000,
+				_, err := w.srv.CreateRule(quotastack.Rule{BillableMetricKey: "voice_message", CostType: "per_unit", UnitCost: 1000,
 					Eligible: &quotastacktest.Eligibility{MinPriority: quotastacktest.Ptr(10)}})
 				require.NoError(t, err)
 				require.NoError(t, w.srv.SeedRecipe(voicePlan.Metric()))
@@ -466,7 +466,7 @@ func TestWalletHoldDoesNotBuyASecondPlan(t *testing.T) {
 	runModes(t, func(t *testing.T, mode quotastacktest.Mode) {
 		t.Parallel()
 		w := setup(t, 400_000, mode.Options...)
-		_, err := w.srv.CreateRule(quotastacktest.Rule{MetricKey: "export_job", CostType: "per_unit", UnitCost: 1,
+		_, err := w.srv.CreateRule(quotastack.Rule{BillableMetricKey: "export_job", CostType: "per_unit", UnitCost: 1,
 			Eligible: &quotastacktest.Eligibility{MaxPriority: quotastacktest.Ptr(0), Expiring: quotastacktest.Ptr(false)}})
 		require.NoError(t, err)
 		c := w.client(t)

@@ -90,7 +90,7 @@ func armRecordFirst(t *testing.T, w *world, g *autobuy.Gatekeeper) {
 func tryArmRecordFirst(t *testing.T, w *world, g *autobuy.Gatekeeper) {
 	t.Helper()
 	exp := w.clock.Now().Add(time.Hour)
-	_, err := w.srv.Grant("armer", quotastacktest.Grant{Credits: 1_000, Priority: 10, ExpiresAt: &exp})
+	_, err := w.srv.Grant("armer", quotastacktest.BlockSpec{Credits: 1_000, Priority: 10, ExpiresAt: &exp})
 	require.NoError(t, err)
 	d, err := g.Gate(context.Background(), quotastack.ExternalID("armer"), "chat_message")
 	require.NoError(t, err)

@@ -29,11 +29,11 @@ type world struct {
 func setup(t *testing.T, walletMC int64, opts ...quotastacktest.Option) *world {
 	t.Helper()
 	clock := quotastacktest.NewManualClock(time.Now().UTC().Truncate(time.Second))
-	srv := quotastacktest.Start(t, append([]quotastacktest.Option{quotastacktest.WithClock(clock)}, opts...)...)
+	srv := quotastacktest.Start(t, append([]quotastacktest.Option{quotastacktest.WithClock(clock.Now)}, opts...)...)
 	require.NoError(t, srv.SeedRecipe())
 	var err error
 	if walletMC > 0 {
-		_, err = srv.Grant(user, quotastacktest.Grant{Credits: walletMC})
+		_, err = srv.Grant(user, quotastacktest.BlockSpec{Credits: walletMC})
 		require.NoError(t, err)
 	} else {
 		_, err = srv.CreateCustomer(user, "")
@@ -62,7 +62,7 @@ func (w *world) gate(t *testing.T, opts ...autobuy.Option) *autobuy.Gatekeeper {
 func (w *world) grantPlanCredits(t *testing.T, mc int64) {
 	t.Helper()
 	exp := w.clock.Now().Add(time.Hour)
-	_, err := w.srv.Grant(user, quotastacktest.Grant{Credits: mc, Priority: 10, ExpiresAt: &exp,
+	_, err := w.srv.Grant(user, quotastacktest.BlockSpec{Credits: mc, Priority: 10, ExpiresAt: &exp,
 		Metadata: map[string]string{"plan_type": "1hr", "source": "plan_grant"}})
 	require.NoError(t, err)
 }

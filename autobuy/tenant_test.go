@@ -67,7 +67,7 @@ func TestSetupOnAnEmptyTenantMakesTheGateWork(t *testing.T) {
 	assert.False(t, *buy.Eligible.Expiring)
 
 	// The gate auto-buys on this tenant: the purchase rule prices the debit.
-	_, err = srv.Grant(user, quotastacktest.Grant{Credits: 250_000})
+	_, err = srv.Grant(user, quotastacktest.BlockSpec{Credits: 250_000})
 	require.NoError(t, err)
 	g, err := autobuy.New(c, autobuy.WithPlan(hourPlan))
 	require.NoError(t, err)
@@ -90,7 +90,7 @@ func TestSetupNeverReplacesADifferentRuleUnlessTold(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	srv, c := newTenant(t)
-	theirs, err := srv.CreateRule(quotastacktest.Rule{MetricKey: "chat_message", CostType: "per_unit", UnitCost: 5})
+	theirs, err := srv.CreateRule(quotastack.Rule{BillableMetricKey: "chat_message", CostType: "per_unit", UnitCost: 5})
 	require.NoError(t, err)
 
 	srv.ResetRequests()

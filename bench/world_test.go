@@ -38,7 +38,7 @@ func newServer(tb testing.TB) *quotastacktest.Server {
 func grantPlanCredits(tb testing.TB, srv *quotastacktest.Server, ext string, mc int64) {
 	tb.Helper()
 	exp := srv.Now().Add(24 * time.Hour)
-	if _, err := srv.Grant(ext, quotastacktest.Grant{Credits: mc, Priority: quotastack.PlanPriority, ExpiresAt: &exp,
+	if _, err := srv.Grant(ext, quotastacktest.BlockSpec{Credits: mc, Priority: quotastack.PlanPriority, ExpiresAt: &exp,
 		Metadata: map[string]string{"plan_type": hourPlan.Type, "source": "plan_grant"}}); err != nil {
 		tb.Fatal(err)
 	}
@@ -47,7 +47,7 @@ func grantPlanCredits(tb testing.TB, srv *quotastacktest.Server, ext string, mc 
 // grantWallet gives ext wallet credits (priority 0, never expiring).
 func grantWallet(tb testing.TB, srv *quotastacktest.Server, ext string, mc int64) {
 	tb.Helper()
-	if _, err := srv.Grant(ext, quotastacktest.Grant{Credits: mc}); err != nil {
+	if _, err := srv.Grant(ext, quotastacktest.BlockSpec{Credits: mc}); err != nil {
 		tb.Fatal(err)
 	}
 }

@@ -113,7 +113,7 @@ func TestTransportSpansWithoutCustomerIDs(t *testing.T) {
 	tm := newTelemetry(t)
 	srv := quotastacktest.Start(t)
 	require.NoError(t, srv.SeedRecipe())
-	_, err := srv.Grant(user, quotastacktest.Grant{Credits: 1000})
+	_, err := srv.Grant(user, quotastacktest.BlockSpec{Credits: 1000})
 	require.NoError(t, err)
 	client := srv.Client(otelquotastack.ClientOption(tm.opts...))
 
@@ -135,7 +135,7 @@ func TestTransportSpansWithCustomerIDs(t *testing.T) {
 	t.Parallel()
 	tm := newTelemetry(t, otelquotastack.WithCustomerIDs())
 	srv := quotastacktest.Start(t)
-	_, err := srv.Grant(user, quotastacktest.Grant{Credits: 1000})
+	_, err := srv.Grant(user, quotastacktest.BlockSpec{Credits: 1000})
 	require.NoError(t, err)
 	client := srv.Client(otelquotastack.ClientOption(tm.opts...))
 	_, err = client.Balance(context.Background(), quotastack.ExternalID(user))
@@ -150,7 +150,7 @@ func TestTransportCountsRateLimitsAndTracesEachAttempt(t *testing.T) {
 	t.Parallel()
 	tm := newTelemetry(t)
 	srv := quotastacktest.Start(t)
-	_, err := srv.Grant(user, quotastacktest.Grant{Credits: 1000})
+	_, err := srv.Grant(user, quotastacktest.BlockSpec{Credits: 1000})
 	require.NoError(t, err)
 	client := srv.Client(otelquotastack.ClientOption(tm.opts...), quotastack.WithRetry(4, time.Millisecond, 10*time.Millisecond))
 	srv.InjectFault(quotastacktest.Fault{Method: "GET", Status: 429, RetryAfter: "0", Count: 2})
@@ -173,7 +173,7 @@ func gateWorld(t *testing.T, tm *telemetry, walletMC int64, gateOpts ...autobuy.
 	srv := quotastacktest.Start(t)
 	require.NoError(t, srv.SeedRecipe())
 	if walletMC > 0 {
-		_, err := srv.Grant(user, quotastacktest.Grant{Credits: walletMC})
+		_, err := srv.Grant(user, quotastacktest.BlockSpec{Credits: walletMC})
 		require.NoError(t, err)
 	}
 	client := srv.Client(otelquotastack.ClientOption(tm.opts...), quotastack.WithRetry(4, time.Millisecond, 10*time.Millisecond))

@@ -344,7 +344,7 @@ func (o Order) FindGrant(ctx context.Context, c *quotastack.Client) (quotastack.
 }
 
 // GrantIn returns this order's plan block from bal, if it is listed.
-func (o Order) GrantIn(bal *quotastack.Balance) (quotastack.Block, bool) {
+func (o Order) GrantIn(bal *quotastack.Credits) (quotastack.Block, bool) {
 	for _, b := range bal.Blocks {
 		if b.Metadata.Get("order_id") == o.ID && b.Metadata.Get("source") == "plan_grant" &&
 			b.Metadata.Get("plan_type") == o.Plan.Type && b.ExpiresAt != nil {

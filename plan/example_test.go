@@ -14,9 +14,9 @@ import (
 func ExampleBuy() {
 	srv := quotastacktest.NewServer()
 	defer srv.Close()
-	_, _ = srv.CreateRule(quotastacktest.Rule{MetricKey: "plan_purchase_1hr", CostType: "per_unit", UnitCost: 1,
+	_, _ = srv.CreateRule(quotastack.Rule{BillableMetricKey: "plan_purchase_1hr", CostType: "per_unit", UnitCost: 1,
 		Eligible: &quotastacktest.Eligibility{MaxPriority: quotastacktest.Ptr(0), Expiring: quotastacktest.Ptr(false)}})
-	_, _ = srv.Grant("user42:companion7", quotastacktest.Grant{Credits: 250_000})
+	_, _ = srv.Grant("user42:companion7", quotastacktest.BlockSpec{Credits: 250_000})
 	client := srv.Client()
 
 	hour := plan.Plan{Type: "1hr", PriceMC: 100_000, CreditsMC: 50_000, Duration: time.Hour}

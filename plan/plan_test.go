@@ -30,9 +30,9 @@ type world struct {
 func setup(t *testing.T, walletMC int64) *world {
 	t.Helper()
 	clock := quotastacktest.NewManualClock(time.Now().UTC().Truncate(time.Second))
-	srv := quotastacktest.Start(t, quotastacktest.WithClock(clock))
+	srv := quotastacktest.Start(t, quotastacktest.WithClock(clock.Now))
 	require.NoError(t, srv.SeedRecipe())
-	_, err := srv.Grant(user, quotastacktest.Grant{Credits: walletMC})
+	_, err := srv.Grant(user, quotastacktest.BlockSpec{Credits: walletMC})
 	require.NoError(t, err)
 	client, err := quotastack.NewClient(srv.APIKey, quotastack.WithBaseURL(srv.URL),
 		quotastack.WithRetry(4, time.Millisecond, 10*time.Millisecond))

@@ -141,7 +141,7 @@ func TestAsyncUsageGrantWithoutDebit(t *testing.T) {
 	t.Parallel()
 	w := newWorld(t, quotastacktest.WithAsyncUsage(quotastacktest.AsyncUsage{Defer: true}))
 	w.broken = true
-	_, err := w.srv.Grant(recipeUser, quotastacktest.Grant{Credits: 50_000})
+	_, err := w.srv.Grant(recipeUser, quotastacktest.BlockSpec{Credits: 50_000})
 	require.NoError(t, err)
 	require202(t, w.post("/v1/usage", "plan-debit:1hr:o1", debitJSON(byExt(recipeUser), "o1", "auto_buy")))
 	requireStatus(t, w.post("/v1/topup/grant", "plan-grant:1hr:o1", grantJSON(byExt(recipeUser), "o1", "auto_buy", hourLater)), 201)

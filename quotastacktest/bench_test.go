@@ -9,16 +9,17 @@ import (
 	"testing"
 	"time"
 
+	quotastack "github.com/quotastack/quotastack-go"
 	"github.com/quotastack/quotastack-go/quotastacktest"
 )
 
 func benchServer(b *testing.B) (*quotastacktest.Server, *http.Client) {
 	b.Helper()
 	srv := quotastacktest.Start(b)
-	if _, err := srv.CreateRule(quotastacktest.Rule{MetricKey: "look", CostType: "per_unit", UnitCost: 1}); err != nil {
+	if _, err := srv.CreateRule(quotastack.Rule{BillableMetricKey: "look", CostType: "per_unit", UnitCost: 1}); err != nil {
 		b.Fatal(err)
 	}
-	if _, err := srv.Grant("bench", quotastacktest.Grant{Credits: 1 << 40}); err != nil {
+	if _, err := srv.Grant("bench", quotastacktest.BlockSpec{Credits: 1 << 40}); err != nil {
 		b.Fatal(err)
 	}
 	tr := &http.Transport{MaxIdleConnsPerHost: 64}

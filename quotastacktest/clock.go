@@ -11,6 +11,11 @@ type Clock interface {
 	Now() time.Time
 }
 
+// clockFunc is a Clock read through a func (WithClock).
+type clockFunc func() time.Time
+
+func (f clockFunc) Now() time.Time { return f().UTC() }
+
 type wallClock struct{}
 
 func (wallClock) Now() time.Time { return time.Now().UTC() }

@@ -11,6 +11,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	quotastack "github.com/quotastack/quotastack-go"
 	"github.com/quotastack/quotastack-go/quotastacktest"
 )
 
@@ -20,9 +21,9 @@ func TestConcurrentMixedLoad(t *testing.T) {
 	t.Parallel()
 	w := newWorld(t)
 	w.recipeCustomer()
-	_, err := w.srv.Grant(recipeUser, quotastacktest.Grant{Credits: 200_000, Priority: 10, ExpiresAt: quotastacktest.Ptr(t0.Add(time.Hour))})
+	_, err := w.srv.Grant(recipeUser, quotastacktest.BlockSpec{Credits: 200_000, Priority: 10, ExpiresAt: quotastacktest.Ptr(t0.Add(time.Hour))})
 	require.NoError(t, err)
-	_, err = w.srv.CreateRule(quotastacktest.Rule{MetricKey: "burst", CostType: "per_unit", UnitCost: 700, OveragePolicy: "allow"})
+	_, err = w.srv.CreateRule(quotastack.Rule{BillableMetricKey: "burst", CostType: "per_unit", UnitCost: 700, OveragePolicy: "allow"})
 	require.NoError(t, err)
 	w.srv.SetRandomFaults(&quotastacktest.RandomFaults{Seed: 1, P500: 0.05, P503: 0.05, PDrop: 0.05, MaxLatency: time.Millisecond})
 

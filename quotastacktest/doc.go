@@ -3,10 +3,10 @@
 // loopback with real JSON, auth, idempotency and problem+json errors, and the ledger behind it
 // (credit blocks, burn order, eligibility, reservations, expiry on an injectable Clock).
 //
-//	srv := quotastacktest.Start(t, quotastacktest.WithClock(clock))
-//	srv.CreateRule(quotastacktest.Rule{MetricKey: "chat_message", CostType: "per_unit", UnitCost: 1000,
-//		Eligible: &quotastacktest.Eligibility{MinPriority: quotastacktest.Ptr(10)}})
-//	srv.Grant("user42:companion7", quotastacktest.Grant{Credits: 500_000})
+//	srv := quotastacktest.Start(t, quotastacktest.WithClock(clock.Now))
+//	srv.CreateRule(quotastack.Rule{BillableMetricKey: "chat_message", CostType: "per_unit", UnitCost: 1000,
+//		Eligible: &quotastack.Eligibility{MinPriority: quotastacktest.Ptr(10)}})
+//	srv.Grant("user42:companion7", quotastacktest.BlockSpec{Credits: 500_000})
 //	client := srv.Client() // a *quotastack.Client wired to srv.URL and srv.APIKey
 //
 // Tests can script faults (FailNext, DropNext, InjectFault, SetLatency, SetRandomFaults),

@@ -7,6 +7,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	quotastack "github.com/quotastack/quotastack-go"
 	"github.com/quotastack/quotastack-go/quotastacktest"
 )
 
@@ -310,23 +311,23 @@ func TestPricing(t *testing.T) {
 	}
 	cases := []struct {
 		name  string
-		rule  quotastacktest.Rule
+		rule  quotastack.Rule
 		units int64
 		cost  int64
 	}{
-		{"per_unit", quotastacktest.Rule{CostType: "per_unit", UnitCost: 7}, 3, 21},
-		{"flat", quotastacktest.Rule{CostType: "flat", FlatCost: 500}, 9, 500},
-		{"graduated within first tier", quotastacktest.Rule{CostType: "graduated", Tiers: tiers}, 5, 500},
-		{"graduated across tiers", quotastacktest.Rule{CostType: "graduated", Tiers: tiers}, 25, 10*100 + 10*50 + 5*10},
-		{"volume second tier", quotastacktest.Rule{CostType: "volume", Tiers: tiers}, 15, 15 * 50},
-		{"volume last tier", quotastacktest.Rule{CostType: "volume", Tiers: tiers}, 25, 25 * 10},
+		{"per_unit", quotastack.Rule{CostType: "per_unit", UnitCost: 7}, 3, 21},
+		{"flat", quotastack.Rule{CostType: "flat", FlatCost: 500}, 9, 500},
+		{"graduated within first tier", quotastack.Rule{CostType: "graduated", Tiers: tiers}, 5, 500},
+		{"graduated across tiers", quotastack.Rule{CostType: "graduated", Tiers: tiers}, 25, 10*100 + 10*50 + 5*10},
+		{"volume second tier", quotastack.Rule{CostType: "volume", Tiers: tiers}, 15, 15 * 50},
+		{"volume last tier", quotastack.Rule{CostType: "volume", Tiers: tiers}, 25, 25 * 10},
 	}
 	w := newWorld(t)
 	for _, tc := range cases {
-		tc.rule.MetricKey = "priced"
+		tc.rule.BillableMetricKey = "priced"
 		_, err := w.srv.CreateRule(tc.rule)
 		require.NoError(t, err)
-		_, err = w.srv.Grant("pricing", quotastacktest.Grant{Credits: 1_000_000})
+		_, err = w.srv.Grant("pricing", quotastacktest.BlockSpec{Credits: 1_000_000})
 		require.NoError(t, err)
 		r := w.get(fmt.Sprintf("%s/entitlements/priced?units=%d", ext("pricing"), tc.units))
 		requireStatus(t, r, 200)

@@ -20,7 +20,7 @@ func Example() {
 		panic(err)
 	}
 	exp := srv.Now().Add(time.Hour)
-	if _, err := srv.Grant("user42:companion7", quotastacktest.Grant{Credits: 5_000, Priority: 10, ExpiresAt: &exp}); err != nil {
+	if _, err := srv.Grant("user42:companion7", quotastacktest.BlockSpec{Credits: 5_000, Priority: 10, ExpiresAt: &exp}); err != nil {
 		panic(err)
 	}
 	client := srv.Client(quotastack.WithRetry(4, time.Millisecond, 10*time.Millisecond))
@@ -55,10 +55,10 @@ func Example() {
 // A manual clock moves the fake's time: here past a plan's expiry.
 func ExampleNewManualClock() {
 	clock := quotastacktest.NewManualClock(time.Date(2026, 4, 13, 13, 0, 0, 0, time.UTC))
-	srv := quotastacktest.NewServer(quotastacktest.WithClock(clock))
+	srv := quotastacktest.NewServer(quotastacktest.WithClock(clock.Now))
 	defer srv.Close()
 	exp := clock.Now().Add(time.Hour)
-	_, _ = srv.Grant("user42:companion7", quotastacktest.Grant{Credits: 50_000, Priority: 10, ExpiresAt: &exp})
+	_, _ = srv.Grant("user42:companion7", quotastacktest.BlockSpec{Credits: 50_000, Priority: 10, ExpiresAt: &exp})
 
 	acct, _ := srv.Account("user42:companion7")
 	fmt.Println(acct.Balance)

@@ -184,9 +184,9 @@ type grantFields struct {
 	Metadata  map[string]string `json:"metadata"`
 }
 
-func (g grantFields) toGrant(source string) (Grant, []fieldError) {
+func (g grantFields) toGrant(source string) (BlockSpec, []fieldError) {
 	var errs []fieldError
-	out := Grant{Priority: g.Priority, Source: source, Metadata: g.Metadata}
+	out := BlockSpec{Priority: g.Priority, Source: source, Metadata: g.Metadata}
 	switch {
 	case g.Credits == nil:
 		errs = append(errs, fieldError{"credits", "required"})
@@ -207,7 +207,7 @@ func (g grantFields) toGrant(source string) (Grant, []fieldError) {
 	return out, errs
 }
 
-func (rq *request) grant(c *customer, g Grant) grantJSON {
+func (rq *request) grant(c *customer, g BlockSpec) grantJSON {
 	b := rq.s.st.addBlock(c, g, rq.now, rq.idemKey)
 	return grantJSON{c.id, c.externalID, blockView(b, rq.s.sparse.Load()), c.balance, c.balance - c.reserved}
 }

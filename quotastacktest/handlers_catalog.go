@@ -148,7 +148,7 @@ func handleCreateRule(rq *request) (int, any, *problem) {
 	st := rq.s.st
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	r, p := st.createRule(Rule{
+	r, p := st.createRule(ruleSpec{
 		MetricKey: body.BillableMetricKey, CostType: body.CostType, UnitCost: body.UnitCost, FlatCost: body.FlatCost,
 		Tiers: body.Tiers, Eligible: body.Eligible, OveragePolicy: body.OveragePolicy,
 	}, rq.now)

@@ -12,6 +12,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	quotastack "github.com/quotastack/quotastack-go"
 	"github.com/quotastack/quotastack-go/quotastacktest"
 )
 
@@ -37,19 +38,19 @@ type world struct {
 func newWorld(t *testing.T, opts ...quotastacktest.Option) *world {
 	t.Helper()
 	clock := quotastacktest.NewManualClock(t0)
-	srv := quotastacktest.Start(t, append([]quotastacktest.Option{quotastacktest.WithClock(clock)}, opts...)...)
+	srv := quotastacktest.Start(t, append([]quotastacktest.Option{quotastacktest.WithClock(clock.Now)}, opts...)...)
 	w := &world{t: t, srv: srv, clock: clock, hc: &http.Client{Timeout: 10 * time.Second}}
-	_, err := srv.CreateRule(quotastacktest.Rule{
-		MetricKey: "chat_message", CostType: "per_unit", UnitCost: 1000,
+	_, err := srv.CreateRule(quotastack.Rule{
+		BillableMetricKey: "chat_message", CostType: "per_unit", UnitCost: 1000,
 		Eligible: &quotastacktest.Eligibility{MinPriority: quotastacktest.Ptr(10)},
 	})
 	require.NoError(t, err)
-	_, err = srv.CreateRule(quotastacktest.Rule{
-		MetricKey: "plan_purchase_1hr", CostType: "per_unit", UnitCost: 1,
+	_, err = srv.CreateRule(quotastack.Rule{
+		BillableMetricKey: "plan_purchase_1hr", CostType: "per_unit", UnitCost: 1,
 		Eligible: &quotastacktest.Eligibility{MaxPriority: quotastacktest.Ptr(0), Expiring: quotastacktest.Ptr(false)},
 	})
 	require.NoError(t, err)
-	_, err = srv.CreateRule(quotastacktest.Rule{MetricKey: "look", CostType: "per_unit", UnitCost: 1000})
+	_, err = srv.CreateRule(quotastack.Rule{BillableMetricKey: "look", CostType: "per_unit", UnitCost: 1000})
 	require.NoError(t, err)
 	t.Cleanup(func() {
 		if !t.Failed() && !w.broken {
@@ -62,7 +63,7 @@ func newWorld(t *testing.T, opts ...quotastacktest.Option) *world {
 // recipeUser seeds user42:companion7 with a 500,000 mc wallet and returns its customer_id.
 func (w *world) recipeCustomer() string {
 	w.t.Helper()
-	_, err := w.srv.Grant(recipeUser, quotastacktest.Grant{Credits: 500_000, Metadata: map[string]string{"source": "wallet_recharge"}})
+	_, err := w.srv.Grant(recipeUser, quotastacktest.BlockSpec{Credits: 500_000, Metadata: map[string]string{"source": "wallet_recharge"}})
 	require.NoError(w.t, err)
 	acct, ok := w.srv.Account(recipeUser)
 	require.True(w.t, ok)

@@ -3,6 +3,7 @@ package quotastacktest
 import (
 	"errors"
 	"fmt"
+	"github.com/quotastack/quotastack-go"
 	"slices"
 	"time"
 )
@@ -102,16 +103,8 @@ func (s *Server) refreshAll() {
 	}
 }
 
-// Block is a credit block as the ledger holds it; amounts in mc.
-type Block struct {
-	ID                              string
-	OriginalAmount, RemainingAmount int64
-	Priority                        int
-	ExpiresAt                       *time.Time
-	Source                          string
-	Metadata                        map[string]string
-	CreatedAt                       time.Time
-}
+// Block is the SDK's credit block (amounts in mc), as the fake's ledger holds it.
+type Block = quotastack.Block
 
 // Blocks returns the customer's live blocks (unexpired, remaining != 0) in the current burn
 // order, an overdraft block last.
@@ -130,7 +123,15 @@ func (s *Server) Blocks(externalID string) []Block {
 			t := *b.expiresAt
 			exp = &t
 		}
-		out = append(out, Block{b.id, b.original, b.remaining, b.priority, exp, b.source, copyMeta(b.metadata), b.createdAt})
+		var meta quotastack.Metadata
+		if len(b.metadata) > 0 {
+			meta = make(quotastack.Metadata, len(b.metadata))
+			for k, v := range b.metadata {
+				meta[k] = v
+			}
+		}
+		out = append(out, Block{ID: b.id, OriginalAmount: b.original, RemainingAmount: b.remaining, Priority: b.priority,
+			ExpiresAt: exp, Source: b.source, Metadata: meta, CreatedAt: b.createdAt})
 	}
 	return out
 }

@@ -326,7 +326,7 @@ func freeHolds(rs *reservation) int64 {
 }
 
 // addBlock grants a block to the customer and records the grant.
-func (s *state) addBlock(c *customer, g Grant, now time.Time, idemKey string) *block {
+func (s *state) addBlock(c *customer, g BlockSpec, now time.Time, idemKey string) *block {
 	var exp *time.Time
 	if g.ExpiresAt != nil {
 		t := g.ExpiresAt.UTC()

@@ -7,6 +7,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	quotastack "github.com/quotastack/quotastack-go"
 	"github.com/quotastack/quotastack-go/quotastacktest"
 )
 
@@ -15,16 +16,16 @@ import (
 func burnWorld(t *testing.T, opts ...quotastacktest.Option) (*world, map[string]string) {
 	w := newWorld(t, opts...)
 	ids := map[string]string{}
-	grant := func(name string, g quotastacktest.Grant) {
+	grant := func(name string, g quotastacktest.BlockSpec) {
 		id, err := w.srv.Grant("burner", g)
 		require.NoError(t, err)
 		ids[id] = name
 		w.clock.Advance(time.Second) // distinct created_at
 	}
-	grant("wallet", quotastacktest.Grant{Credits: 1000})
-	grant("plan", quotastacktest.Grant{Credits: 1000, Priority: 10, ExpiresAt: quotastacktest.Ptr(t0.Add(time.Hour))})
-	grant("promoExpiring", quotastacktest.Grant{Credits: 1000, Source: "promotional", ExpiresAt: quotastacktest.Ptr(t0.Add(2 * time.Hour))})
-	grant("promo", quotastacktest.Grant{Credits: 1000, Source: "promotional"})
+	grant("wallet", quotastacktest.BlockSpec{Credits: 1000})
+	grant("plan", quotastacktest.BlockSpec{Credits: 1000, Priority: 10, ExpiresAt: quotastacktest.Ptr(t0.Add(time.Hour))})
+	grant("promoExpiring", quotastacktest.BlockSpec{Credits: 1000, Source: "promotional", ExpiresAt: quotastacktest.Ptr(t0.Add(2 * time.Hour))})
+	grant("promo", quotastacktest.BlockSpec{Credits: 1000, Source: "promotional"})
 	return w, ids
 }
 
@@ -56,7 +57,7 @@ func TestBurnOrder(t *testing.T) {
 			require.Equal(t, tc.listed, listed, "blocks are listed in burn order")
 
 			// look costs 1,000 mc per unit with every block eligible; 1,500 mc spans two blocks.
-			_, err := w.srv.CreateRule(quotastacktest.Rule{MetricKey: "half", CostType: "per_unit", UnitCost: 500})
+			_, err := w.srv.CreateRule(quotastack.Rule{BillableMetricKey: "half", CostType: "per_unit", UnitCost: 500})
 			require.NoError(t, err)
 			requireStatus(t, w.post("/v1/usage", "burn", usageBody("burner", "half", 3)), 200)
 			got := map[string]int64{}
@@ -114,7 +115,7 @@ func TestEligibilityRecipe(t *testing.T) {
 	require.Equal(t, float64(-1), m["balance_after"])
 
 	// An expiring priority-0 block is not wallet either.
-	_, err := w.srv.Grant(recipeUser, quotastacktest.Grant{Credits: 5, ExpiresAt: quotastacktest.Ptr(t0.Add(48 * time.Hour))})
+	_, err := w.srv.Grant(recipeUser, quotastacktest.BlockSpec{Credits: 5, ExpiresAt: quotastacktest.Ptr(t0.Add(48 * time.Hour))})
 	require.NoError(t, err)
 	m = w.get(ext(recipeUser) + "/entitlements/plan_purchase_1hr?units=400001").json(t)
 	require.Equal(t, float64(-1), m["balance_after"])
@@ -151,9 +152,9 @@ func TestPlanExpiryByClock(t *testing.T) {
 func TestFullySpentBlockNotListed(t *testing.T) {
 	t.Parallel()
 	w := newWorld(t)
-	_, err := w.srv.Grant("spender", quotastacktest.Grant{Credits: 1000})
+	_, err := w.srv.Grant("spender", quotastacktest.BlockSpec{Credits: 1000})
 	require.NoError(t, err)
-	_, err = w.srv.Grant("spender", quotastacktest.Grant{Credits: 1000, Priority: 1})
+	_, err = w.srv.Grant("spender", quotastacktest.BlockSpec{Credits: 1000, Priority: 1})
 	require.NoError(t, err)
 	requireStatus(t, w.post("/v1/usage", "u1", usageBody("spender", "look", 1)), 200)
 	blocks := w.get(ext("spender") + "/credits?include_blocks=true").json(t)["blocks"].([]any)
@@ -167,9 +168,9 @@ func TestOverdraftAllowAndNotify(t *testing.T) {
 		t.Run(policy, func(t *testing.T) {
 			t.Parallel()
 			w := newWorld(t)
-			_, err := w.srv.CreateRule(quotastacktest.Rule{MetricKey: "gpu", CostType: "per_unit", UnitCost: 1000, OveragePolicy: policy})
+			_, err := w.srv.CreateRule(quotastack.Rule{BillableMetricKey: "gpu", CostType: "per_unit", UnitCost: 1000, OveragePolicy: policy})
 			require.NoError(t, err)
-			_, err = w.srv.Grant("heavy", quotastacktest.Grant{Credits: 1000})
+			_, err = w.srv.Grant("heavy", quotastacktest.BlockSpec{Credits: 1000})
 			require.NoError(t, err)
 			m := w.get(ext("heavy") + "/entitlements/gpu?units=3").json(t)
 			require.Equal(t, true, m["allowed"], "not block: allowed even below zero")
@@ -262,7 +263,7 @@ func TestReservations(t *testing.T) {
 	t.Run("commit above the hold overflows, 402 keeps it active", func(t *testing.T) {
 		t.Parallel()
 		w := newWorld(t)
-		_, err := w.srv.Grant(recipeUser, quotastacktest.Grant{Credits: 4000})
+		_, err := w.srv.Grant(recipeUser, quotastacktest.BlockSpec{Credits: 4000})
 		require.NoError(t, err)
 		id := reserve(w, "r1", 1, 0)
 		requireProblem(t, w.post("/v1/reserve/"+id+"/commit", "c1", `{"actual_units": 5}`), 402, "insufficient-credits")
@@ -286,7 +287,7 @@ func TestReservations(t *testing.T) {
 		require.Equal(t, float64(1000), p["required"])
 		require.Equal(t, float64(0), p["available"])
 
-		_, err := w.srv.Grant(recipeUser, quotastacktest.Grant{Credits: 2000, Priority: 10, ExpiresAt: quotastacktest.Ptr(t0.Add(time.Hour))})
+		_, err := w.srv.Grant(recipeUser, quotastacktest.BlockSpec{Credits: 2000, Priority: 10, ExpiresAt: quotastacktest.Ptr(t0.Add(time.Hour))})
 		require.NoError(t, err)
 		r = w.post("/v1/reserve", "r2", `{"external_customer_id": "user42:companion7", "billable_metric_key": "chat_message", "estimated_units": 2}`)
 		requireStatus(t, r, 201)
@@ -329,13 +330,13 @@ func TestSeedingErrors(t *testing.T) {
 	w := newWorld(t)
 	require.Error(t, w.srv.CreateMetric("Bad Key", ""))
 	require.Error(t, w.srv.CreateMetric("look", ""), "exists")
-	_, err := w.srv.CreateRule(quotastacktest.Rule{MetricKey: "x", CostType: "tiered"})
+	_, err := w.srv.CreateRule(quotastack.Rule{BillableMetricKey: "x", CostType: "tiered"})
 	require.Error(t, err)
-	_, err = w.srv.CreateRule(quotastacktest.Rule{MetricKey: "x", CostType: "volume", Tiers: []quotastacktest.Tier{{UpTo: quotastacktest.Ptr[int64](5), UnitCost: 1}}})
+	_, err = w.srv.CreateRule(quotastack.Rule{BillableMetricKey: "x", CostType: "volume", Tiers: []quotastacktest.Tier{{UpTo: quotastacktest.Ptr[int64](5), UnitCost: 1}}})
 	require.Error(t, err, "the last tier must be unbounded")
-	_, err = w.srv.CreateRule(quotastacktest.Rule{MetricKey: "x", CostType: "per_unit", OveragePolicy: "sometimes"})
+	_, err = w.srv.CreateRule(quotastack.Rule{BillableMetricKey: "x", CostType: "per_unit", OveragePolicy: "sometimes"})
 	require.Error(t, err)
-	_, err = w.srv.Grant("g", quotastacktest.Grant{Credits: 0})
+	_, err = w.srv.Grant("g", quotastacktest.BlockSpec{Credits: 0})
 	require.Error(t, err)
 	id, err := w.srv.CreateCustomer("c1", "C One")
 	require.NoError(t, err)

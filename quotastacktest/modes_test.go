@@ -235,7 +235,7 @@ func TestModesCatchTheTrustingPurchase(t *testing.T) {
 		t.Parallel()
 		w := newWorld(t, mode.Options...)
 		w.broken = true
-		_, err := w.srv.Grant(recipeUser, quotastacktest.Grant{Credits: 50_000})
+		_, err := w.srv.Grant(recipeUser, quotastacktest.BlockSpec{Credits: 50_000})
 		require.NoError(t, err)
 		me := byExt(recipeUser)
 		r := w.sendRetrying(http.MethodPost, "/v1/usage", "plan-debit:1hr:o1", debitJSON(me, "o1", "auto_buy"))

@@ -8,6 +8,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	quotastack "github.com/quotastack/quotastack-go"
 	"github.com/quotastack/quotastack-go/quotastacktest"
 )
 
@@ -93,7 +94,7 @@ func TestMoneyChecksCatchBugs(t *testing.T) {
 			w.grant(byID(id), "uuid-order", "auto_buy", hourLater)
 		}, []string{"of order uuid-order (plan 1hr)", "of order ext-order is untouched"}, true},
 		{"debit of one customer, grant to another", func(w *world, _ string) {
-			_, err := w.srv.Grant("someone-else", quotastacktest.Grant{Credits: 1000})
+			_, err := w.srv.Grant("someone-else", quotastacktest.BlockSpec{Credits: 1000})
 			require.NoError(t, err)
 			w.debit(me, "o1", "manual")
 			w.grant(byExt("someone-else"), "o1", "manual", hourLater)
@@ -182,7 +183,7 @@ func TestMoneyChecksPassLegitimateSequences(t *testing.T) {
 			  "metadata": {"plan_type": "1hr", "order_id": "big", "trigger": "auto_buy"}}`), 402, "insufficient-credits")
 		}},
 		{"a seeded plan block without an order id is not an order", func(w *world, _ string) {
-			_, err := w.srv.Grant(recipeUser, quotastacktest.Grant{Credits: 50_000, Priority: 10,
+			_, err := w.srv.Grant(recipeUser, quotastacktest.BlockSpec{Credits: 50_000, Priority: 10,
 				ExpiresAt: quotastacktest.Ptr(t0.Add(time.Hour)), Metadata: map[string]string{"source": "plan_grant", "plan_type": "1hr"}})
 			require.NoError(t, err)
 		}},
@@ -204,7 +205,7 @@ func TestExhaustionRuleIsPerPlanType(t *testing.T) {
 	t.Parallel()
 	w := newWorld(t)
 	w.recipeCustomer()
-	_, err := w.srv.CreateRule(quotastacktest.Rule{MetricKey: "plan_purchase_img", CostType: "per_unit", UnitCost: 1,
+	_, err := w.srv.CreateRule(quotastack.Rule{BillableMetricKey: "plan_purchase_img", CostType: "per_unit", UnitCost: 1,
 		Eligible: &quotastacktest.Eligibility{MaxPriority: quotastacktest.Ptr(0), Expiring: quotastacktest.Ptr(false)}})
 	require.NoError(t, err)
 	w.debit(byExt(recipeUser), "o1", "auto_buy")

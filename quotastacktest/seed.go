@@ -3,26 +3,21 @@ package quotastacktest
 import (
 	"fmt"
 	"time"
+
+	"github.com/quotastack/quotastack-go"
 )
 
-// Tier is one step of a graduated or volume rule: units up to UpTo (nil: no upper bound)
-// cost UnitCost mc each.
-type Tier struct {
-	UpTo     *int64 `json:"up_to"`
-	UnitCost int64  `json:"unit_cost"`
-}
+// Tier and Eligibility are the SDK's: one step of a graduated or volume rule,
+// and which credit blocks may pay for a rule ({MinPriority: 10} is "plan
+// credits only"; {MaxPriority: 0, Expiring: false} is "wallet only").
+type (
+	Tier        = quotastack.Tier
+	Eligibility = quotastack.Eligibility
+)
 
-// Eligibility restricts which credit blocks may pay for a rule; nil fields do not restrict.
-// {MinPriority: 10} is "plan credits only"; {MaxPriority: 0, Expiring: false} is "wallet only".
-type Eligibility struct {
-	MinPriority *int  `json:"min_priority,omitempty"`
-	MaxPriority *int  `json:"max_priority,omitempty"`
-	Expiring    *bool `json:"expiring,omitempty"`
-}
-
-// Rule is a metering rule for seeding. Costs are in mc; CostType is "per_unit", "flat",
-// "graduated" or "volume"; OveragePolicy is "block" (the default), "allow" or "notify".
-type Rule struct {
+// ruleSpec is a metering rule as the fake stores it. Costs are in mc; CostType is "per_unit",
+// "flat", "graduated" or "volume"; OveragePolicy is "block" (the default), "allow" or "notify".
+type ruleSpec struct {
 	MetricKey     string
 	CostType      string
 	UnitCost      int64
@@ -32,9 +27,9 @@ type Rule struct {
 	OveragePolicy string
 }
 
-// Grant is a credit block to seed: Credits mc at Priority, expiring at ExpiresAt (nil: never).
-// Source defaults to "topup".
-type Grant struct {
+// BlockSpec is a credit block to seed (Server.Grant): Credits mc at Priority, expiring at
+// ExpiresAt (nil: never). Source defaults to "topup".
+type BlockSpec struct {
 	Credits   int64
 	Priority  int
 	ExpiresAt *time.Time
@@ -42,7 +37,7 @@ type Grant struct {
 	Metadata  map[string]string
 }
 
-// Ptr returns a pointer to v, for the optional fields of Tier, Eligibility and Grant.
+// Ptr returns a pointer to v, for the optional fields of Tier, Eligibility and BlockSpec.
 func Ptr[T any](v T) *T { return &v }
 
 // CreateMetric adds a billable metric (key lowercase_with_underscores). It fails if the key
@@ -54,9 +49,12 @@ func (s *Server) CreateMetric(key, name string) error {
 	return asError(p)
 }
 
-// CreateRule makes r the active rule of its metric (creating the metric if missing and
-// replacing any active rule) and returns the rule's id.
-func (s *Server) CreateRule(r Rule) (ruleID string, err error) {
+// CreateRule makes r (the SDK's Rule: BillableMetricKey, CostType, costs, Tiers, Eligible,
+// OveragePolicy; the other fields are ignored) the active rule of its metric, creating the
+// metric if missing and replacing any active rule, and returns the rule's id.
+func (s *Server) CreateRule(rule quotastack.Rule) (ruleID string, err error) {
+	r := ruleSpec{MetricKey: rule.BillableMetricKey, CostType: rule.CostType, UnitCost: rule.UnitCost,
+		FlatCost: rule.FlatCost, Tiers: rule.Tiers, Eligible: rule.Eligible, OveragePolicy: rule.OveragePolicy}
 	s.st.mu.Lock()
 	defer s.st.mu.Unlock()
 	now := s.Now()
@@ -91,7 +89,7 @@ func (s *Server) CreateCustomer(externalID, displayName string) (customerID stri
 
 // Grant gives the customer a credit block (creating the customer if missing) and returns the
 // block's id. Credits must be positive.
-func (s *Server) Grant(externalID string, g Grant) (blockID string, err error) {
+func (s *Server) Grant(externalID string, g BlockSpec) (blockID string, err error) {
 	if g.Credits <= 0 {
 		return "", fmt.Errorf("quotastacktest: grant of %d mc: credits must be positive", g.Credits)
 	}
@@ -129,12 +127,12 @@ func (s *Server) SeedRecipe(purchaseMetrics ...string) error {
 	if len(purchaseMetrics) == 0 {
 		purchaseMetrics = []string{RecipePurchaseMetric}
 	}
-	if _, err := s.CreateRule(Rule{MetricKey: RecipeChatMetric, CostType: "per_unit", UnitCost: 1000,
+	if _, err := s.CreateRule(quotastack.Rule{BillableMetricKey: RecipeChatMetric, CostType: "per_unit", UnitCost: 1000,
 		Eligible: &Eligibility{MinPriority: Ptr(10)}}); err != nil {
 		return err
 	}
 	for _, m := range purchaseMetrics {
-		if _, err := s.CreateRule(Rule{MetricKey: m, CostType: "per_unit", UnitCost: 1,
+		if _, err := s.CreateRule(quotastack.Rule{BillableMetricKey: m, CostType: "per_unit", UnitCost: 1,
 			Eligible: &Eligibility{MaxPriority: Ptr(0), Expiring: Ptr(false)}}); err != nil {
 			return err
 		}

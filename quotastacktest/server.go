@@ -62,8 +62,9 @@ type Option func(*config)
 func WithAPIKey(key string) Option { return func(c *config) { c.apiKey = key } }
 
 // WithClock sets the clock behind expiry, TTLs, idempotency retention and rate limiting
-// (default the wall clock in UTC).
-func WithClock(clk Clock) Option { return func(c *config) { c.clock = clk } }
+// (default the wall clock in UTC): pass a ManualClock's Now, as with the SDK's
+// own WithClock options (plan, autobuy, webhook), which take the same func.
+func WithClock(now func() time.Time) Option { return func(c *config) { c.clock = clockFunc(now) } }
 
 // WithBurnOrder sets the initial burn order (default BurnOrderPriorityDesc).
 func WithBurnOrder(o BurnOrder) Option { return func(c *config) { c.burnOrder = o } }

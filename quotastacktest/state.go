@@ -125,7 +125,7 @@ func (s *state) activeRule(key string) (*rule, *problem) {
 }
 
 // createRule validates r and makes it the metric's active rule, replacing the previous one.
-func (s *state) createRule(r Rule, now time.Time) (*rule, *problem) {
+func (s *state) createRule(r ruleSpec, now time.Time) (*rule, *problem) {
 	if p := validateRule(&r); p != nil {
 		return nil, p
 	}
@@ -147,7 +147,7 @@ func (s *state) createRule(r Rule, now time.Time) (*rule, *problem) {
 	return nr, nil
 }
 
-func validateRule(r *Rule) *problem {
+func validateRule(r *ruleSpec) *problem {
 	var errs []fieldError
 	add := func(f, m string) { errs = append(errs, fieldError{f, m}) }
 	if r.MetricKey == "" {

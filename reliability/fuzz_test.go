@@ -47,7 +47,7 @@ func FuzzCustomerPath(f *testing.F) {
 			require.Empty(t, srv.Requests(), "refused before any request")
 			return
 		}
-		_, err := srv.Grant(id, quotastacktest.Grant{Credits: 1})
+		_, err := srv.Grant(id, quotastacktest.BlockSpec{Credits: 1})
 		require.NoError(t, err)
 
 		srv.ResetRequests()

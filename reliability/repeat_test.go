@@ -35,11 +35,11 @@ func seedRecipe(t *testing.T, srv *quotastacktest.Server, p plan.Plan) {
 // seedCustomer gives c its wallet and its credits of plan p, if any.
 func seedCustomer(t *testing.T, srv *quotastacktest.Server, p plan.Plan, c soakCustomer) {
 	t.Helper()
-	_, err := srv.Grant(c.id, quotastacktest.Grant{Credits: c.walletMC})
+	_, err := srv.Grant(c.id, quotastacktest.BlockSpec{Credits: c.walletMC})
 	require.NoError(t, err)
 	if c.planMC > 0 {
 		exp := srv.Now().Add(p.Duration)
-		_, err = srv.Grant(c.id, quotastacktest.Grant{Credits: c.planMC, Priority: p.BlockPriority(), ExpiresAt: &exp,
+		_, err = srv.Grant(c.id, quotastacktest.BlockSpec{Credits: c.planMC, Priority: p.BlockPriority(), ExpiresAt: &exp,
 			Metadata: map[string]string{"plan_type": p.Type, "source": "plan_grant"}})
 		require.NoError(t, err)
 	}
@@ -150,7 +150,7 @@ func usageByKey(srv *quotastacktest.Server, user string) map[string]string {
 
 // A wallet topup is a grant: it changes lifetime_earned, from which the
 // auto-buy order id is derived (autobuy/purchase.go orderID).
-var walletTopup = quotastacktest.Grant{Credits: 100_000}
+var walletTopup = quotastacktest.BlockSpec{Credits: 100_000}
 
 // TestHalfDonePurchaseFinishedAfterATopup: a purchase whose grant failed
 // (debited, not granted) must be finished by the next gate, not paid again,

@@ -21,7 +21,7 @@ func TestLeaseEventsOnceAcrossReplicas(t *testing.T) {
 	_, rdb := miniClient(t)
 	w := setup(t)
 	exp := w.srv.Now().Add(time.Hour)
-	_, err := w.srv.Grant("user42:companion7", quotastacktest.Grant{Credits: 100_000, Priority: 10, ExpiresAt: &exp})
+	_, err := w.srv.Grant("user42:companion7", quotastacktest.BlockSpec{Credits: 100_000, Priority: 10, ExpiresAt: &exp})
 	require.NoError(t, err)
 	lease := autobuy.WithLease(autobuy.LeaseConfig{Actions: 20, Linger: time.Hour, Events: redislock.NewEventStore(rdb, "t:")})
 	a := w.replica(t, redislock.New(rdb), lease)

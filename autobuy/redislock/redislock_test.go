@@ -101,7 +101,7 @@ func setup(t *testing.T) *world {
 	t.Helper()
 	srv := quotastacktest.Start(t)
 	require.NoError(t, srv.SeedRecipe())
-	_, err := srv.Grant("user42:companion7", quotastacktest.Grant{Credits: 250_000})
+	_, err := srv.Grant("user42:companion7", quotastacktest.BlockSpec{Credits: 250_000})
 	require.NoError(t, err)
 	t.Cleanup(func() { assert.NoError(t, srv.CheckInvariants()) })
 	return &world{srv: srv, cust: quotastack.ExternalID("user42:companion7")}

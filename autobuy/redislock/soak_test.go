@@ -155,7 +155,7 @@ func TestReplicaSoak(t *testing.T) {
 		if i == 0 {
 			wallet = soakPlan.PriceMC / 2
 		}
-		_, err := srv.Grant(ids[i], quotastacktest.Grant{Credits: wallet + int64(i)*1_000})
+		_, err := srv.Grant(ids[i], quotastacktest.BlockSpec{Credits: wallet + int64(i)*1_000})
 		require.NoError(t, err)
 		acct, ok := srv.Account(ids[i])
 		require.True(t, ok)
@@ -370,7 +370,7 @@ func TestCrashedPurchaseResumedByAnotherReplica(t *testing.T) {
 				_, rdb := miniClient(t)
 				srv := quotastacktest.Start(t, mode.Options...)
 				require.NoError(t, srv.SeedRecipe())
-				_, err := srv.Grant("user42", quotastacktest.Grant{Credits: 250_000})
+				_, err := srv.Grant("user42", quotastacktest.BlockSpec{Credits: 250_000})
 				require.NoError(t, err)
 				var hooks atomic.Int64
 				mk := func(crash func(string) bool) (*autobuy.Gatekeeper, *crashTransport) {

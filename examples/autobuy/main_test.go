@@ -10,6 +10,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/quotastack/quotastack-go"
 	"github.com/quotastack/quotastack-go/autobuy"
 	"github.com/quotastack/quotastack-go/quotastacktest"
 )
@@ -50,7 +51,7 @@ func TestStory(t *testing.T) {
 func TestKeepsATenantsRule(t *testing.T) {
 	t.Parallel()
 	srv := quotastacktest.Start(t)
-	_, err := srv.CreateRule(quotastacktest.Rule{MetricKey: "chat_message", CostType: "per_unit", UnitCost: 5})
+	_, err := srv.CreateRule(quotastack.Rule{BillableMetricKey: "chat_message", CostType: "per_unit", UnitCost: 5})
 	require.NoError(t, err)
 	vars := map[string]string{"QUOTASTACK_API_KEY": srv.APIKey, "QUOTASTACK_BASE_URL": srv.URL}
 	getenv := func(k string) string { return vars[k] }

@@ -59,7 +59,7 @@ func main() {
 		if err != nil {
 			log.Fatalf("-now: %v", err)
 		}
-		opts = append(opts, quotastacktest.WithClock(shiftedClock{offset: time.Until(t)}))
+		opts = append(opts, quotastacktest.WithClock(shiftedClock{offset: time.Until(t)}.Now))
 	}
 	if *asc {
 		opts = append(opts, quotastacktest.WithBurnOrder(quotastacktest.BurnOrderPriorityAsc))
@@ -106,7 +106,7 @@ func seedRecipe(srv *quotastacktest.Server) error {
 	if err := srv.SeedRecipe(); err != nil {
 		return err
 	}
-	_, err := srv.Grant("user42:companion7", quotastacktest.Grant{
+	_, err := srv.Grant("user42:companion7", quotastacktest.BlockSpec{
 		Credits: 500_000, Metadata: map[string]string{"source": "wallet_recharge"},
 	})
 	return err

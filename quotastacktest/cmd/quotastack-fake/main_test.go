@@ -16,7 +16,7 @@ import (
 func TestRecipeCurls(t *testing.T) {
 	start, err := time.Parse(time.RFC3339, recipeNow)
 	require.NoError(t, err)
-	srv := quotastacktest.Start(t, quotastacktest.WithClock(shiftedClock{offset: time.Until(start)}))
+	srv := quotastacktest.Start(t, quotastacktest.WithClock(shiftedClock{offset: time.Until(start)}.Now))
 	require.NoError(t, seedRecipe(srv))
 	base := srv.URL + "/v1/customer-by-external-id/user42%3Acompanion7"
 
