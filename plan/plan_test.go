@@ -86,7 +86,7 @@ func TestBuyMovesPriceAndGrantsOnePlanBlock(t *testing.T) {
 	assert.Equal(t, int64(50_000), blocks[0].RemainingAmount)
 	require.NotNil(t, blocks[0].ExpiresAt)
 	assert.Equal(t, start.Add(time.Hour), blocks[0].ExpiresAt.UTC())
-	assert.Equal(t, map[string]string{"source": "plan_grant", "plan_type": "1hr", "order_id": "ord_1", "trigger": "auto_buy"}, blocks[0].Metadata)
+	assert.Equal(t, quotastack.Metadata{"source": "plan_grant", "plan_type": "1hr", "order_id": "ord_1", "trigger": "auto_buy"}, blocks[0].Metadata)
 
 	assert.Equal(t, "ord_1", p.OrderID)
 	assert.Equal(t, blocks[0].ID, p.Block.ID)
