@@ -23,8 +23,8 @@ func NewOrderID() string {
 }
 
 // DeriveOrderID returns a deterministic order id for the business ids parts
-// (e.g. a payment id, or customer + ledger version for an auto-buy): the same
-// parts always give the same id, different parts practically never do.
+// (e.g. a checkout or payment id): the same parts always give the same id,
+// different parts practically never do.
 func DeriveOrderID(parts ...string) string {
 	h := sha256.New()
 	for _, p := range parts {
