@@ -9,8 +9,10 @@ import (
 // covers one process; replicas share one (the Redis one in
 // autobuy/redislock) together with a shared Journal. A lock that expires
 // while held can't make a purchase run twice (the journal's revisions and
-// the order's idempotency keys keep it single), but two gates could then
-// each decide to buy: keep the lock's TTL above the purchase timeout.
+// the order's idempotency keys keep it single), and the journal refuses a
+// second open intent for the customer; a gate deciding on a stale check
+// while another's purchase starts and ends is what remains, so keep the
+// lock's TTL above the purchase timeout.
 type Locker interface {
 	// Lock blocks until the key is held or ctx ends, and returns the function
 	// that releases it.
