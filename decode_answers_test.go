@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -75,4 +76,55 @@ func TestBlockMetadataAnyJSON(t *testing.T) {
 	assert.Equal(t, map[string]any{"x": json.Number("1.5")}, m["nested"])
 	assert.Nil(t, m["none"])
 	assert.Equal(t, int64(1), bal.WalletMC())
+}
+
+// TestGateAnswersDecodeLikeEncodingJSON: an entitlement and a usage event
+// decode the same through the client whether the fast path takes their bytes
+// or leaves them to encoding/json (an escaped key, a key in another case, a
+// null), and a value encoding/json refuses is an ErrUnexpectedResponse.
+func TestGateAnswersDecodeLikeEncodingJSON(t *testing.T) {
+	t.Parallel()
+	const ent = `"customer_id":"cus_1","units":2,"balance":5000,"balance_after":3000,"overage_policy":"block"`
+	const ev = `"id":"evt_1","cost":2000,"balance_after":3000,"created_at":"2026-03-01T12:00:00Z"`
+	tests := []struct {
+		name, entitlement, usage string
+		wantErr                  bool
+	}{
+		{"plain (fast path)", `{"allowed":true,` + ent + `}`, `{` + ev + `,"units":2}`, false},
+		{"escaped key (encoding/json)", `{"\u0061llowed":true,` + ent + `}`, `{` + ev + `,"\u0075nits":2}`, false},
+		{"key in another case (encoding/json)", `{"Allowed":true,` + ent + `}`, `{` + ev + `,"UNITS":2}`, false},
+		{"a null and unknown members", `{"allowed":true,"subscription_status":null,"x":[{}],` + ent + `}`, `{` + ev + `,"units":2,"metadata":{"a":1}}`, false},
+		{"a float where an integer belongs", `{"allowed":true,` + ent + `,"units":2.5}`, `{` + ev + `,"units":2.5}`, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			c, mt := setup(t)
+			mt.RegisterResponder(http.MethodGet, baseURL+"/v1/customer-by-external-id/u1/entitlements/chat_message",
+				jsonResponder(200, tt.entitlement))
+			mt.RegisterResponder(http.MethodPost, baseURL+"/v1/usage", jsonResponder(200, tt.usage))
+			ctx := context.Background()
+			e, err := c.Check(ctx, quotastack.ExternalID("u1"), "chat_message", 2)
+			if tt.wantErr {
+				require.ErrorIs(t, err, quotastack.ErrUnexpectedResponse)
+			} else {
+				require.NoError(t, err)
+				assert.True(t, e.Allowed)
+				assert.Equal(t, "cus_1", e.CustomerID)
+				assert.Equal(t, int64(2), e.Units)
+				assert.Equal(t, int64(3000), e.BalanceAfter)
+			}
+			u, err := c.Record(ctx, quotastack.UsageParams{Customer: quotastack.ExternalID("u1"), MetricKey: "chat_message", Units: 2})
+			if tt.wantErr {
+				require.ErrorIs(t, err, quotastack.ErrUnexpectedResponse)
+				return
+			}
+			require.NoError(t, err)
+			assert.Equal(t, "evt_1", u.ID)
+			assert.Equal(t, int64(2), u.Units)
+			assert.Equal(t, int64(2000), u.Cost)
+			assert.True(t, u.Confirmed())
+			assert.Equal(t, "2026-03-01T12:00:00Z", u.CreatedAt.Format(time.RFC3339))
+		})
+	}
 }
