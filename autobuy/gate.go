@@ -247,6 +247,10 @@ func (g *Gatekeeper) boughtSince(ctx context.Context, customerID string, started
 		}
 	}
 	from := started.Add(-skewMargin)
+	if ds, ok := g.journal.(DoneSincer); ok {
+		done, err := ds.DoneSince(ctx, customerID, from)
+		return done || err != nil // unknown: one more check can't charge twice
+	}
 	recent, err := g.journal.Since(ctx, customerID, from)
 	if err != nil {
 		return true // unknown: one more check can't charge twice

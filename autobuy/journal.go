@@ -134,6 +134,14 @@ type Journal interface {
 	Lift(ctx context.Context, customerID, metric string) error
 }
 
+// DoneSincer is an optional Journal method the gate uses, when a journal has
+// it, instead of reading every recent intent with Since: whether any of the
+// customer's intents is done and was last updated at or after t (the same
+// answer as scanning Since(t) for them).
+type DoneSincer interface {
+	DoneSince(ctx context.Context, customerID string, t time.Time) (bool, error)
+}
+
 // MemoryJournal is the in-process Journal: exactly-once purchases within one
 // process. Closed intents are forgotten after the retention (48 h by
 // default), so memory stays bounded by recent purchases. Safe for
@@ -141,7 +149,9 @@ type Journal interface {
 type MemoryJournal struct {
 	mu        sync.Mutex
 	retention time.Duration
-	byCust    map[string][]*Intent // oldest first
+	byCust    map[string][]*Intent // in the order they were first stored
+	open      map[string]int       // open intents per customer
+	stored    map[[2]string]bool   // customer and order id of every intent kept
 	suspended map[[2]string]Suspension
 	lastPrune time.Time
 }
@@ -152,7 +162,8 @@ func NewMemoryJournal(retention time.Duration) *MemoryJournal {
 	if retention <= 0 {
 		retention = 48 * time.Hour
 	}
-	return &MemoryJournal{retention: retention, byCust: map[string][]*Intent{}, suspended: map[[2]string]Suspension{}}
+	return &MemoryJournal{retention: retention, byCust: map[string][]*Intent{}, open: map[string]int{},
+		stored: map[[2]string]bool{}, suspended: map[[2]string]Suspension{}}
 }
 
 func cloneIntent(in *Intent) Intent {
@@ -167,22 +178,46 @@ func (j *MemoryJournal) Put(_ context.Context, in *Intent) error {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	list := j.byCust[in.CustomerID]
-	i := slices.IndexFunc(list, func(x *Intent) bool { return x.OrderID == in.OrderID })
+	i := -1
+	if j.stored[[2]string{in.CustomerID, in.OrderID}] { // a create needs no scan
+		i = lastIndex(list, in.OrderID)
+	}
 	switch {
 	case i < 0 && in.Rev != 0, i >= 0 && list[i].Rev != in.Rev:
 		return ErrJournalConflict
-	case i < 0 && slices.ContainsFunc(list, func(x *Intent) bool { return x.State.Open() }):
+	case i < 0 && j.open[in.CustomerID] > 0:
 		return ErrJournalConflict // one open intent per customer
 	}
 	in.Rev++
 	c := cloneIntent(in)
+	wasOpen := i >= 0 && list[i].State.Open()
 	if i >= 0 {
 		list[i] = &c
 	} else {
 		j.byCust[in.CustomerID] = append(list, &c)
+		j.stored[[2]string{in.CustomerID, in.OrderID}] = true
+	}
+	switch {
+	case c.State.Open() && !wasOpen:
+		j.open[in.CustomerID]++
+	case !c.State.Open() && wasOpen:
+		if j.open[in.CustomerID]--; j.open[in.CustomerID] == 0 {
+			delete(j.open, in.CustomerID)
+		}
 	}
 	j.prune(in.UpdatedAt)
 	return nil
+}
+
+// lastIndex finds an order in a customer's list from its newest end, where
+// the intent being advanced almost always is.
+func lastIndex(list []*Intent, orderID string) int {
+	for i := len(list) - 1; i >= 0; i-- {
+		if list[i].OrderID == orderID {
+			return i
+		}
+	}
+	return -1
 }
 
 // prune drops closed intents past the retention, at most once a minute of
@@ -197,6 +232,8 @@ func (j *MemoryJournal) prune(now time.Time) {
 		for _, in := range list {
 			if in.State.Open() || now.Sub(in.UpdatedAt) < j.retention {
 				kept = append(kept, in)
+			} else {
+				delete(j.stored, [2]string{cust, in.OrderID})
 			}
 		}
 		if len(kept) == 0 {
@@ -229,12 +266,32 @@ func (j *MemoryJournal) collect(customerID string, keep func(*Intent) bool) []In
 
 // Open implements Journal.
 func (j *MemoryJournal) Open(_ context.Context, customerID string) ([]Intent, error) {
+	j.mu.Lock()
+	none := j.open[customerID] == 0
+	j.mu.Unlock()
+	if none {
+		return nil, nil // the common case, without a scan
+	}
 	return j.collect(customerID, func(in *Intent) bool { return in.State.Open() }), nil
 }
 
 // Since implements Journal.
 func (j *MemoryJournal) Since(_ context.Context, customerID string, t time.Time) ([]Intent, error) {
 	return j.collect(customerID, func(in *Intent) bool { return !in.CreatedAt.Before(t) || !in.UpdatedAt.Before(t) }), nil
+}
+
+// DoneSince implements DoneSincer: a scan from the newest intent, without
+// copying any.
+func (j *MemoryJournal) DoneSince(_ context.Context, customerID string, t time.Time) (bool, error) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	list := j.byCust[customerID]
+	for i := len(list) - 1; i >= 0; i-- {
+		if list[i].State == IntentDone && !list[i].UpdatedAt.Before(t) {
+			return true, nil
+		}
+	}
+	return false, nil
 }
 
 // Pending implements Journal.

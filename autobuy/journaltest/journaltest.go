@@ -50,6 +50,7 @@ func Run(t *testing.T, newJournal func(t *testing.T) autobuy.Journal) {
 		{"OpenOnlyOpen", testOpen},
 		{"OneOpenIntentPerCustomer", testOneOpenPerCustomer},
 		{"SinceCreatedOrUpdated", testSince},
+		{"DoneSinceAgreesWithSince", testDoneSince},
 		{"PendingAcrossCustomersWithLimit", testPending},
 		{"SuspendOnceWhileActive", testSuspend},
 		{"SuspendUntilLifted", testSuspendForever},
@@ -281,6 +282,43 @@ func testSince(t *testing.T, j autobuy.Journal) {
 	got, err := j.Since(ctx, "cus_none", t0.Add(-24*time.Hour))
 	require.NoError(t, err)
 	assert.Empty(t, got)
+}
+
+// testDoneSince checks, for a journal with the optional DoneSince, that it
+// answers what scanning Since for done intents answers.
+func testDoneSince(t *testing.T, j autobuy.Journal) {
+	ds, ok := j.(autobuy.DoneSincer)
+	if !ok {
+		t.Skip("the journal has no DoneSince")
+	}
+	done := put(t, j, newIntent("cus_a", "ord_done", t0.Add(-time.Hour)))
+	done.State, done.UpdatedAt = autobuy.IntentDone, t0.Add(10*time.Second)
+	put(t, j, done)
+	failed := put(t, j, newIntent("cus_a", "ord_failed", t0))
+	failed.State, failed.UpdatedAt = autobuy.IntentFailed, t0.Add(time.Minute)
+	put(t, j, failed)
+	put(t, j, newIntent("cus_a", "ord_open", t0.Add(2*time.Minute)))
+	other := put(t, j, newIntent("cus_b", "ord_b", t0.Add(time.Hour)))
+	other.State, other.UpdatedAt = autobuy.IntentDone, t0.Add(time.Hour)
+	put(t, j, other)
+
+	for _, from := range []time.Time{t0.Add(-2 * time.Hour), t0, t0.Add(10 * time.Second),
+		t0.Add(10*time.Second + time.Nanosecond), t0.Add(30 * time.Minute), t0.Add(2 * time.Hour)} {
+		for _, cust := range []string{"cus_a", "cus_b", "cus_none"} {
+			ins, err := j.Since(ctx, cust, from)
+			require.NoError(t, err)
+			want := false
+			for _, in := range ins {
+				want = want || (in.State == autobuy.IntentDone && !in.UpdatedAt.Before(from))
+			}
+			got, err := ds.DoneSince(ctx, cust, from)
+			require.NoError(t, err)
+			assert.Equal(t, want, got, "DoneSince(%s, t0%+v)", cust, from.Sub(t0))
+		}
+	}
+	got, err := ds.DoneSince(ctx, "cus_a", t0.Add(10*time.Second))
+	require.NoError(t, err)
+	assert.True(t, got, "the done intent updated at the bound counts")
 }
 
 func nilIfEmpty(s []string) []string {
