@@ -8,7 +8,7 @@ import (
 
 // The gate's two answers (an entitlement and a usage event) are decoded by a
 // small hand-written reader instead of encoding/json's reflection, which was
-// half of the client's CPU on the gate's happy path. It takes only a plain
+// nearly half of the client's CPU on the gate's happy path. It takes only a plain
 // subset of JSON: a flat object whose known members are unescaped ASCII keys
 // with strings, integers, booleans or RFC 3339 times. Anything else (an
 // escape, a null, a float, a key that differs from a field's name only in
