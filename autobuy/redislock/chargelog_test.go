@@ -3,7 +3,13 @@ package redislock_test
 import (
 	"context"
 	"errors"
+	"fmt"
+	"net"
+	"os/exec"
+	"path/filepath"
+	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -390,4 +396,76 @@ func take(l *redislock.ChargeLog) error {
 func leases(l *redislock.ChargeLog) error {
 	_, err := l.Leases(context.Background(), time.Time{}, 0)
 	return err
+}
+
+// clusterRedis starts a one-node Redis Cluster (every slot on one
+// redis-server, which still refuses a script whose keys span slots) and
+// returns a cluster client of it; skipped without redis-server on PATH.
+func clusterRedis(t *testing.T) *redis.ClusterClient {
+	t.Helper()
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		t.Skip("redis-server not installed")
+	}
+	var port int
+	for port == 0 || port+10000 > 65535 { // the cluster bus listens on port+10000
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		require.NoError(t, err)
+		port = ln.Addr().(*net.TCPAddr).Port
+		require.NoError(t, ln.Close())
+	}
+	dir := t.TempDir()
+	cmd := exec.Command(bin, "--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+		"--cluster-enabled", "yes", "--cluster-config-file", filepath.Join(dir, "nodes.conf"), "--dir", dir,
+		"--cluster-announce-ip", "127.0.0.1")
+	require.NoError(t, cmd.Start())
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	addr := "127.0.0.1:" + strconv.Itoa(port)
+	node := redis.NewClient(&redis.Options{Addr: addr})
+	defer node.Close()
+	ctx := context.Background()
+	require.Eventually(t, func() bool { return node.Ping(ctx).Err() == nil }, 10*time.Second, 20*time.Millisecond)
+	require.NoError(t, node.ClusterAddSlotsRange(ctx, 0, 16383).Err())
+	require.Eventually(t, func() bool {
+		info, err := node.ClusterInfo(ctx).Result()
+		return err == nil && strings.Contains(info, "cluster_state:ok")
+	}, 10*time.Second, 20*time.Millisecond)
+	rdb := redis.NewClusterClient(&redis.ClusterOptions{Addrs: []string{addr}})
+	t.Cleanup(func() { _ = rdb.Close() })
+	return rdb
+}
+
+// On a cluster every script stays in one slot (Redis refuses CROSSSLOT
+// scripts) and Leases reads leases of many slots.
+func TestChargeLogConformanceCluster(t *testing.T) {
+	t.Parallel()
+	rdb := clusterRedis(t)
+	var n atomic.Int64
+	chargelogtest.Run(t, func(t *testing.T) autobuy.ChargeLog {
+		return newChargeLog(t, rdb, redislock.WithChargeLogPrefix(fmt.Sprintf("t%d:", n.Add(1))))
+	})
+	t.Run("LeasesAcrossSlots", func(t *testing.T) {
+		l := newChargeLog(t, rdb, redislock.WithChargeLogPrefix("slots:"))
+		ctx := context.Background()
+		const customers = 50
+		for i := range customers {
+			ls := testLease(fmt.Sprint("cus_", i), "chat")
+			ls.LastUsed = clT0.Add(time.Duration(customers-i) * time.Second)
+			require.NoError(t, l.PutLease(ctx, &ls))
+			_, ok, err := l.TakeLease(ctx, ls.CustomerID, "chat", 1, ls.LastUsed)
+			require.NoError(t, err)
+			require.True(t, ok)
+			c := testCharge(ls.CustomerID, "evt")
+			_, created, err := l.Claim(ctx, &c)
+			require.NoError(t, err)
+			require.True(t, created)
+		}
+		got, err := l.Leases(ctx, time.Time{}, 0)
+		require.NoError(t, err)
+		require.Len(t, got, customers)
+		assert.Equal(t, fmt.Sprint("cus_", customers-1), got[0].CustomerID, "least recently used first")
+		for _, ls := range got {
+			assert.Equal(t, int64(1), ls.Used)
+		}
+	})
 }
