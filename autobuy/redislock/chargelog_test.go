@@ -469,3 +469,59 @@ func TestChargeLogConformanceCluster(t *testing.T) {
 		}
 	})
 }
+
+// Every call is bounded by the log's timeout when Redis stops answering, also
+// with a caller's context that has no deadline.
+func TestChargeLogBoundedWhenRedisIsPartitioned(t *testing.T) {
+	t.Parallel()
+	tests := map[string]func(ctx context.Context, l *redislock.ChargeLog) error{
+		"Claim": func(ctx context.Context, l *redislock.ChargeLog) error {
+			c := testCharge("cus_a", "evt_new")
+			_, _, err := l.Claim(ctx, &c)
+			return err
+		},
+		"PutCharge": func(ctx context.Context, l *redislock.ChargeLog) error {
+			c := testCharge("cus_a", "evt")
+			c.Rev = 1
+			return l.PutCharge(ctx, &c)
+		},
+		"Lease": func(ctx context.Context, l *redislock.ChargeLog) error {
+			_, _, err := l.Lease(ctx, "cus_a", "chat")
+			return err
+		},
+		"PutLease": func(ctx context.Context, l *redislock.ChargeLog) error {
+			ls := testLease("cus_b", "chat")
+			return l.PutLease(ctx, &ls)
+		},
+		"TakeLease": func(ctx context.Context, l *redislock.ChargeLog) error {
+			_, _, err := l.TakeLease(ctx, "cus_a", "chat", 1, clT0)
+			return err
+		},
+		"DeleteLease": func(ctx context.Context, l *redislock.ChargeLog) error {
+			return l.DeleteLease(ctx, autobuy.Lease{CustomerID: "cus_a", Metric: "chat", Rev: 1})
+		},
+		"Leases": func(ctx context.Context, l *redislock.ChargeLog) error {
+			_, err := l.Leases(ctx, time.Time{}, 0)
+			return err
+		},
+	}
+	for name, op := range tests {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			rdb, p := partitionable(t)
+			l := newChargeLog(t, rdb, redislock.WithChargeLogPrefix(uniqueKey(t)),
+				redislock.WithChargeLogTimeout(300*time.Millisecond))
+			ctx := context.Background()
+			c := testCharge("cus_a", "evt")
+			_, _, err := l.Claim(ctx, &c)
+			require.NoError(t, err)
+			ls := testLease("cus_a", "chat")
+			require.NoError(t, l.PutLease(ctx, &ls))
+			p.Pause()
+			start := time.Now()
+			err = op(ctx, l)
+			assert.Less(t, time.Since(start), hangLimit)
+			assert.ErrorIs(t, err, context.DeadlineExceeded)
+		})
+	}
+}
