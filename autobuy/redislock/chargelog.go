@@ -38,7 +38,10 @@ import (
 // before every PutLease (so no lease is ever missing from it), and pruned by
 // Leases of entries whose lease is gone once the entry is a minute old.
 // Leases reads the whole index (one pipelined read per 1,000 leases): it is
-// meant for a background sweep, not the gate's path.
+// meant for a background sweep, not the gate's path. A Redis that evicts
+// (charges carry a TTL, so any volatile-* policy may take them) or restarts
+// without persistence forgets records: run it with maxmemory-policy
+// noeviction and AOF so that every replay finds its record.
 type ChargeLog struct {
 	rdb       redis.UniversalClient
 	prefix    string
