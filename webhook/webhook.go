@@ -27,11 +27,11 @@ const (
 
 // Defaults used by [NewVerifier] when no option overrides them.
 const (
-	DefaultTolerance    = 5 * time.Minute
+	DefaultTolerance = 5 * time.Minute
 	// MaxTolerance is the largest tolerance [WithTolerance] accepts: a day.
 	// Handled ids are kept twice the tolerance (plus a minute), so a longer
 	// one would mostly grow the replay store.
-	MaxTolerance = 24 * time.Hour
+	MaxTolerance        = 24 * time.Hour
 	DefaultMaxBodyBytes = 1 << 20 // 1 MiB
 )
 
