@@ -2,6 +2,7 @@ package redislock
 
 import (
 	"context"
+	"fmt"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -9,7 +10,9 @@ import (
 
 // EventStore is an autobuy.EventStore on Redis (SET NX with a TTL): replicas
 // that share it let an event through once across all their leases. Every
-// call is bounded by the store's timeout. Safe for concurrent use.
+// call is bounded by the store's timeout (WithEventStoreTimeout, default
+// 2 s), whatever the context. Safe for
+// concurrent use.
 type EventStore struct {
 	rdb     redis.UniversalClient
 	prefix  string
@@ -18,13 +21,37 @@ type EventStore struct {
 
 // NewEventStore returns an EventStore on rdb; keys are prefix+"qs:event:"+key
 // (the key is already injective: the gate derives it).
-func NewEventStore(rdb redis.UniversalClient, prefix string) *EventStore {
-	return &EventStore{rdb: rdb, prefix: prefix, timeout: 2 * time.Second}
+func NewEventStore(rdb redis.UniversalClient, prefix string, opts ...EventStoreOption) *EventStore {
+	Protect(rdb)
+	s := &EventStore{rdb: rdb, prefix: prefix, timeout: DefaultCallTimeout}
+	for _, o := range opts {
+		o(s)
+	}
+	if s.timeout <= 0 {
+		s.timeout = DefaultCallTimeout
+	}
+	return s
+}
+
+// EventStoreOption configures an EventStore.
+type EventStoreOption func(*EventStore)
+
+// WithEventStoreTimeout bounds each Redis call of the store (default 2 s;
+// not positive: the default).
+func WithEventStoreTimeout(d time.Duration) EventStoreOption {
+	return func(s *EventStore) { s.timeout = d }
 }
 
 // FirstUse implements autobuy.EventStore.
 func (s *EventStore) FirstUse(ctx context.Context, key string, ttl time.Duration) (bool, error) {
-	ctx, cancel := context.WithTimeout(ctx, s.timeout)
-	defer cancel()
-	return s.rdb.SetNX(ctx, s.prefix+"qs:event:"+key, "1", ttl).Result()
+	var first bool
+	err := bounded(ctx, s.timeout, func(ctx context.Context) error {
+		var err error
+		first, err = s.rdb.SetNX(ctx, s.prefix+"qs:event:"+key, "1", ttl).Result()
+		return err
+	}, nil)
+	if err != nil {
+		return false, fmt.Errorf("redislock: event store: %w", err)
+	}
+	return first, nil
 }

@@ -59,6 +59,7 @@ func WithTimeout(d time.Duration) JournalOption { return func(j *Journal) { j.ti
 // NewJournal returns a Journal on rdb (a *redis.Client, *redis.ClusterClient, ...).
 func NewJournal(rdb redis.UniversalClient, opts ...JournalOption) (*Journal, error) {
 	j := &Journal{rdb: rdb, retention: 48 * time.Hour, timeout: 2 * time.Second}
+	Protect(rdb)
 	for _, o := range opts {
 		o(j)
 	}
@@ -98,21 +99,12 @@ func (j *Journal) suspKey(customerID, metric string) string {
 	return j.prefix + "qs:susp:" + j.tag(customerID) + ":" + esc(metric)
 }
 
-// call runs one Redis call under the journal's deadline. go-redis applies a
-// context's deadline to the socket only with ContextTimeoutEnabled, so call
-// also stops waiting itself at the deadline (the call then ends in the
-// background, at the client's own read timeout).
+// call runs one Redis call under the journal's deadline (see bounded):
+// go-redis applies a context's deadline to the socket only with
+// ContextTimeoutEnabled, so call stops waiting itself at the deadline (the
+// call then ends in the background, at the client's own read timeout).
 func (j *Journal) call(ctx context.Context, fn func(ctx context.Context) error) error {
-	cctx, cancel := context.WithTimeout(ctx, j.timeout)
-	defer cancel()
-	done := make(chan error, 1)
-	go func() { done <- fn(cctx) }()
-	select {
-	case err := <-done:
-		return err
-	case <-cctx.Done():
-		return cctx.Err()
-	}
+	return bounded(ctx, j.timeout, fn, nil)
 }
 
 func micros(t time.Time) string { return strconv.FormatInt(t.UnixMicro(), 10) }

@@ -36,6 +36,7 @@ func WithStoreTimeout(d time.Duration) StoreOption { return func(s *WebhookStore
 // NewWebhookStore returns a WebhookStore on rdb. Pass it to
 // webhook.NewVerifier with webhook.WithReplayStore.
 func NewWebhookStore(rdb redis.UniversalClient, opts ...StoreOption) *WebhookStore {
+	Protect(rdb)
 	s := &WebhookStore{rdb: rdb, prefix: "quotastack:webhook:", timeout: DefaultCallTimeout}
 	for _, o := range opts {
 		o(s)
