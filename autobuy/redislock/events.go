@@ -14,16 +14,14 @@ import (
 // 2 s), whatever the context. Safe for
 // concurrent use.
 type EventStore struct {
-	rdb     redis.UniversalClient
-	prefix  string
-	timeout time.Duration
+	store
+	prefix string
 }
 
 // NewEventStore returns an EventStore on rdb; keys are prefix+"qs:event:"+key
 // (the key is already injective: the gate derives it).
 func NewEventStore(rdb redis.UniversalClient, prefix string, opts ...EventStoreOption) *EventStore {
-	Protect(rdb)
-	s := &EventStore{rdb: rdb, prefix: prefix, timeout: DefaultCallTimeout}
+	s := &EventStore{store: newStore(rdb, DefaultCallTimeout), prefix: prefix}
 	for _, o := range opts {
 		o(s)
 	}
@@ -45,11 +43,11 @@ func WithEventStoreTimeout(d time.Duration) EventStoreOption {
 // FirstUse implements autobuy.EventStore.
 func (s *EventStore) FirstUse(ctx context.Context, key string, ttl time.Duration) (bool, error) {
 	var first bool
-	err := bounded(ctx, s.timeout, func(ctx context.Context) error {
+	err := s.call(ctx, func(ctx context.Context) error {
 		var err error
 		first, err = s.rdb.SetNX(ctx, s.prefix+"qs:event:"+key, "1", ttl).Result()
 		return err
-	}, nil)
+	})
 	if err != nil {
 		return false, fmt.Errorf("redislock: event store: %w", err)
 	}

@@ -8,6 +8,7 @@ import (
 	"net"
 	"runtime"
 	"sync"
+	"time"
 	"weak"
 
 	"github.com/redis/go-redis/v9"
@@ -284,4 +285,28 @@ func (g *respGuard) done() {
 		}
 	}
 	g.bytes, g.elems = 0, 0
+}
+
+// store is what every Redis store of this package is built on: a protected
+// client and a bound per call. A new store embeds one made by newStore and
+// makes each Redis call through call, so it gets the reply limits, the panic
+// guard and the bound by construction.
+type store struct {
+	rdb     redis.UniversalClient
+	timeout time.Duration // bound of one call; options may change it before use
+}
+
+// newStore protects rdb (see Protect) and returns a store bounding each call
+// by timeout.
+func newStore(rdb redis.UniversalClient, timeout time.Duration) store {
+	if rdb != nil {
+		Protect(rdb)
+	}
+	return store{rdb: rdb, timeout: timeout}
+}
+
+// call runs fn under the store's bound (see bounded): it returns by then
+// whatever go-redis does with contexts, and a panic in fn is an error.
+func (s *store) call(ctx context.Context, fn func(ctx context.Context) error) error {
+	return bounded(ctx, s.timeout, fn, nil)
 }
