@@ -204,3 +204,15 @@ func TestHostileAnswersLeaveNoKeyInSpans(t *testing.T) {
 		}
 	}
 }
+
+// A 4xx without a sentinel of its own is a definite answer: class
+// "refused", not "unexpected_response" (which reads as an outage).
+func TestErrorClassOfADefinite4xx(t *testing.T) {
+	t.Parallel()
+	for status, want := range map[int]string{
+		403: "refused", 405: "refused", 410: "refused", 413: "refused", 418: "refused",
+		401: "unauthorized", 404: "not_found", 429: "rate_limited", 503: "server_error", 200: "unexpected_response",
+	} {
+		require.Equal(t, want, otelquotastack.ErrorClass(&quotastack.APIError{StatusCode: status}), "status %d", status)
+	}
+}
