@@ -111,13 +111,16 @@ func OnSettle(fn func(r *http.Request, d Decision, committed bool, err error)) M
 // Middleware gates every request through g before next runs. An allowed
 // request reaches next with the Decision in its context (DecisionFrom); by
 // default its usage is recorded before next runs (see TwoPhase to charge only
-// when next succeeds). Other requests are refused (see OnRefusal):
+// when next succeeds). Other requests are refused (see OnRefusal); a denial
+// gets its reason's Reason.HTTPStatus and Reason.Show (one table, reasons.go):
 //
-//   - 402: denials the customer can lift by paying or choosing a plan:
-//     empty_wallet, plan_expired, purchase_limit, auto_buy_suspended,
-//     action_too_large, no_account (a topup creates the account).
+//   - 402: denials the customer can lift by paying or choosing a plan (the
+//     ones that fire Hooks.Paywall): empty_wallet, plan_expired,
+//     purchase_limit, auto_buy_suspended, action_too_large, no_account (a
+//     topup creates the account).
 //   - 429 with Retry-After: denials worth retrying soon: insufficient_credits,
 //     purchase_unavailable.
+//   - 409: purchase_in_review (support is checking the last purchase).
 //   - 503 (Retry-After when QuotaStack sent one): QuotaStack could not answer
 //     (the unavailable reason of a FailClosed gate, or the error of a
 //     ReturnError gate: transport errors, timeouts, 5xx, 429 after retries).
@@ -277,35 +280,13 @@ func unreachable(err error) bool {
 		errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled)
 }
 
-// retrySoon is the Retry-After of denials worth retrying.
-const retrySoon = time.Second
-
+// denialRefusal answers a denial as the table of reasons says (reasons.go).
 func denialRefusal(d Decision) Refusal {
-	ref := Refusal{Decision: d, Body: Denial{Reason: d.Reason}}
-	switch d.Reason {
-	case ReasonEmptyWallet, ReasonPurchaseLimit, ReasonNoAccount:
-		ref.Status, ref.Body.Show = http.StatusPaymentRequired, "paywall"
-	case ReasonPlanExpired, ReasonAutoBuySuspended, ReasonActionTooLarge:
-		ref.Status, ref.Body.Show = http.StatusPaymentRequired, "plan_picker"
-	case ReasonInsufficientCredits, ReasonPurchaseUnavailable:
-		ref.Status, ref.Body.Show, ref.RetryAfter = http.StatusTooManyRequests, "retry", retrySoon
-	case ReasonUnavailable:
-		ref.Status, ref.Body.Show = http.StatusServiceUnavailable, "retry"
-		var apiErr *quotastack.APIError
-		if errors.As(d.Err, &apiErr) {
-			ref.RetryAfter = apiErr.RetryAfter
-		}
-	case ReasonEntitlementFailedAfterPurchase:
-		ref.Status, ref.Body.Show = http.StatusInternalServerError, "error"
-	case ReasonPurchaseInReview:
-		// Not the customer's to fix, not an outage: support has the case.
-		ref.Status, ref.Body.Show = http.StatusConflict, "purchase_review"
-	default: // a reason newer than this code
-		if d.Reason.Final() {
-			ref.Status, ref.Body.Show = http.StatusPaymentRequired, "paywall"
-		} else {
-			ref.Status, ref.Body.Show, ref.RetryAfter = http.StatusTooManyRequests, "retry", retrySoon
-		}
+	row := rowOf(d.Reason)
+	ref := Refusal{Decision: d, Status: row.status, RetryAfter: row.retryAfter, Body: Denial{Reason: d.Reason, Show: row.show}}
+	var apiErr *quotastack.APIError
+	if row.status == http.StatusServiceUnavailable && errors.As(d.Err, &apiErr) {
+		ref.RetryAfter = apiErr.RetryAfter // QuotaStack's own, when it sent one
 	}
 	return ref
 }
