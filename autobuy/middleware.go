@@ -18,13 +18,26 @@ import (
 type Action struct {
 	Customer quotastack.Customer
 	Metric   string
-	Units    int64  // 0 means 1
-	EventID  string // e.g. the message id; "" = a new event per request
+	// Units is the action's size. 0 (the field's zero value) means 1, as for
+	// a gate called without WithUnits; a negative count is refused 400, as
+	// WithUnits(n) with n < 1 is an error.
+	Units   int64
+	EventID string // e.g. the message id; "" = a new event per request
+	// Options are this request's own gate options (e.g. WithMetadata,
+	// WithAutoBuy(false)). They are applied after the ones the middleware
+	// makes from Units, EventID and TwoPhase, so they win over them.
+	Options []GateOption
 }
 
 // ActionFunc extracts the Action from a request. An error is answered 400
 // with the error's text as the body's detail (write it for the API's
 // caller), or with the status of an error that has a method HTTPStatus() int.
+//
+// It may read the request body: the handler still gets the whole body (what
+// the ActionFunc read is given back to it, then the unread rest). Closing the
+// body in the ActionFunc does not close it for the handler. The bytes read
+// are kept in memory until the handler reads them: bound the body
+// (http.MaxBytesReader) before this middleware if it can be large.
 type ActionFunc func(r *http.Request) (Action, error)
 
 type decisionKey struct{}
@@ -135,13 +148,13 @@ func Middleware(g *Gatekeeper, action ActionFunc, opts ...MiddlewareOption) func
 	}
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			a, err := action(r)
+			a, err := readAction(action, r)
 			if err != nil {
 				cfg.refuse(w, r, actionRefusal(err))
 				return
 			}
-			var gopts []GateOption
-			if a.Units > 0 {
+			gopts := make([]GateOption, 0, 3+len(a.Options))
+			if a.Units != 0 { // 0 means 1; a negative count is the gate's input error (400)
 				gopts = append(gopts, WithUnits(a.Units))
 			}
 			if a.EventID != "" {
@@ -150,6 +163,7 @@ func Middleware(g *Gatekeeper, action ActionFunc, opts ...MiddlewareOption) func
 			if cfg.twoPhase {
 				gopts = append(gopts, WithReservation(cfg.holdTTL))
 			}
+			gopts = append(gopts, a.Options...)
 			d, err := cfg.gate(r.Context(), a.Customer, a.Metric, gopts...)
 			if err != nil {
 				cfg.refuse(w, r, errorRefusal(err))
