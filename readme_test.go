@@ -258,3 +258,52 @@ func TestREADMERoundTrips(t *testing.T) {
 	})
 	assert.Equal(t, fromGodoc, fromREADME)
 }
+
+// Every in-page link of the README and CONTRIBUTING.md names a heading, and
+// every link to another of the repository's files names one that exists.
+func TestREADMELinks(t *testing.T) {
+	t.Parallel()
+	slug := func(h string) string {
+		h = strings.ToLower(strings.TrimSpace(h))
+		var b strings.Builder
+		for _, r := range h {
+			switch {
+			case r == ' ':
+				b.WriteByte('-')
+			case r == '-' || r == '_' || (r >= 'a' && r <= 'z') || (r >= '0' && r <= '9'):
+				b.WriteRune(r)
+			}
+		}
+		return b.String()
+	}
+	anchors := map[string]map[string]bool{}
+	for _, f := range []string{"README.md", "CONTRIBUTING.md"} {
+		b, err := os.ReadFile(f)
+		require.NoError(t, err)
+		anchors[f] = map[string]bool{}
+		for _, m := range regexp.MustCompile(`(?m)^#+ (.+)$`).FindAllStringSubmatch(string(b), -1) {
+			anchors[f][slug(m[1])] = true
+		}
+	}
+	link := regexp.MustCompile(`\]\(([^)\s]*)\)`)
+	for f := range anchors {
+		b, err := os.ReadFile(f)
+		require.NoError(t, err)
+		for _, m := range link.FindAllStringSubmatch(string(b), -1) {
+			target := m[1]
+			if strings.HasPrefix(target, "http") {
+				continue
+			}
+			file, frag, _ := strings.Cut(target, "#")
+			if file == "" {
+				file = f
+			}
+			_, err := os.Stat(file)
+			require.NoError(t, err, "%s links to %s", f, target)
+			if frag != "" {
+				require.Contains(t, anchors, file, "%s links into %s", f, target)
+				assert.True(t, anchors[file][frag], "%s links to %s: no such heading", f, target)
+			}
+		}
+	}
+}
