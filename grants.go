@@ -80,7 +80,7 @@ type SignupBonus struct {
 // hours the key is forgotten: record that the bonus was given (or check the
 // customer's blocks) before calling it again for an old user; and an old
 // customer's bonus with a ValidFor is born expired (it counts from the
-// customer's creation).
+// customer's creation). opts apply to the grant only.
 func (c *Client) GrantSignupBonus(ctx context.Context, externalID string, b SignupBonus, opts ...CallOption) (*Grant, error) {
 	if err := ExternalID(externalID).validate(); err != nil {
 		return nil, err
@@ -91,7 +91,7 @@ func (c *Client) GrantSignupBonus(ctx context.Context, externalID string, b Sign
 	if b.ValidFor < 0 {
 		return nil, inputErr("valid for", "must be >= 0")
 	}
-	rec, err := c.EnsureCustomer(ctx, externalID, b.DisplayName, opts...)
+	rec, err := c.EnsureCustomer(ctx, externalID, b.DisplayName)
 	if err != nil {
 		return nil, err
 	}

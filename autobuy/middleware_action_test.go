@@ -37,6 +37,14 @@ func TestMiddlewareHandlerSeesTheBodyTheActionRead(t *testing.T) {
 			_ = r.Body.Close()
 			return autobuy.Action{Customer: quotastack.ExternalID(user), Metric: "chat_message", EventID: "m1"}, err
 		}},
+		{"bounded the body, then decoded it", func(r *http.Request) (autobuy.Action, error) {
+			r.Body = http.MaxBytesReader(nil, r.Body, 1<<20)
+			var in struct{ User, Msg string }
+			if err := json.NewDecoder(r.Body).Decode(&in); err != nil {
+				return autobuy.Action{}, err
+			}
+			return autobuy.Action{Customer: quotastack.ExternalID(in.User), Metric: "chat_message", EventID: in.Msg}, nil
+		}},
 		{"read nothing", func(*http.Request) (autobuy.Action, error) {
 			return autobuy.Action{Customer: quotastack.ExternalID(user), Metric: "chat_message", EventID: "m1"}, nil
 		}},
