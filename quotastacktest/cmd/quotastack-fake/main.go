@@ -89,12 +89,14 @@ func main() {
 // banner prints where the fake listens and the environment variables the
 // SDK reads (quotastack.NewClientFromEnv), as lines to paste into a shell.
 func banner(w io.Writer, srv *quotastacktest.Server, modes string) {
-	fmt.Fprintf(w, "quotastack-fake listening on %s (clock %s, modes %s)\n\n", srv.URL, srv.Now().Format(time.RFC3339), modes)
-	fmt.Fprintf(w, "Paste these into the shell that runs your program (quotastack.NewClientFromEnv reads them):\n\n")
-	fmt.Fprintf(w, "export %s=%s\nexport %s=%s\n\n", quotastack.EnvAPIKey, srv.APIKey, quotastack.EnvBaseURL, srv.URL)
-	fmt.Fprintf(w, "Then try: curl -s -H \"X-API-Key: $%s\" \"$%s/v1/customer-by-external-id/user42%%3Acompanion7/entitlements/chat_message\"\n",
+	var b strings.Builder
+	fmt.Fprintf(&b, "quotastack-fake listening on %s (clock %s, modes %s)\n\n", srv.URL, srv.Now().Format(time.RFC3339), modes)
+	b.WriteString("Paste these into the shell that runs your program (quotastack.NewClientFromEnv reads them):\n\n")
+	fmt.Fprintf(&b, "export %s=%s\nexport %s=%s\n\n", quotastack.EnvAPIKey, srv.APIKey, quotastack.EnvBaseURL, srv.URL)
+	fmt.Fprintf(&b, "Then try: curl -s -H \"X-API-Key: $%s\" \"$%s/v1/customer-by-external-id/user42%%3Acompanion7/entitlements/chat_message\"\n",
 		quotastack.EnvAPIKey, quotastack.EnvBaseURL)
-	fmt.Fprintln(w, "(external ids go under /v1/customer-by-external-id/, path-escaped; Ctrl-C stops)")
+	b.WriteString("(external ids go under /v1/customer-by-external-id/, path-escaped; Ctrl-C stops)\n")
+	_, _ = io.WriteString(w, b.String())
 }
 
 // listen starts the server; NewServer panics when it can't listen (a port
