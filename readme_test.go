@@ -307,3 +307,16 @@ func TestREADMELinks(t *testing.T) {
 		}
 	}
 }
+
+// The README's first screen (its first 40 lines) has the two commands and
+// the table of contents.
+func TestREADMEFirstScreen(t *testing.T) {
+	t.Parallel()
+	readme, err := os.ReadFile("README.md")
+	require.NoError(t, err)
+	lines := strings.SplitN(string(readme), "\n", 41)
+	first := strings.Join(lines[:40], "\n")
+	for _, want := range []string{"go run ./examples/autobuy", "./scripts/test", "## Contents", "(#quickstart)", "(#production-checklist)"} {
+		assert.Contains(t, first, want)
+	}
+}
