@@ -137,7 +137,7 @@ func NewClientFromEnv(opts ...Option) (*Client, error) {
 	key := os.Getenv(EnvAPIKey)
 	if key == "" {
 		return nil, inputErr("api key", EnvAPIKey+" is not set (a qs_test_ or qs_live_ key; to try the SDK without one, "+
-			"go run ./quotastacktest/cmd/quotastack-fake prints this and "+EnvBaseURL+" for a local fake)")
+			"go run github.com/quotastack/quotastack-go/quotastacktest/cmd/quotastack-fake prints this and "+EnvBaseURL+" for a local fake)")
 	}
 	if u := os.Getenv(EnvBaseURL); u != "" {
 		opts = append([]Option{WithBaseURL(u)}, opts...)
