@@ -128,12 +128,14 @@ func describe(d autobuy.Decision) string {
 	return fmt.Sprintf("denied (%s): %s", d.Reason, screen(d.Reason))
 }
 
+// screen says what the app shows for a denial: Reason.Show, the table the
+// HTTP middleware answers from too.
 func screen(r autobuy.Reason) string {
-	switch r {
-	case autobuy.ReasonEmptyWallet:
-		return "show the PAYWALL"
-	case autobuy.ReasonPlanExpired:
-		return "show the PLAN PICKER"
+	switch show := r.Show(); show {
+	case "paywall", "plan_picker":
+		return "show the " + strings.ToUpper(strings.ReplaceAll(show, "_", " "))
+	case "retry":
+		return "ask to try again"
 	}
 	return "show an error"
 }
