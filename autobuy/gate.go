@@ -592,7 +592,7 @@ func (g *Gatekeeper) consume(ctx context.Context, d *Decision, customer quotasta
 func (g *Gatekeeper) deny(ctx context.Context, customer quotastack.Customer, d Decision, r Reason) Decision {
 	d.Allowed, d.Reason = false, r
 	g.log.InfoContext(ctx, "autobuy: denied", "customer_id", d.CustomerID, "reason", string(r))
-	if (r == ReasonEmptyWallet || r == ReasonPlanExpired || r == ReasonPurchaseLimit) && g.hooks.Paywall != nil {
+	if g.hooks.Paywall != nil && rowOf(r).paywall {
 		g.hooks.Paywall(ctx, customer, d)
 	}
 	return d
