@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/quotastack/quotastack-go"
@@ -25,20 +26,63 @@ type runResult struct {
 	review      bool  // parked for a person (Hooks.PurchaseNeedsReview)
 }
 
-// start records a new intent (pending) for customerID under its lock, before
-// any request, then runs it. The purchase runs to its end even if the gate's
-// caller gives up (bounded by the purchase timeout).
-func (g *Gatekeeper) start(ctx context.Context, customerID, metric string, p plan.Plan, walletMC int64) (runResult, error) {
-	o := plan.NewOrder(plan.NewOrderID(), p, customerOf(customerID),
-		append([]plan.Option{plan.WithTrigger(plan.TriggerAutoBuy)}, g.planOpts...)...)
-	now := g.now()
-	in := Intent{OrderID: o.ID, CustomerID: customerID, Metric: metric, Plan: o.Plan, Activation: o.Activation,
-		Trigger: o.Trigger, Metadata: o.Metadata, State: IntentPending, WalletBeforeMC: walletMC, CreatedAt: now, UpdatedAt: now}
-	if err := g.journal.Put(ctx, &in); err != nil {
-		return runResult{}, &journalError{err}
-	}
+// start records a new intent (pending) for the gate's customer under its
+// lock, before any request, then runs it. bal is the wallet read under the
+// lock. The purchase runs to its end even if the gate's caller gives up
+// (bounded by the purchase timeout).
+//
+// The order id derives from the customer and its lifetime_earned (which
+// only a grant raises), so replicas that don't share a journal, buying for
+// one exhaustion, send the same order: the server's idempotency keys then
+// make it one debit and one grant, and a replica finishes a purchase another
+// left half done. When that order already failed for good (its refusal is
+// replayed, or the journal holds it), nothing was debited under it and a
+// fresh order id is used.
+func (g *Gatekeeper) start(ctx context.Context, d Decision, metric string, p plan.Plan, bal *quotastack.Credits) (runResult, error) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), g.purchaseTimeout)
 	defer cancel()
+	orderID := plan.NewOrderID()
+	derived := bal.LifetimeEarned > 0
+	if derived {
+		orderID = plan.DeriveOrderID("autobuy", d.CustomerID, p.Type, strconv.FormatInt(bal.LifetimeEarned, 10))
+	}
+	for {
+		r, err := g.startOrder(ctx, d, metric, p, bal, orderID)
+		if !derived {
+			return r, err
+		}
+		var apiErr *quotastack.APIError
+		switch {
+		case errors.Is(err, errOrderExists),
+			err == nil && r.failed != nil && errors.As(r.failed, &apiErr) && apiErr.Replayed:
+			derived, orderID = false, plan.NewOrderID()
+			continue
+		}
+		return r, err
+	}
+}
+
+// errOrderExists: the journal holds a closed intent of the derived order id.
+var errOrderExists = errors.New("autobuy: the order exists")
+
+func (g *Gatekeeper) startOrder(ctx context.Context, d Decision, metric string, p plan.Plan, bal *quotastack.Credits, orderID string) (runResult, error) {
+	o := plan.NewOrder(orderID, p, customerOf(d.CustomerID),
+		append([]plan.Option{plan.WithTrigger(plan.TriggerAutoBuy)}, g.planOpts...)...)
+	snap := plan.SnapshotWallet(bal)
+	now := g.now()
+	in := Intent{OrderID: o.ID, CustomerID: d.CustomerID, ExternalCustomerID: d.Ref().ExternalID(), Metric: metric, Plan: o.Plan,
+		Activation: o.Activation, Trigger: o.Trigger, Metadata: o.Metadata, State: IntentPending,
+		WalletBeforeMC: snap.RemainingMC, WalletBlockIDs: snap.BlockIDs, CreatedAt: now, UpdatedAt: now}
+	if err := g.journal.Put(ctx, &in); err != nil {
+		if errors.Is(err, ErrJournalConflict) {
+			// A closed intent of this order id (an earlier purchase of the same
+			// lifetime that failed), or an open intent of the customer.
+			if open, oerr := g.journal.Open(ctx, d.CustomerID); oerr == nil && len(open) == 0 {
+				return runResult{}, errOrderExists
+			}
+		}
+		return runResult{}, &journalError{err}
+	}
 	return g.run(ctx, &in)
 }
 
@@ -134,7 +178,7 @@ func (g *Gatekeeper) run(ctx context.Context, in *Intent) (runResult, error) {
 			return runResult{}, g.purchaseFailed(ctx, in, err)
 		}
 		if !d.Confirmed() {
-			if err := o.Confirm(ctx, g.client, in.WalletBeforeMC); err != nil {
+			if err := o.Confirm(ctx, g.client, plan.WalletSnapshot{BlockIDs: in.WalletBlockIDs, RemainingMC: in.WalletBeforeMC}); err != nil {
 				return runResult{}, g.purchaseFailed(ctx, in, err)
 			}
 		}
@@ -183,6 +227,12 @@ func (g *Gatekeeper) run(ctx context.Context, in *Intent) (runResult, error) {
 		}
 	}
 	blk, replayed, err := o.Grant(ctx, g.client, debit, in.ExpiresAt)
+	if errors.Is(err, plan.ErrGrantRefused) {
+		// Debited, and the server refused the grant for good under its key:
+		// no retry can grant it. A person grants by hand or refunds.
+		return g.review(ctx, in, "the wallet was debited for order "+in.OrderID+" and the server refused its grant for good ("+
+			err.Error()+"): grant the plan by hand (or refund the debit), then call ResolveReview")
+	}
 	if err != nil {
 		return runResult{}, g.purchaseFailed(ctx, in, err)
 	}
@@ -206,17 +256,26 @@ func (g *Gatekeeper) complete(ctx context.Context, in *Intent, debit *quotastack
 	pur := &plan.Purchase{OrderID: in.OrderID, Plan: in.Plan, Customer: o.Customer, Trigger: in.Trigger,
 		Debit: debit, Block: blk, ExpiresAt: in.ExpiresAt, DebitKey: plan.DebitKey(in.Plan, in.OrderID),
 		GrantKey: plan.GrantKey(in.Plan, in.OrderID), DebitReplayed: debit == nil || debit.Meta.Replayed, GrantReplayed: replayed}
+	before := *in
 	err := g.put(ctx, in)
+	if err != nil && !errors.Is(err, ErrJournalConflict) {
+		// The write may have landed with its reply lost: the journal says.
+		err = g.landed(ctx, &before, in, err)
+	}
 	if errors.Is(err, ErrJournalConflict) {
 		return runResult{intent: *in, purchase: pur}, nil // another gate closed it first
 	}
 	if err != nil {
-		return runResult{}, err
+		// The plan is granted (the grant answered), whatever the journal: the
+		// action goes on; the next gate closes the intent (the grant replays).
+		g.log.ErrorContext(ctx, "autobuy: plan granted, its intent not closed", "customer_id", in.CustomerID,
+			"order_id", in.OrderID, "error", err)
+		return runResult{intent: *in, purchase: pur}, nil
 	}
 	g.log.InfoContext(ctx, "autobuy: plan bought", "customer_id", in.CustomerID, "plan", in.Plan.Type,
 		"order_id", in.OrderID, "debit_replayed", pur.DebitReplayed, "grant_replayed", pur.GrantReplayed)
 	if g.hooks.AutoBought != nil {
-		g.hooks.AutoBought(ctx, o.Customer, pur)
+		g.hooks.AutoBought(ctx, in.ref(), pur)
 	}
 	return runResult{intent: *in, purchase: pur, completed: true}, nil
 }
@@ -244,9 +303,49 @@ func (g *Gatekeeper) purchaseFailed(ctx context.Context, in *Intent, err error) 
 	g.log.ErrorContext(ctx, "autobuy: purchase unfinished", "customer_id", in.CustomerID, "plan", in.Plan.Type,
 		"order_id", in.OrderID, "state", string(in.State), "error", err)
 	if g.hooks.PurchaseFailed != nil {
-		g.hooks.PurchaseFailed(ctx, customerOf(in.CustomerID), err)
+		g.hooks.PurchaseFailed(ctx, in.ref(), err)
 	}
 	return &unfinishedError{orderID: in.OrderID, err: err}
+}
+
+// landed learns whether a write of in whose call failed (err) landed: the
+// journal then holds in at its new revision, and nil is returned (in.Rev
+// set). It returns ErrJournalConflict if another write moved the intent, and
+// err if the journal can't tell.
+func (g *Gatekeeper) landed(ctx context.Context, before, in *Intent, err error) error {
+	for attempt := 0; attempt < 3; attempt++ {
+		stored, found, rerr := g.stored(ctx, before)
+		switch {
+		case rerr != nil:
+			continue
+		case !found || stored.Rev == before.Rev:
+			// Not landed: write again at the revision read.
+			in.Rev = before.Rev
+			if perr := g.put(ctx, in); perr == nil || errors.Is(perr, ErrJournalConflict) {
+				return perr
+			}
+			continue
+		case stored.Rev == before.Rev+1 && stored.State == in.State && stored.UpdatedAt.Equal(in.UpdatedAt):
+			in.Rev = stored.Rev
+			return nil
+		}
+		return ErrJournalConflict
+	}
+	return err
+}
+
+// stored reads the journal's copy of in.
+func (g *Gatekeeper) stored(ctx context.Context, in *Intent) (Intent, bool, error) {
+	ins, err := g.journal.Since(ctx, in.CustomerID, in.CreatedAt)
+	if err != nil {
+		return Intent{}, false, err
+	}
+	for _, s := range ins {
+		if s.OrderID == in.OrderID {
+			return s, true, nil
+		}
+	}
+	return Intent{}, false, nil
 }
 
 func (g *Gatekeeper) put(ctx context.Context, in *Intent) error {
@@ -329,3 +428,11 @@ func (e *unfinishedError) Error() string {
 func (e *unfinishedError) Unwrap() error { return e.err }
 
 func customerOf(id string) quotastack.Customer { return quotastack.CustomerID(id) }
+
+// ref names the intent's customer in both forms.
+func (in *Intent) ref() CustomerRef {
+	if in.ExternalCustomerID != "" {
+		return CustomerRef{Given: quotastack.ExternalID(in.ExternalCustomerID), ID: in.CustomerID}
+	}
+	return CustomerRef{Given: customerOf(in.CustomerID), ID: in.CustomerID}
+}

@@ -1,0 +1,40 @@
+package autobuy
+
+import (
+	"context"
+	"log/slog"
+	"sync"
+)
+
+// The process-wide defaults: every Gatekeeper of the process that is not
+// given its own store shares these, created once (sync.OnceValue), so two
+// Gatekeepers of one process never buy twice for one exhaustion. To add a
+// default, add one OnceValue here and use it in New.
+var (
+	// defaultJournal is the purchase journal of Gatekeepers without WithJournal.
+	defaultJournal = sync.OnceValue(func() *MemoryJournal {
+		j := NewMemoryJournal(0)
+		j.shared = true
+		return j
+	})
+	// defaultLocker is the purchase lock of Gatekeepers without WithLocker.
+	defaultLocker = sync.OnceValue(func() *LocalLocker { return NewLocalLocker() })
+	// knownIDs maps external ids to QuotaStack ids learnt from any gate of
+	// the process, so a gate knows a customer's id before its check.
+	knownIDs = sync.OnceValue(func() *idCache { return &idCache{} })
+	// warnedLocal makes the "no shared store" warning once per process.
+	warnedLocal sync.Once
+)
+
+// warnLocalStores logs once per process, through the first Gatekeeper built
+// on an in-process journal or locker, what that covers and what it doesn't.
+func warnLocalStores(log *slog.Logger) {
+	warnedLocal.Do(func() {
+		log.LogAttrs(context.Background(), slog.LevelWarn,
+			"autobuy: purchases are journalled and locked in this process only (no WithJournal/WithLocker): "+
+				"exactly one plan per exhaustion holds within the process; replicas of the service don't see each other's "+
+				"purchases and can buy a second plan for one exhaustion, or debit again for a purchase another replica left "+
+				"half done when the customer's wallet or plan type changed in between. Replicas should share a Journal and "+
+				"a Locker (autobuy/redislock, or your own on SQL)")
+	})
+}
