@@ -16,24 +16,24 @@ type IntentState string
 
 // The states of a purchase intent. pending → debited → done is the way of a
 // purchase; failed and review end it otherwise. The transitions are all in
-// purchase.go.
+// plan.Machine.
 const (
 	// IntentPending: written before the debit is first sent; whether the
 	// debit landed is not known yet.
-	IntentPending IntentState = "pending"
+	IntentPending = IntentState(plan.StatePending)
 	// IntentDebited: the debit is confirmed; the grant (with ExpiresAt) is owed.
-	IntentDebited IntentState = "debited"
+	IntentDebited = IntentState(plan.StateDebited)
 	// IntentDone: the plan was granted (closed).
-	IntentDone IntentState = "done"
+	IntentDone = IntentState(plan.StateDone)
 	// IntentFailed: nothing was debited (a short wallet, a refused request);
 	// closed, and a new purchase may start.
-	IntentFailed IntentState = "failed"
+	IntentFailed = IntentState(plan.StateFailed)
 	// IntentReview: the gate can't finish it safely (a debit whose outcome
 	// is still unknown after the server's 24 h idempotency window).
 	// Hooks.PurchaseNeedsReview was called; until a person decides from the
 	// ledger (Gatekeeper.ResolveReview) no auto-buy runs for the customer,
 	// since a second debit could charge twice for one plan.
-	IntentReview IntentState = "review"
+	IntentReview = IntentState(plan.StateReview)
 )
 
 // Open reports whether the intent must be dealt with before anything else is
@@ -75,6 +75,20 @@ type Intent struct {
 	Note           string    // what went wrong, for failed and review
 	// Rev is the revision the intent was read at; Journal.Put compares it.
 	Rev int64
+}
+
+// record returns the purchase machine's record of the intent.
+func (in *Intent) record() plan.Record {
+	return plan.Record{Order: in.order(), State: plan.State(in.State),
+		Wallet:    plan.Wallet{BlockIDs: in.WalletBlockIDs, RemainingMC: in.WalletBeforeMC},
+		CreatedAt: in.CreatedAt, DebitCreatedAt: in.DebitCreatedAt, ExpiresAt: in.ExpiresAt, GrantSentAt: in.GrantSentAt,
+		BlockID: in.BlockID, Note: in.Note}
+}
+
+// apply copies what the machine advanced in r to the intent.
+func (in *Intent) apply(r *plan.Record) {
+	in.State, in.DebitCreatedAt, in.ExpiresAt, in.GrantSentAt = IntentState(r.State), r.DebitCreatedAt, r.ExpiresAt, r.GrantSentAt
+	in.BlockID, in.Note = r.BlockID, r.Note
 }
 
 // order returns the plan order the intent stands for.

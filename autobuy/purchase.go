@@ -5,15 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
-	"time"
 
 	"github.com/quotastack/quotastack-go"
 	"github.com/quotastack/quotastack-go/plan"
 )
-
-// keyWindow is how long after an intent was created its idempotency keys are
-// trusted to still be on the server: the docs' 24 h less an hour for clocks.
-const keyWindow = 23 * time.Hour
 
 // runResult is what advancing one intent achieved.
 type runResult struct {
@@ -149,127 +144,62 @@ func (g *Gatekeeper) ResolveReview(ctx context.Context, customerID, orderID stri
 	return fmt.Errorf("autobuy: no intent %s in review for customer %s", orderID, customerID)
 }
 
-// run advances in from the state it is in, writing every transition to the
-// journal before the next request:
+// run advances in with the purchase machine of package plan (the one Buy
+// runs), writing every transition to the journal before the next request:
 //
 //	pending  → (debit, confirmed) → debited → (grant) → done
 //	pending  → (debit refused: wallet short, bad request) → failed
 //	pending  → (older than the key window: outcome unknowable) → review
+//	debited  → (grant refused for good under its key) → review
 //
 // An error leaves the intent where it was (the outcome of its last request is
 // unknown) and a later gate resumes it with the same keys.
 func (g *Gatekeeper) run(ctx context.Context, in *Intent) (runResult, error) {
-	o := in.order()
-	var debit *quotastack.UsageEvent
-	if in.State == IntentPending {
-		if g.now().Sub(in.CreatedAt) >= keyWindow {
-			return g.review(ctx, in, "the debit was sent (or about to be) more than 23 h ago and its outcome is unknown: "+
-				"the server may have forgotten its key, so it is never sent again; check the ledger for order "+in.OrderID)
-		}
-		d, err := o.Debit(ctx, g.client)
-		if errors.Is(err, plan.ErrNotBought) {
-			in.State, in.Note = IntentFailed, err.Error()
-			if perr := g.put(ctx, in); perr != nil {
-				return runResult{}, perr
+	rec := in.record()
+	var doneErr error // the done write's error: the plan is granted either way
+	save := func(ctx context.Context, r *plan.Record) error {
+		before := *in
+		in.apply(r)
+		err := g.put(ctx, in)
+		if r.State == plan.StateDone && err != nil {
+			if !errors.Is(err, ErrJournalConflict) {
+				// The write may have landed with its reply lost: the journal says.
+				err = g.landed(ctx, &before, in, err)
 			}
-			return runResult{intent: *in, failed: err, walletShort: errors.Is(err, plan.ErrWalletShort)}, nil
+			doneErr = err
 		}
-		if err != nil {
-			return runResult{}, g.purchaseFailed(ctx, in, err)
-		}
-		if !d.Confirmed() {
-			if err := o.Confirm(ctx, g.client, plan.WalletSnapshot{BlockIDs: in.WalletBlockIDs, RemainingMC: in.WalletBeforeMC}); err != nil {
-				return runResult{}, g.purchaseFailed(ctx, in, err)
-			}
-		}
-		start := o.Start(d, g.now())
-		if in.Activation == plan.Queued {
-			if start, err = o.QueuedStart(ctx, g.client, d, start); err != nil {
-				return runResult{}, g.purchaseFailed(ctx, in, err)
-			}
-		}
-		in.State, in.DebitCreatedAt, in.ExpiresAt = IntentDebited, d.CreatedAt, start.Add(in.Plan.Duration)
-		if err := g.put(ctx, in); err != nil {
-			return runResult{}, err
-		}
-		debit = d
+		return err
 	}
-	if in.State != IntentDebited {
-		return runResult{intent: *in}, nil
-	}
-
-	now := g.now()
-	regrant := false
-	if debit == nil && (now.Sub(in.CreatedAt) >= keyWindow || now.After(in.ExpiresAt.Add(-in.Plan.Duration/2))) {
-		// Finishing a debited intent late: the grant may have landed (its
-		// answer lost), so look for it first. If it isn't listed, the plan
-		// starts now: the customer gets what they paid for. A grant that was
-		// sent past the key window may have landed and since been spent or
-		// expired (not listed either): then the plan is granted twice, the
-		// tenant's loss, and a person is told.
-		blk, found, err := o.FindGrant(ctx, g.client)
-		if err != nil {
-			return runResult{}, g.purchaseFailed(ctx, in, err)
-		}
-		if found {
-			return g.complete(ctx, in, debit, blk, true)
-		}
-		regrant = !in.GrantSentAt.IsZero() && now.Sub(in.GrantSentAt) >= keyWindow
-		in.ExpiresAt = now.UTC().Truncate(time.Second).Add(in.Plan.Duration)
-		if err := g.put(ctx, in); err != nil {
-			return runResult{}, err
-		}
-	}
-	if in.GrantSentAt.IsZero() {
-		in.GrantSentAt = now
-		if err := g.put(ctx, in); err != nil {
-			return runResult{}, err
-		}
-	}
-	blk, replayed, err := o.Grant(ctx, g.client, debit, in.ExpiresAt)
-	if errors.Is(err, plan.ErrGrantRefused) {
-		// Debited, and the server refused the grant for good under its key:
-		// no retry can grant it. A person grants by hand or refunds.
-		return g.review(ctx, in, "the wallet was debited for order "+in.OrderID+" and the server refused its grant for good ("+
-			err.Error()+"): grant the plan by hand (or refund the debit), then call ResolveReview")
-	}
-	if err != nil {
+	res, err := plan.Machine{Client: g.client, Now: g.now, Save: save}.Run(ctx, &rec)
+	switch {
+	case res.Purchase != nil:
+		return g.completed(ctx, in, res, doneErr)
+	case errors.Is(err, plan.ErrSave):
+		return runResult{}, err
+	case err != nil:
 		return runResult{}, g.purchaseFailed(ctx, in, err)
+	case res.Failed != nil:
+		return runResult{intent: *in, failed: res.Failed, walletShort: errors.Is(res.Failed, plan.ErrWalletShort)}, nil
+	case res.Review != "":
+		g.notifyReview(ctx, in, res.Review)
+		return runResult{intent: *in, review: true}, nil
 	}
-	r, err := g.complete(ctx, in, debit, blk, replayed)
-	if err == nil && r.completed && regrant && !replayed {
-		g.notifyReview(ctx, in, "order "+in.OrderID+" was granted again more than 23 h after its first grant was sent, "+
-			"whose answer was lost and whose block is not listed: if the ledger shows two plan_grant blocks of this order, "+
-			"the customer got one plan free")
-	}
-	return r, err
+	return runResult{intent: *in}, nil
 }
 
-// complete closes in as done. Only the gate whose write lands fires the
-// AutoBought hook, however many replicas raced to finish it.
-func (g *Gatekeeper) complete(ctx context.Context, in *Intent, debit *quotastack.UsageEvent, blk quotastack.Block, replayed bool) (runResult, error) {
-	in.State, in.BlockID = IntentDone, blk.ID
-	if blk.ExpiresAt != nil {
-		in.ExpiresAt = *blk.ExpiresAt
-	}
-	o := in.order()
-	pur := &plan.Purchase{OrderID: in.OrderID, Plan: in.Plan, Customer: o.Customer, Trigger: in.Trigger,
-		Debit: debit, Block: blk, ExpiresAt: in.ExpiresAt, DebitKey: plan.DebitKey(in.Plan, in.OrderID),
-		GrantKey: plan.GrantKey(in.Plan, in.OrderID), DebitReplayed: debit == nil || debit.Meta.Replayed, GrantReplayed: replayed}
-	before := *in
-	err := g.put(ctx, in)
-	if err != nil && !errors.Is(err, ErrJournalConflict) {
-		// The write may have landed with its reply lost: the journal says.
-		err = g.landed(ctx, &before, in, err)
-	}
-	if errors.Is(err, ErrJournalConflict) {
+// completed answers an intent the machine closed as done. Only the gate
+// whose done write landed fires the AutoBought hook, however many replicas
+// raced to finish it; a write whose outcome the journal can't tell leaves
+// the intent for the next gate (the grant replays) and the action goes on.
+func (g *Gatekeeper) completed(ctx context.Context, in *Intent, res plan.Result, doneErr error) (runResult, error) {
+	pur := res.Purchase
+	pur.ExternalCustomerID = in.ExternalCustomerID
+	switch {
+	case errors.Is(doneErr, ErrJournalConflict):
 		return runResult{intent: *in, purchase: pur}, nil // another gate closed it first
-	}
-	if err != nil {
-		// The plan is granted (the grant answered), whatever the journal: the
-		// action goes on; the next gate closes the intent (the grant replays).
+	case doneErr != nil:
 		g.log.ErrorContext(ctx, "autobuy: plan granted, its intent not closed", "customer_id", in.CustomerID,
-			"order_id", in.OrderID, "error", err)
+			"order_id", in.OrderID, "error", doneErr)
 		return runResult{intent: *in, purchase: pur}, nil
 	}
 	g.log.InfoContext(ctx, "autobuy: plan bought", "customer_id", in.CustomerID, "plan", in.Plan.Type,
@@ -277,17 +207,12 @@ func (g *Gatekeeper) complete(ctx context.Context, in *Intent, debit *quotastack
 	if g.hooks.AutoBought != nil {
 		g.hooks.AutoBought(ctx, in.ref(), pur)
 	}
-	return runResult{intent: *in, purchase: pur, completed: true}, nil
-}
-
-// review parks in for a person and calls Hooks.PurchaseNeedsReview once.
-func (g *Gatekeeper) review(ctx context.Context, in *Intent, why string) (runResult, error) {
-	in.State, in.Note = IntentReview, why
-	if err := g.put(ctx, in); err != nil {
-		return runResult{}, err
+	if res.Regranted {
+		g.notifyReview(ctx, in, "order "+in.OrderID+" was granted again more than 23 h after its first grant was sent, "+
+			"whose answer was lost and whose block is not listed: if the ledger shows two plan_grant blocks of this order, "+
+			"the customer got one plan free")
 	}
-	g.notifyReview(ctx, in, why)
-	return runResult{intent: *in, review: true}, nil
+	return runResult{intent: *in, purchase: pur, completed: true}, nil
 }
 
 func (g *Gatekeeper) notifyReview(ctx context.Context, in *Intent, why string) {

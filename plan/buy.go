@@ -139,38 +139,27 @@ func Buy(ctx context.Context, c *quotastack.Client, customer quotastack.Customer
 		w := SnapshotWallet(bal)
 		cfg.wallet = &w
 	}
-	pur := o.purchase()
-	pur.ExternalCustomerID = ext
-	debit, err := o.Debit(ctx, c)
-	if err != nil {
+	// The same machine as the autobuy gate's, with nothing stored between
+	// calls: a retry with the same order id resumes it from the server's
+	// idempotency keys.
+	r := Record{Order: o, State: StatePending, Wallet: *cfg.wallet, CreatedAt: cfg.now()}
+	res, err := Machine{Client: c, Now: cfg.now}.Run(ctx, &r)
+	switch {
+	case err != nil:
 		return nil, err
+	case res.Failed != nil:
+		return nil, res.Failed
+	case res.Review != "":
+		return nil, o.fail(StageGrant, OutcomeUnknown, nil, fmt.Errorf("%w: %s", ErrGrantRefused, res.Review))
 	}
-	pur.Debit, pur.DebitReplayed = debit, debit.Meta.Replayed
-	if !debit.Confirmed() {
-		if err := o.Confirm(ctx, c, *cfg.wallet); err != nil {
-			return nil, err
-		}
-	}
-	now := cfg.now()
-	start := o.Start(debit, now)
-	if o.Activation == Queued {
-		if start, err = o.QueuedStart(ctx, c, debit, start); err != nil {
-			return nil, o.fail(StageGrant, OutcomeUnknown, debit, err)
-		}
-	}
-	pur.ExpiresAt = start.Add(p.Duration)
-	blk, replayed, err := o.Grant(ctx, c, debit, pur.ExpiresAt)
-	if err != nil {
-		return nil, err
-	}
-	pur.Block, pur.GrantReplayed, pur.ExpiresAt = blk, replayed, *blk.ExpiresAt
-	return pur, nil
+	res.Purchase.ExternalCustomerID = ext
+	return res.Purchase, nil
 }
 
 // Order is one purchase of one plan for one customer: everything its two
-// requests send. Buy runs its steps in one call; a caller that records each
-// step before the next (the autobuy purchase journal does) runs Debit,
-// Confirm (for a 202), Start/QueuedStart and Grant itself, from a stored Order.
+// requests send. Buy runs it in one call; a caller that records each step
+// before the next (the autobuy purchase journal does) runs it with a Machine
+// whose Save stores the Record.
 type Order struct {
 	ID         string
 	Plan       Plan
@@ -217,12 +206,12 @@ func (o Order) meta(extra ...string) map[string]string {
 	return m
 }
 
-// Debit sends the order's wallet debit (idempotent under DebitKey). The
+// debit sends the order's wallet debit (idempotent under DebitKey). The
 // answer may be unconfirmed (202 Accepted): check UsageEvent.Confirmed and
-// call Confirm before granting. Errors are *Error values matching
+// call confirm before granting. Errors are *Error values matching
 // ErrNotBought (nothing was debited: a wallet short of the price, or a
 // request the server refused) or ErrUnknownOutcome (retry the same order).
-func (o Order) Debit(ctx context.Context, c *quotastack.Client) (*quotastack.UsageEvent, error) {
+func (o Order) debit(ctx context.Context, c *quotastack.Client) (*quotastack.UsageEvent, error) {
 	if err := o.Validate(); err != nil {
 		return nil, err
 	}
@@ -302,12 +291,12 @@ func (s WalletSnapshot) heldBy(bal *quotastack.Credits) (mc int64, ok bool) {
 	return mc, true
 }
 
-// Confirm confirms a debit the server only accepted (202): it reads the
+// confirm confirms a debit the server only accepted (202): it reads the
 // wallet until the blocks of before (the wallet read before the debit was
 // first sent) hold at least the price less than they did, a few times within
 // ctx. Blocks created since (a topup) don't count. An unconfirmed debit is an
 // *Error matching ErrUnknownOutcome: nothing is granted on it.
-func (o Order) Confirm(ctx context.Context, c *quotastack.Client, before WalletSnapshot) error {
+func (o Order) confirm(ctx context.Context, c *quotastack.Client, before WalletSnapshot) error {
 	var last int64
 	for i, wait := range []time.Duration{0, 100 * time.Millisecond, 300 * time.Millisecond, time.Second, 2 * time.Second} {
 		if i > 0 {
@@ -331,12 +320,12 @@ func (o Order) Confirm(ctx context.Context, c *quotastack.Client, before WalletS
 		ErrUnconfirmed, last, before.RemainingMC, o.Plan.PriceMC))
 }
 
-// Start returns when the plan starts for an immediate activation: the debit's
+// start returns when the plan starts for an immediate activation: the debit's
 // created_at, which a replayed debit returns unchanged, so every attempt
 // sends the same grant body. A debit without created_at, or a replayed one
 // finished more than half a plan late, starts at now (the customer gets what
-// they paid for; an earlier late grant is then found by Grant).
-func (o Order) Start(debit *quotastack.UsageEvent, now time.Time) time.Time {
+// they paid for; an earlier late grant is then found by FindGrant).
+func (o Order) start(debit *quotastack.UsageEvent, now time.Time) time.Time {
 	start := debit.CreatedAt.UTC().Truncate(time.Second)
 	now = now.UTC().Truncate(time.Second)
 	if start.IsZero() || debit.Meta.Replayed && now.After(start.Add(o.Plan.Duration/2)) {
@@ -345,11 +334,11 @@ func (o Order) Start(debit *quotastack.UsageEvent, now time.Time) time.Time {
 	return start
 }
 
-// QueuedStart returns when a queued plan starts: the latest expiry among the
+// queuedStart returns when a queued plan starts: the latest expiry among the
 // live blocks of the same plan that existed before this order's debit, or
 // start if none ends later. Blocks created after the debit (including this
 // order's own grant) are ignored, so a retry computes the same start.
-func (o Order) QueuedStart(ctx context.Context, c *quotastack.Client, debit *quotastack.UsageEvent, start time.Time) (time.Time, error) {
+func (o Order) queuedStart(ctx context.Context, c *quotastack.Client, debit *quotastack.UsageEvent, start time.Time) (time.Time, error) {
 	bal, err := c.BalanceWithBlocks(ctx, o.Customer)
 	if err != nil {
 		return time.Time{}, err
@@ -371,7 +360,7 @@ func (o Order) QueuedStart(ctx context.Context, c *quotastack.Client, debit *quo
 	return start, nil
 }
 
-// Grant grants the plan's credits expiring at expiresAt (idempotent under
+// grant grants the plan's credits expiring at expiresAt (idempotent under
 // GrantKey: every attempt of one order must send the same expiresAt). It
 // decides from what the server stored under the key: a 201 (or its replay)
 // is the grant; a stored 4xx refusal is ErrGrantRefused; a 409 (the key holds
@@ -379,7 +368,7 @@ func (o Order) QueuedStart(ctx context.Context, c *quotastack.Client, debit *quo
 // ErrGrantRefused otherwise (the stored answer can't be read: a person looks
 // at the ledger). Other errors are *Error values matching ErrHalfDone and
 // ErrUnknownOutcome.
-func (o Order) Grant(ctx context.Context, c *quotastack.Client, debit *quotastack.UsageEvent, expiresAt time.Time) (blk quotastack.Block, replayed bool, err error) {
+func (o Order) grant(ctx context.Context, c *quotastack.Client, debit *quotastack.UsageEvent, expiresAt time.Time) (blk quotastack.Block, replayed bool, err error) {
 	grant, err := c.Topup(ctx, quotastack.TopupParams{
 		Customer: o.Customer, Credits: o.Plan.CreditsMC, PricePaid: 0, Currency: "mc",
 		Priority: o.Plan.BlockPriority(), ExpiresAt: &expiresAt, Metadata: o.meta("source", "plan_grant"),
