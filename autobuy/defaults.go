@@ -27,7 +27,8 @@ var (
 )
 
 // warnLocalStores logs once per process, through the first Gatekeeper built
-// on an in-process journal or locker, what that covers and what it doesn't.
+// on an in-process journal or locker with a logger (WithLogger), what that
+// covers and what it doesn't.
 func warnLocalStores(log *slog.Logger) {
 	warnedLocal.Do(func() {
 		log.LogAttrs(context.Background(), slog.LevelWarn,

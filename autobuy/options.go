@@ -191,7 +191,8 @@ func WithSuspension(d time.Duration) Option { return func(g *Gatekeeper) { g.sus
 // give: an auto-buy's order id derives from the customer and its
 // lifetime_earned, so replicas buying for one exhaustion send the same order
 // (one debit, one grant) as long as neither the wallet nor the plan changes
-// in between. New logs a warning about it once per process.
+// in between. New logs a warning about it once per process (through the
+// first such Gatekeeper given a logger).
 func New(client *quotastack.Client, opts ...Option) (*Gatekeeper, error) {
 	g := &Gatekeeper{client: client, purchaseTimeout: 30 * time.Second, now: time.Now, suspendFor: 24 * time.Hour}
 	for _, o := range opts {
@@ -222,6 +223,7 @@ func New(client *quotastack.Client, opts ...Option) (*Gatekeeper, error) {
 	if err := plan.NewOrder(plan.NewOrderID(), probe, customerOf("probe"), g.planOpts...).Validate(); err != nil {
 		return nil, fmt.Errorf("autobuy: the plan options: %w", err)
 	}
+	userLog := g.log != nil
 	if g.log == nil {
 		g.log = slog.New(slog.DiscardHandler)
 	}
@@ -240,7 +242,7 @@ func New(client *quotastack.Client, opts ...Option) (*Gatekeeper, error) {
 	if _, ok := g.locker.(*LocalLocker); ok {
 		local = true
 	}
-	if local {
+	if local && userLog {
 		warnLocalStores(g.log)
 	}
 	return g, nil
