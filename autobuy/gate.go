@@ -35,7 +35,7 @@ func (g *Gatekeeper) Gate(ctx context.Context, customer quotastack.Customer, met
 	for _, o := range opts {
 		o(&cfg)
 	}
-	d := Decision{Customer: customer}
+	var d Decision
 	var err error
 	if customer.IsZero() || metric == "" || cfg.units <= 0 {
 		err = fmt.Errorf("%w: autobuy: need a customer, a metric and units > 0", quotastack.ErrInvalidInput)
@@ -45,6 +45,7 @@ func (g *Gatekeeper) Gate(ctx context.Context, customer quotastack.Customer, met
 			d, err = g.fallbackDecision(ctx, customer, metric, d, err)
 		}
 	}
+	d.Customer = customer // whichever path decided (lease, fallback, check)
 	if g.hooks.Decided != nil {
 		g.hooks.Decided(ctx, d.Ref(), metric, d, err)
 	}

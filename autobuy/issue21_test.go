@@ -523,6 +523,8 @@ func TestNewValidatesAtConstruction(t *testing.T) {
 		"a zero purchase timeout": {autobuy.WithPlan(hourPlan), autobuy.WithPurchaseTimeout(0)},
 		"a limit without period":  {autobuy.WithPlan(hourPlan), autobuy.WithPurchaseLimit(3, 0)},
 		"a negative suspension":   {autobuy.WithPlan(hourPlan), autobuy.WithSuspension(-time.Second)},
+		"an unknown fallback":     {autobuy.WithPlan(hourPlan), autobuy.WithFallback(autobuy.FallbackPolicy(7))},
+		"a nil clock":             {autobuy.WithPlan(hourPlan), autobuy.WithClock(nil)},
 	}
 	for name, opts := range cases {
 		_, err := autobuy.New(c, opts...)
@@ -530,4 +532,136 @@ func TestNewValidatesAtConstruction(t *testing.T) {
 	}
 	_, err = autobuy.New(nil, autobuy.WithPlan(hourPlan))
 	assert.ErrorIs(t, err, quotastack.ErrInvalidInput, "a nil client")
+}
+
+// waitOr waits for ch, at most d.
+func waitOr(ch <-chan struct{}, d time.Duration) {
+	select {
+	case <-ch:
+	case <-time.After(d):
+	}
+}
+
+// Case 3, the other way to fool a 202 confirmation: another pending wallet
+// debit. Two Gatekeepers of one process buy for one customer on a server
+// that debits later (202): each read the wallet before the other's debit, so
+// the other's debit would "confirm" one whose own debit is rejected (a free
+// plan). On the defaults their purchases are serialised by the shared lock
+// and journal: one debit, one plan, nothing granted on a rejected debit.
+func TestCase3AnotherPendingDebitConfirmsNothing(t *testing.T) {
+	t.Parallel()
+	w := setup(t, 100_000, quotastacktest.WithAsyncUsage(quotastacktest.AsyncUsage{Defer: true}))
+	aDebited, bRead := make(chan struct{}), make(chan struct{})
+	var aOnce, bOnce sync.Once
+	aT := &hookTransport{before: func(r *http.Request) {
+		if isPlanDebit(r) {
+			waitOr(bRead, 500*time.Millisecond) // B has read the wallet
+		}
+	}, after: func(r *http.Request) {
+		if isPlanDebit(r) {
+			aOnce.Do(func() { close(aDebited) })
+		}
+	}}
+	bT := &hookTransport{before: func(r *http.Request) {
+		if isPlanDebit(r) {
+			waitOr(aDebited, 500*time.Millisecond) // A's debit is pending
+		}
+	}, after: func(r *http.Request) {
+		if r.Method == "GET" && strings.HasSuffix(r.URL.Path, "/credits") {
+			bOnce.Do(func() { close(bRead) })
+		}
+	}}
+	newGate := func(rt http.RoundTripper) *autobuy.Gatekeeper {
+		c, err := quotastack.NewClient(w.srv.APIKey, quotastack.WithBaseURL(w.srv.URL), quotastack.WithTransport(rt))
+		require.NoError(t, err)
+		g, err := autobuy.New(c, autobuy.WithPlan(hourPlan), autobuy.WithClock(w.srv.Now))
+		require.NoError(t, err)
+		return g
+	}
+	ga, gb := newGate(aT), newGate(bT)
+	var wg sync.WaitGroup
+	ds := make([]autobuy.Decision, 2)
+	for i, g := range []*autobuy.Gatekeeper{ga, gb} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			d, err := g.Gate(context.Background(), w.cust, "chat_message", autobuy.WithEventID(fmt.Sprint("m", i)))
+			assert.NoError(t, err)
+			ds[i] = d
+		}()
+	}
+	wg.Wait()
+	w.srv.FlushAsyncUsage()
+	assert.Empty(t, w.srv.RejectedUsage(), "no debit was rejected after its plan was granted")
+	assert.Equal(t, 1, w.planGrants(), "one plan, on its own debit")
+	assert.Equal(t, int64(0), w.wallet())
+}
+
+// Every callback that hands out a customer gets both id forms: the caller's
+// (here the external id) and the QuotaStack id.
+func TestBothIDFormsInEveryCallback(t *testing.T) {
+	t.Parallel()
+	w := setup(t, 150_000)
+	uuid := w.customerID(t, user)
+	var mu sync.Mutex
+	seen := map[string]autobuy.CustomerRef{}
+	note := func(hook string, c autobuy.CustomerRef) {
+		mu.Lock()
+		seen[hook] = c
+		mu.Unlock()
+	}
+	var intents []autobuy.Intent
+	j := &recordingJournal{MemoryJournal: autobuy.NewMemoryJournal(0), put: func(in autobuy.Intent) {
+		mu.Lock()
+		intents = append(intents, in)
+		mu.Unlock()
+	}}
+	g, err := autobuy.New(w.client(t), autobuy.WithClock(w.srv.Now), autobuy.WithJournal(j),
+		autobuy.WithPlanChooser(func(_ context.Context, c autobuy.CustomerRef, _ string, _ *quotastack.Entitlement) (plan.Plan, bool) {
+			note("PlanChooser", c)
+			return hourPlan, true
+		}),
+		autobuy.WithPreference(func(_ context.Context, c autobuy.CustomerRef) (bool, error) { note("Preference", c); return true, nil }),
+		autobuy.WithHooks(autobuy.Hooks{
+			AutoBought: func(_ context.Context, c autobuy.CustomerRef, p *plan.Purchase) {
+				note("AutoBought", c)
+				note("Purchase", autobuy.CustomerRef{Given: quotastack.ExternalID(p.ExternalCustomerID), ID: p.Customer.ID()})
+			},
+			Paywall: func(_ context.Context, c autobuy.CustomerRef, _ autobuy.Decision) { note("Paywall", c) },
+			Decided: func(_ context.Context, c autobuy.CustomerRef, _ string, d autobuy.Decision, _ error) {
+				note("Decided", c)
+				note("Decision", d.Ref())
+			},
+		}))
+	require.NoError(t, err)
+	// An auto-buy, then 49 actions on the plan, then a paywall (50,000 mc left in the wallet).
+	for i := range 51 {
+		_, err := g.Gate(context.Background(), w.cust, "chat_message", autobuy.WithEventID(fmt.Sprint("m", i)))
+		require.NoError(t, err)
+	}
+	want := autobuy.CustomerRef{Given: w.cust, ID: uuid}
+	for _, hook := range []string{"PlanChooser", "Preference", "AutoBought", "Purchase", "Paywall", "Decided", "Decision"} {
+		assert.Equal(t, want, seen[hook], hook)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	require.NotEmpty(t, intents)
+	for _, in := range intents {
+		assert.Equal(t, uuid, in.CustomerID)
+		assert.Equal(t, user, in.ExternalCustomerID)
+	}
+}
+
+// recordingJournal reports every intent it stores.
+type recordingJournal struct {
+	*autobuy.MemoryJournal
+	put func(autobuy.Intent)
+}
+
+func (j *recordingJournal) Put(ctx context.Context, in *autobuy.Intent) error {
+	err := j.MemoryJournal.Put(ctx, in)
+	if err == nil {
+		j.put(*in)
+	}
+	return err
 }

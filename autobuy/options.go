@@ -169,7 +169,10 @@ func WithClock(now func() time.Time) Option { return func(g *Gatekeeper) { g.now
 
 // WithPurchaseLimit allows at most max auto-buys per customer in any window
 // of period (counted in the Journal, so across replicas when it is shared);
-// past it the gate denies purchase_limit. Default: no limit.
+// past it the gate denies purchase_limit. Default: no limit. The count reads
+// the journal's last period only (its cost doesn't grow with older history);
+// the journal must keep intents at least that long (the default one keeps
+// twice the longest period of the process's Gatekeepers).
 func WithPurchaseLimit(max int, period time.Duration) Option {
 	return func(g *Gatekeeper) { g.limitMax, g.limitPeriod = max, period }
 }
@@ -209,6 +212,10 @@ func New(client *quotastack.Client, opts ...Option) (*Gatekeeper, error) {
 		return nil, fmt.Errorf("%w: autobuy: a purchase limit needs max >= 0 and a positive period", quotastack.ErrInvalidInput)
 	case g.suspendFor < 0:
 		return nil, fmt.Errorf("%w: autobuy: the suspension must not be negative", quotastack.ErrInvalidInput)
+	case g.fallback < ReturnError || g.fallback > FailOpen:
+		return nil, fmt.Errorf("%w: autobuy: unknown fallback policy %s", quotastack.ErrInvalidInput, g.fallback)
+	case g.now == nil:
+		return nil, fmt.Errorf("%w: autobuy: nil clock", quotastack.ErrInvalidInput)
 	}
 	if g.fixedPlan != nil {
 		if err := g.fixedPlan.Validate(); err != nil {
