@@ -123,8 +123,9 @@ var ErrJournalConflict = errors.New("autobuy: journal: intent changed since it w
 // snapshot as columns or JSON); Put is an INSERT for Rev 0 (refused while the
 // customer has an open intent: a partial unique index on customer_id where
 // the state is open does it) and otherwise "UPDATE … SET …, rev = rev+1
-// WHERE order_id = ? AND rev = ?" (zero rows: ErrJournalConflict); a table of
-// suspensions keyed by (customer_id, metric).
+// WHERE order_id = ? AND rev = ?" (zero rows: ErrJournalConflict); a row per
+// customer whose counter the same transaction bumps on every successful Put
+// (Rev; never pruned); a table of suspensions keyed by (customer_id, metric).
 // Methods must be safe for concurrent use; errors refuse the purchase (never
 // the entitled customers).
 type Journal interface {
