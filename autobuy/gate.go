@@ -175,29 +175,14 @@ func (g *Gatekeeper) purchaseAndConsume(ctx context.Context, customer quotastack
 		// buy twice for one exhaustion. Its next attempt resumes it.
 		return g.purchaseError(ctx, customer, d, err)
 	}
+	rechecked := false
 	if g.boughtSince(ctx, d.CustomerID, seen, finished) {
 		// The exhaustion this gate saw may be over: check again, under the
 		// lock, so the answer includes every purchase made for this customer.
-		ent, err := g.client.Check(ctx, canonOf(d), metric, cfg.units)
-		if err != nil {
-			return d, err
+		if dd, done, err := g.recheck(ctx, customer, metric, cfg, p, &d, key, unlock, &locked); done || err != nil {
+			return dd, err
 		}
-		d.Entitlement = ent
-		if ent.Allowed {
-			unlock()
-			locked = false
-			ok, err := g.consume(ctx, &d, canonOf(d), metric, cfg, key)
-			if err != nil || ok {
-				d.Reason = ReasonEntitled
-				return d, err
-			}
-			// Spent by concurrent actions in between: the user's retry decides.
-			return g.deny(ctx, customer, d, ReasonInsufficientCredits), nil
-		}
-		// Still refused with every earlier purchase counted: a new exhaustion.
-		if tooLarge(ent, p) {
-			return g.deny(ctx, customer, d, ReasonActionTooLarge), nil
-		}
+		rechecked = true
 	}
 
 	if s, ok, err := g.journal.Suspension(ctx, d.CustomerID, metric); err != nil {
@@ -222,6 +207,15 @@ func (g *Gatekeeper) purchaseAndConsume(ctx context.Context, customer quotastack
 		return d, err
 	}
 	d.WalletMC = bal.WalletMC()
+	if !rechecked && livePlanCovers(bal, d.Entitlement) {
+		// Plan credits the check didn't count: a plan bought since the check by
+		// a gate this one doesn't share a journal with (another replica on its
+		// own store), or a first gate that couldn't read the journal's
+		// revision before its check. Check again before buying another.
+		if dd, done, err := g.recheck(ctx, customer, metric, cfg, p, &d, key, unlock, &locked); done || err != nil {
+			return dd, err
+		}
+	}
 	if d.WalletMC < p.PriceMC {
 		return g.deny(ctx, customer, d, ReasonEmptyWallet), nil
 	}
@@ -243,6 +237,49 @@ func (g *Gatekeeper) purchaseAndConsume(ctx context.Context, customer quotastack
 	}
 	d.Purchase = r.purchase
 	return g.consumeAfterPurchase(ctx, customer, metric, cfg, d, key, bal.ReservedBalance)
+}
+
+// recheck checks the entitlement again under the lock. done is true when it
+// decided: allowed (the lock is released and the action recorded), or too
+// large for one more plan; otherwise the gate goes on to buy.
+func (g *Gatekeeper) recheck(ctx context.Context, customer quotastack.Customer, metric string, cfg gateConfig, p plan.Plan,
+	d *Decision, key *usageKey, unlock func(), locked *bool) (Decision, bool, error) {
+	ent, err := g.client.Check(ctx, canonOf(*d), metric, cfg.units)
+	if err != nil {
+		return *d, true, err
+	}
+	d.Entitlement = ent
+	if ent.Allowed {
+		unlock()
+		*locked = false
+		ok, err := g.consume(ctx, d, canonOf(*d), metric, cfg, key)
+		if err != nil || ok {
+			d.Reason = ReasonEntitled
+			return *d, true, err
+		}
+		// Spent by concurrent actions in between: the user's retry decides.
+		return g.deny(ctx, customer, *d, ReasonInsufficientCredits), true, nil
+	}
+	// Still refused with every earlier purchase counted: a new exhaustion.
+	if tooLarge(ent, p) {
+		return g.deny(ctx, customer, *d, ReasonActionTooLarge), true, nil
+	}
+	return *d, false, nil
+}
+
+// livePlanCovers reports whether bal lists a plan block (a positive priority
+// and an expiry) that alone holds what the refused action costs.
+func livePlanCovers(bal *quotastack.Credits, ent *quotastack.Entitlement) bool {
+	need := int64(1)
+	if ent != nil {
+		need = max(ent.EstimatedCost, 1)
+	}
+	for _, b := range bal.PlanBlocks() {
+		if b.RemainingAmount >= need {
+			return true
+		}
+	}
+	return false
 }
 
 // purchaseError answers a purchase left unfinished (its intent stays open

@@ -665,3 +665,45 @@ func (j *recordingJournal) Put(ctx context.Context, in *autobuy.Intent) error {
 	}
 	return err
 }
+
+// Case 8, the stale check: replicas without a shared store, B checks before
+// A's purchase and reads the wallet after it. B finds plan credits its check
+// didn't count and checks again instead of buying a second plan.
+func TestCase8StaleCheckOnAnotherReplicaBuysNothing(t *testing.T) {
+	t.Parallel()
+	w := setup(t, 1_000_000)
+	bChecked, aDone := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	bT := &hookTransport{
+		before: func(r *http.Request) {
+			if r.Method == "GET" && strings.HasSuffix(r.URL.Path, "/credits") {
+				<-aDone // A's purchase lands between B's check and B's wallet read
+			}
+		},
+		after: func(r *http.Request) {
+			if r.Method == "GET" && strings.Contains(r.URL.Path, "/entitlements/") {
+				once.Do(func() { close(bChecked) })
+			}
+		},
+	}
+	replica := func(rt http.RoundTripper) *autobuy.Gatekeeper {
+		c, err := quotastack.NewClient(w.srv.APIKey, quotastack.WithBaseURL(w.srv.URL), quotastack.WithTransport(rt))
+		require.NoError(t, err)
+		g, err := autobuy.New(c, autobuy.WithPlan(hourPlan), autobuy.WithClock(w.srv.Now),
+			autobuy.WithJournal(autobuy.NewMemoryJournal(0)), autobuy.WithLocker(autobuy.NewLocalLocker()))
+		require.NoError(t, err)
+		return g
+	}
+	a, b := replica(http.DefaultTransport), replica(bT)
+	go func() {
+		defer close(aDone)
+		<-bChecked
+		d, err := a.Gate(context.Background(), w.cust, "chat_message", autobuy.WithEventID("a"))
+		assert.NoError(t, err)
+		assert.Equal(t, autobuy.ReasonAutoBought, d.Reason)
+	}()
+	d, err := b.Gate(context.Background(), w.cust, "chat_message", autobuy.WithEventID("b"))
+	require.NoError(t, err)
+	assert.Equal(t, autobuy.ReasonEntitled, d.Reason, "on A's plan")
+	assert.Equal(t, 1, w.planGrants(), "one plan for one exhaustion")
+}
