@@ -27,7 +27,7 @@ import (
 
 // Environment variables of the soak.
 const (
-	envSoak       = "QUOTASTACK_SOAK"        // a Go duration; default 25s, 3s with -short
+	envSoak       = "QUOTASTACK_SOAK"        // a Go duration; default 20s, 3s with -short
 	envSoakSeed   = "QUOTASTACK_SOAK_SEED"   // the fault and workload seed
 	envSoakReport = "QUOTASTACK_SOAK_REPORT" // a file to write the figures to
 )
@@ -203,7 +203,7 @@ func soakDuration(t *testing.T) time.Duration {
 	if testing.Short() {
 		return 3 * time.Second
 	}
-	return 25 * time.Second
+	return 20 * time.Second
 }
 
 func soakSeed(t *testing.T) int64 {
@@ -239,7 +239,21 @@ func TestSoakOneProcess(t *testing.T) {
 	runSoak(t, soakConfig{name: "one process", replicas: 1, oneProcess: true})
 }
 
+// TestSoakReplicasOwnStores is the replicas' soak without a shared store:
+// each process on its own journal and locker (its two Gatekeepers share
+// them), as replicas left on the defaults are, with clocks up to a minute
+// apart. Their protection is the derived order id and the re-check of plan
+// credits a stale check didn't count: still one plan per exhaustion. No
+// crashes: a replica that dies after its debit leaves that purchase in its
+// lost memory, and another replica finishes it only if the wallet can still
+// pay a plan (the wallet guard sends no debit otherwise).
+func TestSoakReplicasOwnStores(t *testing.T) {
+	t.Parallel()
+	runSoak(t, soakConfig{name: "replicas, own stores", replicas: 3, ownStores: true})
+}
+
 type soakConfig struct {
+	ownStores  bool // each process its own journal and locker
 	name       string
 	replicas   int
 	pCrash     float64
@@ -249,7 +263,7 @@ type soakConfig struct {
 
 func runSoak(t *testing.T, cfg soakConfig) {
 	dur, seed := soakDuration(t), soakSeed(t)
-	if cfg.oneProcess {
+	if cfg.oneProcess || cfg.ownStores {
 		dur = max(dur/3, time.Second)
 	}
 	customers := soakCustomerList(dur)
@@ -277,7 +291,11 @@ func runSoak(t *testing.T, cfg soakConfig) {
 		if i%2 == 1 {
 			waitMax = 1500 * time.Millisecond
 		}
-		return newReplica(srv, waitMax, soakSkews[i%len(soakSkews)], cfg.pCrash, shared...)
+		opts := shared
+		if cfg.ownStores {
+			opts = []autobuy.Option{autobuy.WithJournal(autobuy.NewMemoryJournal(0)), autobuy.WithLocker(autobuy.NewLocalLocker())}
+		}
+		return newReplica(srv, waitMax, soakSkews[i%len(soakSkews)], cfg.pCrash, opts...)
 	}}
 	for i := range cfg.replicas {
 		r, err := fl.make(i)
