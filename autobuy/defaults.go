@@ -33,9 +33,10 @@ func warnLocalStores(log *slog.Logger) {
 	warnedLocal.Do(func() {
 		log.LogAttrs(context.Background(), slog.LevelWarn,
 			"autobuy: purchases are journalled and locked in this process only (no WithJournal/WithLocker): "+
-				"exactly one plan per exhaustion holds within the process; replicas of the service don't see each other's "+
-				"purchases and can buy a second plan for one exhaustion, or debit again for a purchase another replica left "+
-				"half done when the customer's wallet or plan type changed in between. Replicas should share a Journal and "+
-				"a Locker (autobuy/redislock, or your own on SQL)")
+				"one plan per exhaustion holds within the process. Replicas don't see each other's purchases: they rely on "+
+				"the server's idempotency keys (one order per exhaustion) and a re-check, which don't cover a topup or a "+
+				"different plan between two replicas' purchases, nor a replica that dies after its debit (its purchase stays "+
+				"half done when the wallet can't pay another plan). Replicas should share a Journal and a Locker "+
+				"(autobuy/redislock, or your own on SQL)")
 	})
 }
