@@ -80,7 +80,7 @@ type Intent struct {
 // record returns the purchase machine's record of the intent.
 func (in *Intent) record() plan.Record {
 	return plan.Record{Order: in.order(), State: plan.State(in.State),
-		Wallet:    plan.Wallet{BlockIDs: in.WalletBlockIDs, RemainingMC: in.WalletBeforeMC},
+		Wallet:    plan.WalletSnapshot{BlockIDs: in.WalletBlockIDs, RemainingMC: in.WalletBeforeMC},
 		CreatedAt: in.CreatedAt, DebitCreatedAt: in.DebitCreatedAt, ExpiresAt: in.ExpiresAt, GrantSentAt: in.GrantSentAt,
 		BlockID: in.BlockID, Note: in.Note}
 }

@@ -42,7 +42,7 @@ type Record struct {
 	State State
 	// Wallet is the wallet read before the first debit: a debit answered 202
 	// is confirmed against its blocks.
-	Wallet         Wallet
+	Wallet         WalletSnapshot
 	CreatedAt      time.Time // before the first debit: the key window starts no earlier
 	DebitCreatedAt time.Time // the debit's created_at, when the server sent one
 	ExpiresAt      time.Time // the plan's expiry, fixed once the debit is confirmed
@@ -50,9 +50,6 @@ type Record struct {
 	BlockID        string    // the granted block, once done
 	Note           string    // what went wrong, for failed and review
 }
-
-// Wallet is WalletSnapshot under the name Record uses.
-type Wallet = WalletSnapshot
 
 // Machine runs the purchase state machine of one order, the same for Buy
 // and for the autobuy gate:
@@ -72,7 +69,7 @@ type Machine struct {
 	Save func(ctx context.Context, r *Record) error
 }
 
-// Outcome of one Run.
+// Result is the outcome of one Run.
 type Result struct {
 	// Purchase is set when the order is done.
 	Purchase *Purchase
