@@ -243,39 +243,42 @@ func TestCase4ClockSkewBuysOnePlan(t *testing.T) {
 	for _, skew := range []time.Duration{-10 * time.Second, 10 * time.Second, -time.Minute, time.Minute} {
 		t.Run(skew.String(), func(t *testing.T) {
 			t.Parallel()
-			w := newJWorld(t, 1_000_000, quotastacktest.Mode{Name: "kind"})
-			bChecked := make(chan struct{})
-			var once sync.Once
-			aT := &hookTransport{before: func(r *http.Request) {
-				if isPlanDebit(r) {
-					<-bChecked // A buys only after B's check refused
-				}
-			}}
-			bT := &hookTransport{after: func(r *http.Request) {
-				if r.Method == "GET" && strings.Contains(r.URL.Path, "/entitlements/") {
-					once.Do(func() { close(bChecked) })
-				}
-			}}
-			// B knows the customer's id (an earlier gate of its process resolved it).
-			ga := w.gatekeeper(t, aT, autobuy.WithClock(func() time.Time { return w.srv.Now().Add(skew) }))
-			gb := w.gatekeeper(t, bT, autobuy.WithClock(w.srv.Now))
-			results := make(chan autobuy.Decision, 2)
-			aStarted := make(chan struct{})
-			aT.onLock = func() { close(aStarted) }
-			go func() {
-				d, err := ga.Gate(context.Background(), w.cust, "chat_message", autobuy.WithEventID("a"))
-				assert.NoError(t, err)
+			runModes(t, func(t *testing.T, mode quotastacktest.Mode) {
+				t.Parallel()
+				w := newJWorld(t, 1_000_000, mode)
+				bChecked := make(chan struct{})
+				var once sync.Once
+				aT := &hookTransport{before: func(r *http.Request) {
+					if isPlanDebit(r) {
+						<-bChecked // A buys only after B's check refused
+					}
+				}}
+				bT := &hookTransport{after: func(r *http.Request) {
+					if r.Method == "GET" && strings.Contains(r.URL.Path, "/entitlements/") {
+						once.Do(func() { close(bChecked) })
+					}
+				}}
+				// B knows the customer's id (an earlier gate of its process resolved it).
+				ga := w.gatekeeper(t, aT, autobuy.WithClock(func() time.Time { return w.srv.Now().Add(skew) }))
+				gb := w.gatekeeper(t, bT, autobuy.WithClock(w.srv.Now))
+				results := make(chan autobuy.Decision, 2)
+				aStarted := make(chan struct{})
+				aT.onLock = func() { close(aStarted) }
+				go func() {
+					d, err := ga.Gate(context.Background(), w.cust, "chat_message", autobuy.WithEventID("a"))
+					assert.NoError(t, err)
+					results <- d
+				}()
+				<-aStarted
+				d, err := gb.Gate(context.Background(), quotastack.CustomerID(w.customerID), "chat_message", autobuy.WithEventID("b"))
+				require.NoError(t, err)
 				results <- d
-			}()
-			<-aStarted
-			d, err := gb.Gate(context.Background(), quotastack.CustomerID(w.customerID), "chat_message", autobuy.WithEventID("b"))
-			require.NoError(t, err)
-			results <- d
-			for range 2 {
-				d := <-results
-				assert.True(t, d.Allowed, d.Reason)
-			}
-			assert.Equal(t, 1, w.planGrants(), "one plan for one exhaustion")
+				for range 2 {
+					d := <-results
+					assert.True(t, d.Allowed, d.Reason)
+				}
+				assert.Equal(t, 1, w.planGrants(), "one plan for one exhaustion")
+			})
 		})
 	}
 }
@@ -306,44 +309,47 @@ func (h *hookTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 // and the lock: one plan for one exhaustion.
 func TestCase5TwoGatekeepersOnDefaultsBuyOnePlan(t *testing.T) {
 	t.Parallel()
-	w := setup(t, 1_000_000)
-	bChecked := make(chan struct{})
-	var once sync.Once
-	aT := &hookTransport{before: func(r *http.Request) {
-		if isPlanDebit(r) {
-			<-bChecked
+	runModes(t, func(t *testing.T, mode quotastacktest.Mode) {
+		t.Parallel()
+		w := setup(t, 1_000_000, mode.Options...)
+		bChecked := make(chan struct{})
+		var once sync.Once
+		aT := &hookTransport{before: func(r *http.Request) {
+			if isPlanDebit(r) {
+				<-bChecked
+			}
+		}}
+		bT := &hookTransport{after: func(r *http.Request) {
+			if r.Method == "GET" && strings.Contains(r.URL.Path, "/entitlements/") {
+				once.Do(func() { close(bChecked) })
+			}
+		}}
+		newGate := func(rt http.RoundTripper) *autobuy.Gatekeeper {
+			c, err := quotastack.NewClient(w.srv.APIKey, quotastack.WithBaseURL(w.srv.URL), quotastack.WithTransport(rt))
+			require.NoError(t, err)
+			g, err := autobuy.New(c, autobuy.WithPlan(hourPlan), autobuy.WithClock(w.srv.Now))
+			require.NoError(t, err)
+			return g
 		}
-	}}
-	bT := &hookTransport{after: func(r *http.Request) {
-		if r.Method == "GET" && strings.Contains(r.URL.Path, "/entitlements/") {
-			once.Do(func() { close(bChecked) })
-		}
-	}}
-	newGate := func(rt http.RoundTripper) *autobuy.Gatekeeper {
-		c, err := quotastack.NewClient(w.srv.APIKey, quotastack.WithBaseURL(w.srv.URL), quotastack.WithTransport(rt))
+		ga, gb := newGate(aT), newGate(bT)
+		aStarted := make(chan struct{})
+		aT.onLock = func() { close(aStarted) }
+		results := make(chan autobuy.Decision, 2)
+		go func() {
+			d, err := ga.Gate(context.Background(), w.cust, "chat_message", autobuy.WithEventID("a"))
+			assert.NoError(t, err)
+			results <- d
+		}()
+		<-aStarted
+		d, err := gb.Gate(context.Background(), w.cust, "chat_message", autobuy.WithEventID("b"))
 		require.NoError(t, err)
-		g, err := autobuy.New(c, autobuy.WithPlan(hourPlan), autobuy.WithClock(w.srv.Now))
-		require.NoError(t, err)
-		return g
-	}
-	ga, gb := newGate(aT), newGate(bT)
-	aStarted := make(chan struct{})
-	aT.onLock = func() { close(aStarted) }
-	results := make(chan autobuy.Decision, 2)
-	go func() {
-		d, err := ga.Gate(context.Background(), w.cust, "chat_message", autobuy.WithEventID("a"))
-		assert.NoError(t, err)
 		results <- d
-	}()
-	<-aStarted
-	d, err := gb.Gate(context.Background(), w.cust, "chat_message", autobuy.WithEventID("b"))
-	require.NoError(t, err)
-	results <- d
-	for range 2 {
-		d := <-results
-		assert.True(t, d.Allowed, d.Reason)
-	}
-	assert.Equal(t, 1, w.planGrants(), "one plan for one exhaustion")
+		for range 2 {
+			d := <-results
+			assert.True(t, d.Allowed, d.Reason)
+		}
+		assert.Equal(t, 1, w.planGrants(), "one plan for one exhaustion")
+	})
 }
 
 // lostDoneReply stores every write, then loses the reply of the first write
@@ -366,24 +372,27 @@ func (j *lostDoneReply) Put(ctx context.Context, in *autobuy.Intent) error {
 // fires once and the customer, who has the plan, is let through.
 func TestCase6LostDoneReply(t *testing.T) {
 	t.Parallel()
-	w := setup(t, 250_000)
-	var bought []autobuy.CustomerRef
-	var mu sync.Mutex
-	g := w.gate(t, autobuy.WithJournal(&lostDoneReply{MemoryJournal: autobuy.NewMemoryJournal(0)}), autobuy.WithClock(w.srv.Now),
-		autobuy.WithHooks(autobuy.Hooks{AutoBought: func(_ context.Context, c autobuy.CustomerRef, _ *plan.Purchase) {
-			mu.Lock()
-			bought = append(bought, c)
-			mu.Unlock()
-		}}))
-	d, err := g.Gate(context.Background(), w.cust, "chat_message", autobuy.WithEventID("m1"))
-	require.NoError(t, err)
-	assert.True(t, d.Allowed)
-	assert.Equal(t, autobuy.ReasonAutoBought, d.Reason, "%v", d.Err)
-	mu.Lock()
-	defer mu.Unlock()
-	require.Len(t, bought, 1, "the hook fires once")
-	assert.Equal(t, w.cust, bought[0].Given, "the caller's form")
-	assert.Equal(t, w.customerID(t, user), bought[0].ID, "and the QuotaStack id")
+	runModes(t, func(t *testing.T, mode quotastacktest.Mode) {
+		t.Parallel()
+		w := setup(t, 250_000, mode.Options...)
+		var bought []autobuy.CustomerRef
+		var mu sync.Mutex
+		g := w.gate(t, autobuy.WithJournal(&lostDoneReply{MemoryJournal: autobuy.NewMemoryJournal(0)}), autobuy.WithClock(w.srv.Now),
+			autobuy.WithHooks(autobuy.Hooks{AutoBought: func(_ context.Context, c autobuy.CustomerRef, _ *plan.Purchase) {
+				mu.Lock()
+				bought = append(bought, c)
+				mu.Unlock()
+			}}))
+		d, err := g.Gate(context.Background(), w.cust, "chat_message", autobuy.WithEventID("m1"))
+		require.NoError(t, err)
+		assert.True(t, d.Allowed)
+		assert.Equal(t, autobuy.ReasonAutoBought, d.Reason, "%v", d.Err)
+		mu.Lock()
+		defer mu.Unlock()
+		require.Len(t, bought, 1, "the hook fires once")
+		assert.Equal(t, w.cust, bought[0].Given, "the caller's form")
+		assert.Equal(t, w.customerID(t, user), bought[0].ID, "and the QuotaStack id")
+	})
 }
 
 // storedGrantRefusal makes the grant key's first answer a stored 4xx: before
@@ -394,13 +403,20 @@ func (s *storedGrantRefusal) RoundTrip(r *http.Request) (*http.Response, error) 
 	if isPlanGrant(r) && s.done.CompareAndSwap(false, true) {
 		bad, _ := http.NewRequestWithContext(r.Context(), "POST", r.URL.String(), strings.NewReader(`{"credits": 0}`))
 		bad.Header = r.Header.Clone()
-		resp, err := http.DefaultTransport.RoundTrip(bad)
-		if err != nil {
-			return nil, err
-		}
-		_ = resp.Body.Close()
-		if resp.StatusCode != 400 {
-			return nil, fmt.Errorf("want a 400 stored, got %d", resp.StatusCode)
+		for attempt := 0; ; attempt++ { // a 5xx after executing: the retry gets the stored answer
+			resp, err := http.DefaultTransport.RoundTrip(bad)
+			if err != nil {
+				return nil, err
+			}
+			_ = resp.Body.Close()
+			if resp.StatusCode == 400 {
+				break
+			}
+			if resp.StatusCode < 500 || attempt == 3 {
+				return nil, fmt.Errorf("want a 400 stored, got %d", resp.StatusCode)
+			}
+			bad, _ = http.NewRequestWithContext(r.Context(), "POST", r.URL.String(), strings.NewReader(`{"credits": 0}`))
+			bad.Header = r.Header.Clone()
 		}
 	}
 	return http.DefaultTransport.RoundTrip(r)
@@ -411,31 +427,34 @@ func (s *storedGrantRefusal) RoundTrip(r *http.Request) (*http.Response, error) 
 // (no plan): a person is told (review), and nothing is bought again.
 func TestCase7Grant409OnAStored4xx(t *testing.T) {
 	t.Parallel()
-	w := newJWorld(t, 250_000, quotastacktest.Mode{Name: "kind"})
-	g := w.gatekeeper(t, &storedGrantRefusal{})
-	d, err := g.Gate(context.Background(), w.cust, "chat_message", autobuy.WithEventID("m1"))
-	require.NoError(t, err)
-	assert.False(t, d.Allowed)
-	assert.Equal(t, autobuy.ReasonPurchaseInReview, d.Reason)
-	assert.Zero(t, w.bought.Load(), "no AutoBought for a plan never granted")
-	assert.Equal(t, int32(1), w.reviews.Load())
-	open, err := w.journal.Open(context.Background(), w.customerID)
-	require.NoError(t, err)
-	require.Len(t, open, 1)
-	assert.Equal(t, autobuy.IntentReview, open[0].State)
-	d, err = g.Gate(context.Background(), w.cust, "chat_message", autobuy.WithEventID("m2"))
-	require.NoError(t, err)
-	assert.Equal(t, autobuy.ReasonPurchaseInReview, d.Reason)
-	assert.Equal(t, 1, w.planDebits(), "nothing debited again")
-	// A person grants by hand and closes it.
-	exp := w.srv.Now().Add(time.Hour)
-	_, err = w.srv.Grant(user, quotastacktest.BlockSpec{Credits: hourPlan.CreditsMC, Priority: 10, ExpiresAt: &exp,
-		Metadata: map[string]string{"source": "plan_grant", "plan_type": "1hr", "order_id": open[0].OrderID}})
-	require.NoError(t, err)
-	require.NoError(t, g.ResolveReview(context.Background(), w.customerID, open[0].OrderID, true))
-	d, err = g.Gate(context.Background(), w.cust, "chat_message", autobuy.WithEventID("m3"))
-	require.NoError(t, err)
-	assert.Equal(t, autobuy.ReasonEntitled, d.Reason)
+	runModes(t, func(t *testing.T, mode quotastacktest.Mode) {
+		t.Parallel()
+		w := newJWorld(t, 250_000, mode)
+		g := w.gatekeeper(t, &storedGrantRefusal{})
+		d, err := g.Gate(context.Background(), w.cust, "chat_message", autobuy.WithEventID("m1"))
+		require.NoError(t, err)
+		assert.False(t, d.Allowed)
+		assert.Equal(t, autobuy.ReasonPurchaseInReview, d.Reason)
+		assert.Zero(t, w.bought.Load(), "no AutoBought for a plan never granted")
+		assert.Equal(t, int32(1), w.reviews.Load())
+		open, err := w.journal.Open(context.Background(), w.customerID)
+		require.NoError(t, err)
+		require.Len(t, open, 1)
+		assert.Equal(t, autobuy.IntentReview, open[0].State)
+		d, err = g.Gate(context.Background(), w.cust, "chat_message", autobuy.WithEventID("m2"))
+		require.NoError(t, err)
+		assert.Equal(t, autobuy.ReasonPurchaseInReview, d.Reason)
+		assert.Equal(t, 1, w.planDebits(), "nothing debited again")
+		// A person grants by hand and closes it.
+		exp := w.srv.Now().Add(time.Hour)
+		_, err = w.srv.Grant(user, quotastacktest.BlockSpec{Credits: hourPlan.CreditsMC, Priority: 10, ExpiresAt: &exp,
+			Metadata: map[string]string{"source": "plan_grant", "plan_type": "1hr", "order_id": open[0].OrderID}})
+		require.NoError(t, err)
+		require.NoError(t, g.ResolveReview(context.Background(), w.customerID, open[0].OrderID, true))
+		d, err = g.Gate(context.Background(), w.cust, "chat_message", autobuy.WithEventID("m3"))
+		require.NoError(t, err)
+		assert.Equal(t, autobuy.ReasonEntitled, d.Reason)
+	})
 }
 
 // Case 8: replicas without a shared store. A purchase half done on one
@@ -444,30 +463,33 @@ func TestCase7Grant409OnAStored4xx(t *testing.T) {
 // grants the plan: one debit, one plan.
 func TestCase8ReplicasWithoutSharedStoreFinishTheSameOrder(t *testing.T) {
 	t.Parallel()
-	w := setup(t, 1_000_000)
-	replica := func() *autobuy.Gatekeeper {
-		return w.gate(t, autobuy.WithJournal(autobuy.NewMemoryJournal(0)), autobuy.WithLocker(autobuy.NewLocalLocker()), autobuy.WithClock(w.srv.Now))
-	}
-	a, b, c := replica(), replica(), replica()
-	w.srv.InjectFault(quotastacktest.Fault{Method: "POST", PathPrefix: "/v1/topup/grant", Status: 503, Count: 100})
-	_, err := a.Gate(context.Background(), w.cust, "chat_message", autobuy.WithEventID("m1"))
-	require.ErrorIs(t, err, plan.ErrHalfDone)
-	w.srv.ClearFaults()
-	d, err := b.Gate(context.Background(), w.cust, "chat_message", autobuy.WithEventID("m1"))
-	require.NoError(t, err)
-	assert.Equal(t, autobuy.ReasonAutoBought, d.Reason)
-	require.NotNil(t, d.Purchase)
-	assert.True(t, d.Purchase.DebitReplayed, "B's debit is A's, replayed")
-	d, err = c.Gate(context.Background(), w.cust, "chat_message", autobuy.WithEventID("m2"))
-	require.NoError(t, err)
-	assert.Equal(t, autobuy.ReasonEntitled, d.Reason)
-	assert.Len(t, w.usageFor(hourPlan.Metric()), 1, "one debit")
-	assert.Equal(t, 1, w.planGrants(), "one plan")
-	// A finishes its own intent from its journal: the grant replays.
-	d, err = a.Gate(context.Background(), w.cust, "chat_message", autobuy.WithEventID("m3"))
-	require.NoError(t, err)
-	assert.True(t, d.Allowed)
-	assert.Equal(t, 1, w.planGrants())
+	runModes(t, func(t *testing.T, mode quotastacktest.Mode) {
+		t.Parallel()
+		w := setup(t, 1_000_000, mode.Options...)
+		replica := func() *autobuy.Gatekeeper {
+			return w.gate(t, autobuy.WithJournal(autobuy.NewMemoryJournal(0)), autobuy.WithLocker(autobuy.NewLocalLocker()), autobuy.WithClock(w.srv.Now))
+		}
+		a, b, c := replica(), replica(), replica()
+		w.srv.InjectFault(quotastacktest.Fault{Method: "POST", PathPrefix: "/v1/topup/grant", Status: 503, Count: 100})
+		_, err := a.Gate(context.Background(), w.cust, "chat_message", autobuy.WithEventID("m1"))
+		require.ErrorIs(t, err, plan.ErrHalfDone)
+		w.srv.ClearFaults()
+		d, err := b.Gate(context.Background(), w.cust, "chat_message", autobuy.WithEventID("m1"))
+		require.NoError(t, err)
+		assert.Equal(t, autobuy.ReasonAutoBought, d.Reason)
+		require.NotNil(t, d.Purchase)
+		assert.True(t, d.Purchase.DebitReplayed, "B's debit is A's, replayed")
+		d, err = c.Gate(context.Background(), w.cust, "chat_message", autobuy.WithEventID("m2"))
+		require.NoError(t, err)
+		assert.Equal(t, autobuy.ReasonEntitled, d.Reason)
+		assert.Len(t, w.usageFor(hourPlan.Metric()), 1, "one debit")
+		assert.Equal(t, 1, w.planGrants(), "one plan")
+		// A finishes its own intent from its journal: the grant replays.
+		d, err = a.Gate(context.Background(), w.cust, "chat_message", autobuy.WithEventID("m3"))
+		require.NoError(t, err)
+		assert.True(t, d.Allowed)
+		assert.Equal(t, 1, w.planGrants())
+	}, "sparse") // no lifetime_earned: random order ids, the derived-order protection is off
 }
 
 // Hooks compose: OpenTelemetry-style hooks added after the user's; both

@@ -42,7 +42,7 @@ func (g *Gatekeeper) start(ctx context.Context, d Decision, metric string, p pla
 		orderID = plan.DeriveOrderID("autobuy", d.CustomerID, p.Type, strconv.FormatInt(bal.LifetimeEarned, 10))
 	}
 	for {
-		r, err := g.startOrder(ctx, d, metric, p, bal, orderID)
+		r, err := g.startOrder(ctx, d, metric, p, bal, orderID, derived)
 		if !derived {
 			return r, err
 		}
@@ -60,7 +60,7 @@ func (g *Gatekeeper) start(ctx context.Context, d Decision, metric string, p pla
 // errOrderExists: the journal holds a closed intent of the derived order id.
 var errOrderExists = errors.New("autobuy: the order exists")
 
-func (g *Gatekeeper) startOrder(ctx context.Context, d Decision, metric string, p plan.Plan, bal *quotastack.Credits, orderID string) (runResult, error) {
+func (g *Gatekeeper) startOrder(ctx context.Context, d Decision, metric string, p plan.Plan, bal *quotastack.Credits, orderID string, derived bool) (runResult, error) {
 	o := plan.NewOrder(orderID, p, customerOf(d.CustomerID),
 		append([]plan.Option{plan.WithTrigger(plan.TriggerAutoBuy)}, g.planOpts...)...)
 	snap := plan.SnapshotWallet(bal)
@@ -78,7 +78,7 @@ func (g *Gatekeeper) startOrder(ctx context.Context, d Decision, metric string, 
 		}
 		return runResult{}, &journalError{err}
 	}
-	return g.run(ctx, &in)
+	return g.runWith(ctx, &in, derived)
 }
 
 // finishOpen finishes the customer's open intents, oldest first, under its
@@ -155,6 +155,12 @@ func (g *Gatekeeper) ResolveReview(ctx context.Context, customerID, orderID stri
 // An error leaves the intent where it was (the outcome of its last request is
 // unknown) and a later gate resumes it with the same keys.
 func (g *Gatekeeper) run(ctx context.Context, in *Intent) (runResult, error) {
+	return g.runWith(ctx, in, false)
+}
+
+// runWith is run; sharedID: the intent is new, with an order id derived from
+// the exhaustion, which another replica may have sent first.
+func (g *Gatekeeper) runWith(ctx context.Context, in *Intent, sharedID bool) (runResult, error) {
 	rec := in.record()
 	var doneErr error // the done write's error: the plan is granted either way
 	save := func(ctx context.Context, r *plan.Record) error {
@@ -170,7 +176,7 @@ func (g *Gatekeeper) run(ctx context.Context, in *Intent) (runResult, error) {
 		}
 		return err
 	}
-	res, err := plan.Machine{Client: g.client, Now: g.now, Save: save}.Run(ctx, &rec)
+	res, err := plan.Machine{Client: g.client, Now: g.now, Save: save, SharedOrderID: sharedID}.Run(ctx, &rec)
 	switch {
 	case res.Purchase != nil:
 		return g.completed(ctx, in, res, doneErr)

@@ -67,6 +67,14 @@ type Machine struct {
 	// error stops the machine (the order is resumed from the last saved
 	// record). nil saves nothing (Buy).
 	Save func(ctx context.Context, r *Record) error
+	// SharedOrderID says the order id may have been sent by another process
+	// before this Run (an id derived from the exhaustion, by replicas that
+	// share no journal). A 202 debit whose first attempt is a replay was
+	// then sent before Record.Wallet was read, which can't confirm it: the
+	// server's acceptance is taken as the confirmation, since a debit must
+	// never go without its plan (if the server later rejects that debit, the
+	// plan was free).
+	SharedOrderID bool
 }
 
 // Result is the outcome of one Run.
@@ -125,7 +133,8 @@ func (m Machine) Run(ctx context.Context, r *Record) (Result, error) {
 		if err != nil {
 			return Result{}, err
 		}
-		if !d.Confirmed() {
+		sentBefore := m.SharedOrderID && d.Meta.Replayed && d.Meta.Attempts <= 1
+		if !d.Confirmed() && !sentBefore {
 			if err := o.confirm(ctx, m.Client, r.Wallet); err != nil {
 				return Result{}, err
 			}
