@@ -71,6 +71,25 @@ type Limit struct {
 	ResetsAt time.Time // when auto-buy is possible again (zero: until lifted)
 }
 
+// CustomerRef names a customer in both id forms.
+type CustomerRef struct {
+	// Given is the customer as the caller passed it to Gate (an external id
+	// or the QuotaStack id); for a purchase finished outside a Gate call
+	// (Resume) it is the external id the intent recorded, or the QuotaStack id.
+	Given quotastack.Customer
+	// ID is the QuotaStack id (UUID); "" when the check didn't answer.
+	ID string
+}
+
+// ExternalID returns the customer's external id, or "" when the caller used
+// the QuotaStack id.
+func (c CustomerRef) ExternalID() string {
+	if c.Given.IsExternal() {
+		return c.Given.ID()
+	}
+	return ""
+}
+
 // Decision is the answer of a gate: allowed or not, and why. Denials are
 // decisions, not errors.
 type Decision struct {
@@ -80,7 +99,9 @@ type Decision struct {
 	EventID string
 	// CustomerID is the QuotaStack id of the customer the gate resolved
 	// (whichever id form the caller used); "" when the check didn't answer.
+	// Customer is the customer as the caller passed it.
 	CustomerID string
+	Customer   quotastack.Customer
 	// Purchase is the plan bought (or finished) while gating, if any.
 	Purchase *plan.Purchase
 	// Entitlement is the last entitlement check seen.
@@ -110,3 +131,6 @@ type Decision struct {
 
 	leaseID string // the lease reservation a leased action was counted on
 }
+
+// Ref returns the decision's customer in both id forms.
+func (d Decision) Ref() CustomerRef { return CustomerRef{Given: d.Customer, ID: d.CustomerID} }

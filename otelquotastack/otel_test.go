@@ -178,7 +178,7 @@ func gateWorld(t *testing.T, tm *telemetry, walletMC int64, gateOpts ...autobuy.
 	}
 	client := srv.Client(otelquotastack.ClientOption(tm.opts...), quotastack.WithRetry(4, time.Millisecond, 10*time.Millisecond))
 	var decidedByUser int
-	hooks, err := otelquotastack.Hooks(autobuy.Hooks{Decided: func(context.Context, quotastack.Customer, string, autobuy.Decision, error) {
+	hooks, err := otelquotastack.Hooks(autobuy.Hooks{Decided: func(context.Context, autobuy.CustomerRef, string, autobuy.Decision, error) {
 		decidedByUser++
 	}}, tm.opts...)
 	require.NoError(t, err)

@@ -57,10 +57,10 @@ func run(ctx context.Context, out io.Writer, getenv func(string) string, replace
 	var autoBuys, paywalls int // what the product team's hooks would send to analytics
 	gate, err := autobuy.New(env.Client,
 		autobuy.WithPlan(hourPlan),
-		autobuy.WithPreference(func(_ context.Context, c quotastack.Customer) (bool, error) { return !optedOut[c.ID()], nil }),
+		autobuy.WithPreference(func(_ context.Context, c autobuy.CustomerRef) (bool, error) { return !optedOut[c.Given.ID()], nil }),
 		autobuy.WithHooks(autobuy.Hooks{
-			AutoBought: func(context.Context, quotastack.Customer, *plan.Purchase) { autoBuys++ },
-			Paywall:    func(context.Context, quotastack.Customer, autobuy.Decision) { paywalls++ },
+			AutoBought: func(context.Context, autobuy.CustomerRef, *plan.Purchase) { autoBuys++ },
+			Paywall:    func(context.Context, autobuy.CustomerRef, autobuy.Decision) { paywalls++ },
 		}))
 	if err != nil {
 		return err

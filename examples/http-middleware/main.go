@@ -59,7 +59,7 @@ func run(ctx context.Context, out io.Writer, getenv func(string) string, replace
 	optedOut := map[string]bool{env.customer("dave").ID(): true}
 	gate, err := autobuy.New(env.Client,
 		autobuy.WithPlan(hourPlan),
-		autobuy.WithPreference(func(_ context.Context, c quotastack.Customer) (bool, error) { return !optedOut[c.ID()], nil }))
+		autobuy.WithPreference(func(_ context.Context, c autobuy.CustomerRef) (bool, error) { return !optedOut[c.Given.ID()], nil }))
 	if err != nil {
 		return err
 	}
