@@ -174,9 +174,15 @@ type leaseRefusal struct{ ent *quotastack.Entitlement }
 func (e *leaseRefusal) Error() string { return "autobuy: no lease: the credits can't cover an action" }
 
 // leaseDue reports whether a lease must be committed before it serves more:
-// half its TTL has passed (by this replica's clock against the server's expiry).
+// half its TTL has passed (by this replica's clock against the server's
+// expiry). A Gatekeeper without lease mode meeting another's lease (a shared
+// ChargeLog) takes half the lease's own lifetime as stored.
 func (g *Gatekeeper) leaseDue(l Lease) bool {
-	return !g.now().Before(l.ExpiresAt.Add(-g.leases.cfg.TTL / 2))
+	half := l.ExpiresAt.Sub(l.CreatedAt) / 2
+	if g.leases != nil {
+		half = g.leases.cfg.TTL / 2
+	}
+	return !g.now().Before(l.ExpiresAt.Add(-half))
 }
 
 // renewLease, under the customer's lease lock, settles the customer's lease
@@ -323,27 +329,29 @@ func (g *Gatekeeper) settleLease(ctx context.Context, l Lease) error {
 
 // leaseBeforeBuying applies the lease rule on the purchase path: credits
 // held by one of our leases are never the reason a plan is bought. If the
-// customer has a lease on metric it serves the action; a full or due one is
-// settled and the customer checked again: allowed, the action is recorded
-// (served); refused, the caller goes on to buy with the new check in d.
+// customer has a lease on metric it serves the action (a hold, WithReservation,
+// can't be served from it); a full or due one, or one a hold or a gate
+// without lease mode meets, is settled and the customer checked again:
+// allowed, the action is recorded (served); refused, the caller goes on to
+// buy with the new check in d.
 func (g *Gatekeeper) leaseBeforeBuying(ctx context.Context, d Decision, metric string, cfg gateConfig, key *usageKey) (Decision, bool, error) {
-	if cfg.reserve || d.CustomerID == "" {
+	if d.CustomerID == "" {
 		return d, false, nil
 	}
 	l, found, err := g.charges.Lease(ctx, d.CustomerID, metric)
 	if err != nil || !found {
 		return d, false, nil
 	}
-	if !l.Committing && !g.leaseDue(l) {
+	if !cfg.reserve && !l.Committing && !g.leaseDue(l) {
 		if got, took, err := g.charges.TakeLease(ctx, d.CustomerID, metric, cfg.units, g.now()); err == nil && took {
 			d.Allowed, d.Reason, d.Leased, d.leaseID = true, ReasonEntitled, true, got.ReservationID
 			return d, true, nil
 		}
 	}
-	if g.leases != nil {
+	if g.leases != nil && !cfg.reserve {
 		err = g.renewLease(ctx, d.CustomerID, metric, cfg, false)
 	} else {
-		err = g.settleLease(ctx, l)
+		err = g.settleForCheck(ctx, d.CustomerID, metric)
 	}
 	if err != nil {
 		return d, false, err
@@ -362,6 +370,32 @@ func (g *Gatekeeper) leaseBeforeBuying(ctx context.Context, d Decision, metric s
 		return d, true, err
 	}
 	return d, false, nil // spent by a concurrent action: a new exhaustion
+}
+
+// settleForCheck settles the customer's lease on metric, under the lease
+// lock, so that its credits are back before the check that decides on a
+// purchase: for a hold (which can't be served from a lease) and for a
+// Gatekeeper without lease mode (which can't renew one). A lease that moved
+// while being settled (an action taken from it) is read and settled again.
+func (g *Gatekeeper) settleForCheck(ctx context.Context, customerID, metric string) error {
+	unlock, err := g.lockKey(ctx, "quotastack:lease:"+idem.Join("l", customerID, metric))
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	for range 5 {
+		l, found, err := g.charges.Lease(ctx, customerID, metric)
+		if err != nil {
+			return &chargeLogError{err}
+		}
+		if !found {
+			return nil
+		}
+		if err := g.settleLease(ctx, l); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // startLinger starts, once, the goroutine that commits idle and due leases.

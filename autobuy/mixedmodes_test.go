@@ -1,0 +1,58 @@
+package autobuy_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/quotastack/quotastack-go/autobuy"
+)
+
+// Found by the reliability soak (gates of every mode on one shared
+// ChargeLog): a Gatekeeper without lease mode meets a lease of another
+// Gatekeeper on the same ChargeLog (replicas sharing it, or two Gatekeepers
+// of one process on the default) when the customer's credits are held by
+// that lease. It must serve the action from the lease, or settle it and
+// check again; never panic, never buy a plan the customer didn't need.
+func TestGateWithoutLeaseModeMeetsALease(t *testing.T) {
+	t.Parallel()
+	for _, m := range chargeModes {
+		t.Run(m.name, func(t *testing.T) {
+			t.Parallel()
+			for _, tc := range []struct {
+				name string
+				opts []autobuy.GateOption
+			}{
+				{"per-action gate", nil},
+				{"two-phase hold", []autobuy.GateOption{autobuy.WithReservation(time.Minute)}},
+			} {
+				t.Run(tc.name, func(t *testing.T) {
+					t.Parallel()
+					w := setup(t, 250_000, m.opts...)
+					w.grantPlanCredits(t, 50_000)
+					shared := newStores()
+					leased := w.gate(t, append(shared.opts(), leaseOf(50))...)
+					plain := w.gate(t, shared.opts()...)
+					d := w.gateNoted(t, leased, w.cust, "l1") // the lease holds all 50 actions' credits
+					require.True(t, d.Leased)
+					for i := range 10 {
+						d := w.gateNoted(t, plain, w.cust, fmt.Sprint("p", i), tc.opts...)
+						assert.True(t, d.Allowed, "p%d: %s", i, d.Reason)
+						assert.Nil(t, d.Purchase, "p%d: no plan bought while the lease holds credits", i)
+						if d.Hold != nil {
+							require.NoError(t, plain.Settle(context.Background(), d, true, 0))
+						}
+					}
+					require.NoError(t, leased.Close(context.Background()))
+					require.NoError(t, plain.Close(context.Background()))
+					assert.Zero(t, w.planGrants(), "no plan bought: the customer had credits")
+					assert.Equal(t, int64(11_000), w.chargedChatMC())
+				})
+			}
+		})
+	}
+}
