@@ -98,8 +98,16 @@ func (g *Gatekeeper) decide(ctx context.Context, customer quotastack.Customer, m
 	var refused *quotastack.Entitlement // a refusal read from a 402: no check needed
 	if known && g.leases != nil && !cfg.reserve && (!rec.claimed || rec.c.Via == viaLease) {
 		ld, ok, r, err := g.leased(ctx, id, metric, cfg)
-		if ok || err != nil {
+		if err != nil {
+			// Nothing was counted on a lease for it: the event's retry must
+			// charge it, not take it as let through on one.
+			if serr := g.switchVia(ctx, rec, viaUsage); serr != nil {
+				g.log.WarnContext(ctx, "autobuy: un-marking an event's lease claim failed", "event_id", cfg.eventID, "error", serr)
+			}
 			return ld, err
+		}
+		if ok {
+			return ld, nil
 		}
 		refused = r
 		if err := g.switchVia(ctx, rec, viaUsage); err != nil {

@@ -3,6 +3,7 @@ package autobuy_test
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"testing"
 	"time"
 
@@ -10,6 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/quotastack/quotastack-go/autobuy"
+	"github.com/quotastack/quotastack-go/quotastacktest"
 )
 
 // Found by the reliability soak (gates of every mode on one shared
@@ -53,6 +55,37 @@ func TestGateWithoutLeaseModeMeetsALease(t *testing.T) {
 					assert.Equal(t, int64(11_000), w.chargedChatMC())
 				})
 			}
+		})
+	}
+}
+
+// Found by the reliability soak: a lease gate that claimed an event for a
+// lease and then could not get one (the reserve met an outage: a rate limit,
+// 5xxs) returned the error and left the event claimed "via lease". The
+// retry of the event waited for that claim and answered it as let through on
+// a lease: allowed, never counted, never charged. Nothing was counted, so
+// the retry must charge it.
+func TestLeaseOutageThenRetryIsCharged(t *testing.T) {
+	t.Parallel()
+	for _, m := range chargeModes {
+		t.Run(m.name, func(t *testing.T) {
+			t.Parallel()
+			w := setup(t, 250_000, m.opts...)
+			w.grantPlanCredits(t, 50_000)
+			g := w.gate(t, leaseOf(10))
+			w.gateNoted(t, g, w.cust, "m0") // resolves the customer, reserves a lease
+			require.NoError(t, g.Flush(context.Background()))
+			w.srv.InjectFault(quotastacktest.Fault{Method: http.MethodPost, PathPrefix: "/v1/reserve", Status: http.StatusServiceUnavailable, Count: 50})
+			_, err := g.Gate(context.Background(), w.cust, "chat_message", autobuy.WithEventID("m1"))
+			require.Error(t, err, "no lease and no check to be had")
+			w.srv.ClearFaults()
+			start := time.Now()
+			d := w.gateNoted(t, g, w.cust, "m1") // the caller repeats the event
+			assert.True(t, d.Allowed)
+			assert.False(t, d.Replayed, "nothing was counted for m1: it is gated anew")
+			assert.Less(t, time.Since(start), 900*time.Millisecond, "no wait for a lease claim nobody holds")
+			require.NoError(t, g.Close(context.Background()))
+			assert.Equal(t, int64(2_000), w.chargedChatMC(), "m0 and m1, once each")
 		})
 	}
 }
