@@ -231,7 +231,8 @@ func (g *Gatekeeper) putCharge(ctx context.Context, c Charge) {
 // Settle ends the hold of an allowed decision made WithReservation: commit
 // true debits units (0 means the units held), false releases it. It is
 // idempotent (keyed by the reservation), records the event as charged (or
-// frees it for a later attempt under new keys), and a commit that finds the
+// frees it for a later attempt under new keys; not when the release finds the
+// hold inactive, maybe committed already), and a commit that finds the
 // hold expired charges the units with a usage record instead: work done is
 // never free. Safe for concurrent use.
 func (g *Gatekeeper) Settle(ctx context.Context, d Decision, commit bool, units int64) error {
@@ -255,7 +256,11 @@ func (g *Gatekeeper) Settle(ctx context.Context, d Decision, commit bool, units 
 	} else {
 		_, err = g.client.Release(ctx, h.ID, quotastack.WithIdempotencyKey(idem.Join("release", h.ID)))
 		if isNotActive(err) {
-			err = nil // expired: released by the server
+			// Expired, or committed by an earlier attempt whose answer was
+			// lost: which, the answer doesn't say. The record stays held; a
+			// later attempt's commit, under the same key, settles it (and a
+			// hold that expired is charged then, for work done).
+			return nil
 		}
 	}
 	if err != nil || d.EventID == "" || d.CustomerID == "" {

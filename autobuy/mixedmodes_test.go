@@ -89,3 +89,40 @@ func TestLeaseOutageThenRetryIsCharged(t *testing.T) {
 		})
 	}
 }
+
+// Found by the reliability soak (two-phase middleware, a replica that died
+// after its commit executed): the hold of an event was committed but the
+// answer lost; the event's retry got the hold back from the record, its
+// handler failed, and the release found the hold no longer active. The
+// record was voided as if released, and the next retry held and committed
+// the event again: charged twice. A release that finds the hold inactive
+// can't tell committed from expired: the record stays held, and a later
+// commit under the same key settles it.
+func TestTwoPhaseReleaseAfterALostCommitKeepsTheCharge(t *testing.T) {
+	t.Parallel()
+	for _, m := range chargeModes {
+		t.Run(m.name, func(t *testing.T) {
+			t.Parallel()
+			w := setup(t, 250_000, m.opts...)
+			w.grantPlanCredits(t, 50_000)
+			g := w.gate(t)
+			hold := autobuy.WithReservation(time.Minute)
+			d := w.gateNoted(t, g, w.cust, "m1", hold)
+			require.NotNil(t, d.Hold)
+			w.srv.InjectFault(quotastacktest.Fault{Method: http.MethodPost, PathPrefix: "/v1/reserve/" + d.Hold.ID + "/commit", Drop: true, Count: 50})
+			require.Error(t, g.Settle(context.Background(), d, true, 0), "the commit executed, its answer lost")
+			w.srv.ClearFaults()
+
+			retry := w.gateNoted(t, g, w.cust, "m1", hold) // the client retries: the record has the hold
+			require.NotNil(t, retry.Hold)
+			assert.True(t, retry.Replayed)
+			require.NoError(t, g.Settle(context.Background(), retry, false, 0), "the retry's work failed: release")
+
+			again := w.gateNoted(t, g, w.cust, "m1", hold) // and the client retries once more
+			if again.Hold != nil {
+				require.NoError(t, g.Settle(context.Background(), again, true, 0))
+			}
+			assert.Equal(t, int64(1_000), w.chargedChatMC(), "one message, charged once")
+		})
+	}
+}
