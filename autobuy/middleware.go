@@ -116,7 +116,9 @@ func OnRefusal(fn func(w http.ResponseWriter, r *http.Request, ref Refusal)) Mid
 
 // OnSettle is called in two-phase mode after the hold of an allowed request
 // was committed (committed true) or released, with the error of that call.
-// A failed commit leaves the hold to expire: the action was not charged.
+// A settle QuotaStack could not answer is retried until the settle time
+// (quotastack.DefaultTimeout) runs out; a commit that still failed leaves the
+// hold to expire: the action was not charged.
 func OnSettle(fn func(r *http.Request, d Decision, committed bool, err error)) MiddlewareOption {
 	return func(c *middlewareConfig) { c.onSettle = fn }
 }
@@ -197,6 +199,15 @@ func serveHeld(w http.ResponseWriter, r *http.Request, next http.Handler, g *Gat
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), cfg.settleTime)
 		defer cancel()
 		err := g.Settle(ctx, d, commit, 0)
+		// QuotaStack could not answer: the work is done (or failed), so the
+		// hold is settled again (Settle is idempotent) until the settle time
+		// runs out, rather than left to expire uncharged.
+		for wait := 50 * time.Millisecond; err != nil && quotastack.IsOutage(ctx, err) && ctx.Err() == nil; wait = min(2*wait, time.Second) {
+			if sleepCtx(ctx, wait) != nil {
+				break
+			}
+			err = g.Settle(ctx, d, commit, 0)
+		}
 		if cfg.onSettle != nil {
 			cfg.onSettle(r, d, commit, err)
 		}

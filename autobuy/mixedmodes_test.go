@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
 
@@ -123,6 +125,43 @@ func TestTwoPhaseReleaseAfterALostCommitKeepsTheCharge(t *testing.T) {
 				require.NoError(t, g.Settle(context.Background(), again, true, 0))
 			}
 			assert.Equal(t, int64(1_000), w.chargedChatMC(), "one message, charged once")
+		})
+	}
+}
+
+// Found by the reliability soak (two-phase middleware at the rate limit):
+// the handler did the work and answered 200, and the commit met an outage
+// past the client's retries (a 429 whose Retry-After the client would not
+// wait for, 5xxs). The hold was left to expire: an action done and never
+// charged. The middleware retries a settle QuotaStack could not answer
+// until its settle time runs out.
+func TestTwoPhaseCommitRetriedPastAnOutage(t *testing.T) {
+	t.Parallel()
+	for _, m := range chargeModes {
+		t.Run(m.name, func(t *testing.T) {
+			t.Parallel()
+			w := setup(t, 250_000, m.opts...)
+			w.grantPlanCredits(t, 50_000)
+			g := w.gate(t)
+			var settleErr error
+			settled := false
+			next := http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+				// The work is done; meanwhile QuotaStack stops answering commits for a while.
+				w.srv.InjectFault(quotastacktest.Fault{Method: http.MethodPost, PathPrefix: "/v1/reserve/", Status: http.StatusServiceUnavailable, Count: 12})
+				w.srv.NoteAllowed(user, "chat_message", "m1", 1)
+				_, _ = rw.Write([]byte("done"))
+			})
+			h := autobuy.Middleware(g, func(r *http.Request) (autobuy.Action, error) {
+				return autobuy.Action{Customer: w.cust, Metric: "chat_message", EventID: "m1"}, nil
+			}, autobuy.TwoPhase(time.Minute), autobuy.OnSettle(func(_ *http.Request, _ autobuy.Decision, committed bool, err error) {
+				settled, settleErr = committed, err
+			}))(next)
+			rec := httptest.NewRecorder()
+			h.ServeHTTP(rec, httptest.NewRequest(http.MethodPost, "/chat", strings.NewReader("hi")))
+			require.Equal(t, http.StatusOK, rec.Code)
+			assert.True(t, settled)
+			assert.NoError(t, settleErr)
+			assert.Equal(t, int64(1_000), w.chargedChatMC(), "the work done is charged")
 		})
 	}
 }
