@@ -58,6 +58,10 @@ func (g *Gatekeeper) canonicalID(customer quotastack.Customer) (string, bool) {
 type eventRecord struct {
 	c       Charge
 	claimed bool // this gate holds the claim (created it, took over a pending one, or reclaimed a void one)
+	// resend: the claim was taken over pending on a usage record or a hold
+	// whose request may have executed (its answer lost): it is sent again
+	// under the same key before anything else.
+	resend bool
 }
 
 // chargeLogError is a failure of the ChargeLog itself.
@@ -125,7 +129,7 @@ func (g *Gatekeeper) claimEvent(ctx context.Context, rec *eventRecord, customerI
 		default:
 			// Pending on a usage record or a hold: this gate sends it again
 			// under the same keys, which the server deduplicates.
-			rec.c, rec.claimed = stored, true
+			rec.c, rec.claimed, rec.resend = stored, true, true
 			return nil, nil
 		}
 		if tries >= 8 {
@@ -157,6 +161,28 @@ func replayDecision(c Charge) Decision {
 			BillableMetricKey: c.Metric, EstimatedUnits: c.Units}
 	}
 	return d
+}
+
+// resendPending sends a pending event's usage record (or hold) again under
+// its key, before any check: if its earlier request executed, the server's
+// stored answer says so, and no check that counts its own charge against it
+// may buy a plan or serve it from a lease. A usage record is resent so only
+// to a server seen to debit synchronously (a 402 when the credits are short;
+// a 202 could accept a record the server rejects later). done is true when
+// it decided (allowed, or an error); a 402 leaves the gate to decide anew,
+// under the next key.
+func (g *Gatekeeper) resendPending(ctx context.Context, rec *eventRecord, d *Decision, customerID, metric string, cfg gateConfig, key *usageKey) (done bool, err error) {
+	if !rec.resend || (!cfg.reserve && !g.recordFirst.synchronous()) {
+		return false, nil
+	}
+	rec.resend = false
+	d.CustomerID, key.customerID = customerID, customerID
+	ok, err := g.consume(ctx, d, customerOf(customerID), metric, cfg, key)
+	if err != nil || ok {
+		d.Reason = ReasonEntitled
+		return true, err
+	}
+	return false, nil
 }
 
 // switchVia moves a claimed event to another way of charging (a lease that

@@ -91,6 +91,9 @@ func (g *Gatekeeper) decide(ctx context.Context, customer quotastack.Customer, m
 			return d, err
 		}
 		key.n = rec.c.Attempt
+		if done, err := g.resendPending(ctx, rec, &d, id, metric, cfg, key); done || err != nil {
+			return d, err
+		}
 	}
 	// The journal's revision before anything that stands for the check: under
 	// the lock it tells whether a purchase landed since (no clocks compared).
@@ -152,6 +155,9 @@ func (g *Gatekeeper) decide(ctx context.Context, customer quotastack.Customer, m
 			return d, err
 		}
 		key.n = rec.c.Attempt
+		if done, err := g.resendPending(ctx, rec, &d, d.CustomerID, metric, cfg, key); done || err != nil {
+			return d, err
+		}
 	}
 	canon := customerOf(d.CustomerID)
 	key.customerID = d.CustomerID

@@ -165,3 +165,54 @@ func TestTwoPhaseCommitRetriedPastAnOutage(t *testing.T) {
 		})
 	}
 }
+
+// Found by the reliability soak: an event whose usage record executed but
+// whose answer was lost stays claimed (pending) under its usage key. Its
+// retry checked first; the check refused (the lost record had spent the
+// credits), and the gate served it from another Gatekeeper's lease (charged
+// twice) or bought a plan for it (a plan nobody needed). A pending claim
+// taken over is resent under its key first (to a server seen to debit
+// synchronously): the server's stored answer decides.
+func TestPendingUsageIsResentBeforeTheCheck(t *testing.T) {
+	t.Parallel()
+	for _, m := range chargeModes {
+		t.Run(m.name, func(t *testing.T) {
+			t.Parallel()
+			t.Run("a lease holds the rest", func(t *testing.T) {
+				t.Parallel()
+				w := setup(t, 250_000, m.opts...)
+				w.grantPlanCredits(t, 6_000)
+				shared := newStores()
+				plain := w.gate(t, shared.opts()...)
+				leased := w.gate(t, append(shared.opts(), leaseOf(10))...)
+				w.gateNoted(t, plain, w.cust, "m0") // the server answers usage synchronously
+				w.srv.InjectFault(quotastacktest.Fault{Method: http.MethodPost, PathPrefix: "/v1/usage", Drop: true, Count: 50})
+				_, err := plain.Gate(context.Background(), w.cust, "chat_message", autobuy.WithEventID("e"))
+				require.Error(t, err, "the record executed, its answer lost")
+				w.srv.ClearFaults()
+				w.gateNoted(t, leased, w.cust, "a1") // a lease of the 4 actions left
+				d := w.gateNoted(t, plain, w.cust, "e")
+				assert.True(t, d.Allowed)
+				assert.False(t, d.Leased, "e was charged by its own record")
+				require.NoError(t, leased.Close(context.Background()))
+				assert.Equal(t, int64(3_000), w.chargedChatMC(), "m0, e and a1, once each")
+			})
+			t.Run("the credits ran out", func(t *testing.T) {
+				t.Parallel()
+				w := setup(t, 250_000, m.opts...)
+				w.grantPlanCredits(t, 2_000)
+				g := w.gate(t)
+				w.gateNoted(t, g, w.cust, "m0") // the server answers usage synchronously
+				w.srv.InjectFault(quotastacktest.Fault{Method: http.MethodPost, PathPrefix: "/v1/usage", Drop: true, Count: 50})
+				_, err := g.Gate(context.Background(), w.cust, "chat_message", autobuy.WithEventID("e"))
+				require.Error(t, err, "the record executed, its answer lost")
+				w.srv.ClearFaults()
+				d := w.gateNoted(t, g, w.cust, "e")
+				assert.True(t, d.Allowed)
+				assert.Nil(t, d.Purchase, "no plan for an action already paid")
+				assert.Zero(t, w.planGrants())
+				assert.Equal(t, int64(2_000), w.chargedChatMC())
+			})
+		})
+	}
+}
