@@ -98,6 +98,17 @@ func TwoPhase(ttl time.Duration) MiddlewareOption {
 	return func(c *middlewareConfig) { c.twoPhase, c.holdTTL = true, ttl }
 }
 
+// SettleTimeout bounds how long the two-phase middleware keeps settling a
+// hold QuotaStack could not answer (default quotastack.DefaultTimeout); the
+// request's own context may be done by then. d <= 0 keeps the default.
+func SettleTimeout(d time.Duration) MiddlewareOption {
+	return func(c *middlewareConfig) {
+		if d > 0 {
+			c.settleTime = d
+		}
+	}
+}
+
 // GateFunc has the signature of Gatekeeper.Gate.
 type GateFunc func(ctx context.Context, customer quotastack.Customer, metric string, opts ...GateOption) (Decision, error)
 
@@ -117,8 +128,8 @@ func OnRefusal(fn func(w http.ResponseWriter, r *http.Request, ref Refusal)) Mid
 // OnSettle is called in two-phase mode after the hold of an allowed request
 // was committed (committed true) or released, with the error of that call.
 // A settle QuotaStack could not answer is retried until the settle time
-// (quotastack.DefaultTimeout) runs out; a commit that still failed leaves the
-// hold to expire: the action was not charged.
+// (SettleTimeout) runs out; a commit that still failed leaves the hold to
+// expire: the action was not charged.
 func OnSettle(fn func(r *http.Request, d Decision, committed bool, err error)) MiddlewareOption {
 	return func(c *middlewareConfig) { c.onSettle = fn }
 }
