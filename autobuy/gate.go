@@ -288,6 +288,26 @@ func (g *Gatekeeper) purchaseAndConsume(ctx context.Context, customer quotastack
 		rechecked = true
 	}
 
+	if _, found, err := g.charges.Lease(ctx, d.CustomerID, metric); err == nil && found {
+		// Credits held by one of our leases are never the reason to buy: a
+		// lease reserved since this gate's check is settled and the customer
+		// checked again, under the lease lock (no lease is reserved in between).
+		var dd Decision
+		var done bool
+		err := g.settleForCheck(ctx, d.CustomerID, metric, func() error {
+			var err error
+			dd, done, err = g.recheck(ctx, customer, metric, cfg, p, &d, key, unlock, &locked)
+			return err
+		})
+		switch {
+		case done:
+			return dd, err
+		case err != nil:
+			return d, err
+		}
+		rechecked = true
+	}
+
 	if s, ok, err := g.journal.Suspension(ctx, d.CustomerID, metric); err != nil {
 		d.Err = &journalError{err}
 		return g.deny(ctx, customer, d, ReasonPurchaseUnavailable), nil

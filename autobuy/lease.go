@@ -348,36 +348,35 @@ func (g *Gatekeeper) leaseBeforeBuying(ctx context.Context, d Decision, metric s
 			return d, true, nil
 		}
 	}
-	if g.leases != nil && !cfg.reserve {
-		err = g.renewLease(ctx, d.CustomerID, metric, cfg, false)
-	} else {
-		err = g.settleForCheck(ctx, d.CustomerID, metric)
-	}
-	if err != nil {
-		return d, false, err
-	}
-	ent, err := g.client.Check(ctx, customerOf(d.CustomerID), metric, cfg.units)
+	// Settled, and checked under the lease lock: no lease of ours takes the
+	// credits back between the settle and the check.
+	var ent *quotastack.Entitlement
+	var ok bool
+	err = g.settleForCheck(ctx, d.CustomerID, metric, func() error {
+		var err error
+		if ent, err = g.client.Check(ctx, customerOf(d.CustomerID), metric, cfg.units); err != nil || !ent.Allowed {
+			return err
+		}
+		ok, err = g.consume(ctx, &d, customerOf(d.CustomerID), metric, cfg, key)
+		return err
+	})
 	if err != nil {
 		return d, false, err
 	}
 	d.Entitlement = ent
-	if !ent.Allowed {
-		return d, false, nil
-	}
-	ok, err := g.consume(ctx, &d, customerOf(d.CustomerID), metric, cfg, key)
-	if err != nil || ok {
+	if ok {
 		d.Reason = ReasonEntitled
-		return d, true, err
+		return d, true, nil
 	}
-	return d, false, nil // spent by a concurrent action: a new exhaustion
+	return d, false, nil // refused, or spent by a concurrent action: a new exhaustion
 }
 
-// settleForCheck settles the customer's lease on metric, under the lease
-// lock, so that its credits are back before the check that decides on a
-// purchase: for a hold (which can't be served from a lease) and for a
-// Gatekeeper without lease mode (which can't renew one). A lease that moved
-// while being settled (an action taken from it) is read and settled again.
-func (g *Gatekeeper) settleForCheck(ctx context.Context, customerID, metric string) error {
+// settleForCheck settles the customer's lease on metric and then runs check
+// (the check that decides on a purchase), both under the lease lock: no
+// lease of ours holds the credits when it runs, and none is reserved before
+// it ends. A lease that moved while being settled (an action taken from it)
+// is read and settled again.
+func (g *Gatekeeper) settleForCheck(ctx context.Context, customerID, metric string, check func() error) error {
 	unlock, err := g.lockKey(ctx, "quotastack:lease:"+idem.Join("l", customerID, metric))
 	if err != nil {
 		return err
@@ -389,13 +388,13 @@ func (g *Gatekeeper) settleForCheck(ctx context.Context, customerID, metric stri
 			return &chargeLogError{err}
 		}
 		if !found {
-			return nil
+			break
 		}
 		if err := g.settleLease(ctx, l); err != nil {
 			return err
 		}
 	}
-	return nil
+	return check()
 }
 
 // startLinger starts, once, the goroutine that commits idle and due leases.

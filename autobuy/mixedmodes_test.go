@@ -6,12 +6,14 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/quotastack/quotastack-go"
 	"github.com/quotastack/quotastack-go/autobuy"
 	"github.com/quotastack/quotastack-go/quotastacktest"
 )
@@ -216,3 +218,68 @@ func TestPendingUsageIsResentBeforeTheCheck(t *testing.T) {
 		})
 	}
 }
+
+// Found by the reliability soak: a lease reserved by another Gatekeeper
+// between a gate's settle-and-check and its record took the credits back;
+// the record met a 402, and the purchase path bought a plan while the new
+// lease held the customer's credits. The check after a settle runs under the
+// lease lock, and under the purchase lock a lease found is settled and the
+// customer checked again.
+func TestLeaseReservedBeforeThePurchaseIsSettledNotBoughtAround(t *testing.T) {
+	t.Parallel()
+	for _, m := range chargeModes {
+		t.Run(m.name, func(t *testing.T) {
+			t.Parallel()
+			w := setup(t, 250_000, m.opts...)
+			w.grantPlanCredits(t, 10_000)
+			shared := newStores()
+			leased := w.gate(t, append(shared.opts(), leaseOf(50))...)
+			w.gateNoted(t, leased, w.cust, "l1") // a lease of the 10 actions' credits
+			// The lease is being committed (no action is taken from it now).
+			l, found, err := shared.charges.Lease(context.Background(), w.uuid(t), "chat_message")
+			require.NoError(t, err)
+			require.True(t, found)
+			l.Committing = true
+			require.NoError(t, shared.charges.PutLease(context.Background(), &l))
+			var armed sync.Once
+			hooked, err := quotastack.NewClient(w.srv.APIKey, quotastack.WithBaseURL(w.srv.URL),
+				quotastack.WithRetry(4, time.Millisecond, 10*time.Millisecond),
+				quotastack.WithTransport(roundTrip(func(r *http.Request) (*http.Response, error) {
+					if r.Method == http.MethodPost && r.URL.Path == "/v1/usage" {
+						// Just before this gate's record, the other Gatekeeper
+						// gates an action: it reserves a new lease of what is left
+						// (or waits for the lease lock).
+						armed.Do(func() {
+							done := make(chan struct{})
+							go func() {
+								defer close(done)
+								w.gateNoted(t, leased, w.cust, "l2")
+							}()
+							select {
+							case <-done:
+							case <-time.After(300 * time.Millisecond):
+							}
+						})
+					}
+					return http.DefaultTransport.RoundTrip(r)
+				})))
+			require.NoError(t, err)
+			plain, err := autobuy.New(hooked, append(shared.opts(), autobuy.WithPlan(hourPlan))...)
+			require.NoError(t, err)
+			d := w.gateNoted(t, plain, w.cust, "p1")
+			assert.True(t, d.Allowed, "%s", d.Reason)
+			assert.Nil(t, d.Purchase, "no plan bought while a lease holds credits")
+			require.Eventually(t, func() bool {
+				_, err := leased.Gate(context.Background(), w.cust, "chat_message", autobuy.WithEventID("l2"))
+				return err == nil // l2 decided (a replay once its first gate is through)
+			}, 5*time.Second, 10*time.Millisecond)
+			require.NoError(t, leased.Close(context.Background()))
+			assert.Zero(t, w.planGrants())
+			assert.Equal(t, int64(3_000), w.chargedChatMC(), "l1, l2 and p1")
+		})
+	}
+}
+
+type roundTrip func(*http.Request) (*http.Response, error)
+
+func (f roundTrip) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
