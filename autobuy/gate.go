@@ -288,20 +288,22 @@ func (g *Gatekeeper) purchaseAndConsume(ctx context.Context, customer quotastack
 		rechecked = true
 	}
 
-	// Credits held by one of our leases are never the reason to buy: under
-	// the customer's lease lock (held until the purchase ends, so no lease is
-	// reserved meanwhile) a lease found is settled and the customer checked again.
-	unlockLease, err := g.lockKey(ctx, leaseLockKey(d.CustomerID, metric))
-	if err != nil {
-		d.Err = fmt.Errorf("autobuy: locking the leases of customer %s: %w", d.CustomerID, err)
-		return g.deny(ctx, customer, d, ReasonPurchaseUnavailable), nil
-	}
-	defer unlockLease()
-	if settled, err := g.settleLeases(ctx, d.CustomerID, metric); err != nil {
-		return d, err
-	} else if settled {
-		if dd, done, err := g.recheck(ctx, customer, metric, cfg, p, &d, key, unlock, &locked); done || err != nil {
+	if _, found, err := g.charges.Lease(ctx, d.CustomerID, metric); err == nil && found {
+		// Credits held by one of our leases are never the reason to buy: a
+		// lease reserved since this gate's check is settled and the customer
+		// checked again, under the lease lock (no lease is reserved in between).
+		var dd Decision
+		var done bool
+		err := g.settleForCheck(ctx, d.CustomerID, metric, func() error {
+			var err error
+			dd, done, err = g.recheck(ctx, customer, metric, cfg, p, &d, key, unlock, &locked)
+			return err
+		})
+		switch {
+		case done:
 			return dd, err
+		case err != nil:
+			return d, err
 		}
 		rechecked = true
 	}

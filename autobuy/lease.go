@@ -189,7 +189,7 @@ func (g *Gatekeeper) leaseDue(l Lease) bool {
 // if it is full, due or being committed, and (reserve true) reserves a new
 // one sized to what the customer acts and can afford.
 func (g *Gatekeeper) renewLease(ctx context.Context, customerID, metric string, cfg gateConfig, reserve bool) error {
-	unlock, err := g.lockKey(ctx, leaseLockKey(customerID, metric))
+	unlock, err := g.lockKey(ctx, "quotastack:lease:"+idem.Join("l", customerID, metric))
 	if err != nil {
 		return err
 	}
@@ -371,46 +371,30 @@ func (g *Gatekeeper) leaseBeforeBuying(ctx context.Context, d Decision, metric s
 	return d, false, nil // refused, or spent by a concurrent action: a new exhaustion
 }
 
-// leaseLockKey is the Locker key of the customer's leases on metric.
-func leaseLockKey(customerID, metric string) string {
-	return "quotastack:lease:" + idem.Join("l", customerID, metric)
-}
-
 // settleForCheck settles the customer's lease on metric and then runs check
 // (the check that decides on a purchase), both under the lease lock: no
 // lease of ours holds the credits when it runs, and none is reserved before
-// it ends.
+// it ends. A lease that moved while being settled (an action taken from it)
+// is read and settled again.
 func (g *Gatekeeper) settleForCheck(ctx context.Context, customerID, metric string, check func() error) error {
-	unlock, err := g.lockKey(ctx, leaseLockKey(customerID, metric))
+	unlock, err := g.lockKey(ctx, "quotastack:lease:"+idem.Join("l", customerID, metric))
 	if err != nil {
 		return err
 	}
 	defer unlock()
-	if _, err := g.settleLeases(ctx, customerID, metric); err != nil {
-		return err
-	}
-	return check()
-}
-
-// settleLeases settles the customer's lease on metric, if any; the caller
-// holds the lease lock. A lease that moved while being settled (an action
-// taken from it) is read and settled again. settled reports whether there
-// was one.
-func (g *Gatekeeper) settleLeases(ctx context.Context, customerID, metric string) (settled bool, err error) {
 	for range 5 {
 		l, found, err := g.charges.Lease(ctx, customerID, metric)
 		if err != nil {
-			return settled, &chargeLogError{err}
+			return &chargeLogError{err}
 		}
 		if !found {
-			return settled, nil
+			break
 		}
-		settled = true
 		if err := g.settleLease(ctx, l); err != nil {
-			return settled, err
+			return err
 		}
 	}
-	return settled, nil
+	return check()
 }
 
 // startLinger starts, once, the goroutine that commits idle and due leases.
@@ -457,7 +441,7 @@ func (g *Gatekeeper) flushLeases(ctx context.Context, all bool) error {
 		if !all && !l.Committing && !g.leaseDue(l) && !l.LastUsed.Before(idle) {
 			continue
 		}
-		unlock, err := g.lockKey(ctx, leaseLockKey(l.CustomerID, l.Metric))
+		unlock, err := g.lockKey(ctx, "quotastack:lease:"+idem.Join("l", l.CustomerID, l.Metric))
 		if err != nil {
 			errs = append(errs, err)
 			continue
