@@ -113,7 +113,11 @@ func buildStatements(s *Store) statements {
 		leases: s.expand(`SELECT ` + cols + ` FROM {leases}
   WHERE $1::timestamptz IS NULL OR last_used < $1 ORDER BY last_used, customer_id, metric LIMIT $2`),
 
-		fence: s.expand(`INSERT INTO {locks} (lock_key, fence, locked_at) VALUES ($1, nextval('{lock_fences}'), now())
+		// The token needs no flush to disk (synchronous_commit off): it is
+		// visible at once, and a crash that loses it ends every lock's
+		// connection too; the next holder replaces it before reading.
+		fence: s.expand(`INSERT INTO {locks} (lock_key, fence, locked_at)
+  SELECT $1, nextval('{lock_fences}'), now() FROM (SELECT set_config('synchronous_commit', 'off', true)) AS async_commit
   ON CONFLICT (lock_key) DO UPDATE SET fence = EXCLUDED.fence, locked_at = EXCLUDED.locked_at RETURNING fence`),
 		prune: []string{
 			s.expand(`DELETE FROM {intents} WHERE (customer_id, order_id) IN (SELECT customer_id, order_id FROM {intents}
