@@ -87,7 +87,7 @@ func (l *Locker) Lock(ctx context.Context, key string) (func(context.Context) er
 		return c.SendBatch(ctx, b).Close()
 	})
 	if err != nil {
-		l.rollback(hc)
+		_ = l.rollback(hc) // the lock failed: the connection is closed if it is unusable
 		var pgErr *pgconn.PgError
 		if errors.As(err, &pgErr) && pgErr.Code == "55P03" && ctx.Err() == nil {
 			err = fmt.Errorf("%w (%w)", context.DeadlineExceeded, err) // lock_timeout: the deadline, by the server's clock
@@ -97,7 +97,7 @@ func (l *Locker) Lock(ctx context.Context, key string) (func(context.Context) er
 	var token int64
 	err = l.s.db.run(ctx, func(c *pgx.Conn) error { return c.QueryRow(ctx, l.s.sql.fence, esc(key)).Scan(&token) })
 	if err != nil {
-		l.rollback(hc)
+		_ = l.rollback(hc) // the lock failed: the connection is closed if it is unusable
 		return fail(fmt.Errorf("storing the fencing token: %w", err))
 	}
 	l.s.heldMu.Lock()

@@ -242,7 +242,7 @@ func (b sqlBackend) run(ctx context.Context, fn func(*pgx.Conn) error) error {
 	if err != nil {
 		return err
 	}
-	defer c.Close()
+	defer func() { _ = c.Close() }()
 	return rawPgx(c, fn)
 }
 
