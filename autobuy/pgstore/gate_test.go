@@ -73,6 +73,7 @@ func TestGateLockLostMidPurchase(t *testing.T) {
 		require.NoError(t, err)
 		unlockB, err = r[1].Locker().Lock(ctx, key)
 		require.NoError(t, err)
+		t.Cleanup(func() { _ = unlockB(ctx) }) // before the pools close, also when the test fails
 	}}
 	a := gate(r[0], tr)
 	d, err := a.Gate(ctx, quotastack.ExternalID("user42"), "chat_message", autobuy.WithEventID("m1"))
