@@ -161,14 +161,14 @@ func Middleware(g *Gatekeeper, action ActionFunc, opts ...MiddlewareOption) func
 				next.ServeHTTP(w, r)
 				return
 			}
-			serveHeld(w, r, next, g.client, d, cfg)
+			serveHeld(w, r, next, g, d, cfg)
 		})
 	}
 }
 
 // serveHeld runs next and settles the hold: commit below 400, release at 400
 // or above and on a panic (which then goes on).
-func serveHeld(w http.ResponseWriter, r *http.Request, next http.Handler, c *quotastack.Client, d Decision, cfg middlewareConfig) {
+func serveHeld(w http.ResponseWriter, r *http.Request, next http.Handler, g *Gatekeeper, d Decision, cfg middlewareConfig) {
 	sw := &statusWriter{ResponseWriter: w}
 	settled := false
 	settle := func(commit bool) {
@@ -177,12 +177,7 @@ func serveHeld(w http.ResponseWriter, r *http.Request, next http.Handler, c *quo
 		// would block the customer's credits until its TTL.
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), cfg.settleTime)
 		defer cancel()
-		var err error
-		if commit {
-			_, err = c.Commit(ctx, d.Hold.ID, d.Hold.EstimatedUnits, quotastack.WithIdempotencyKey("commit:"+d.Hold.ID))
-		} else {
-			_, err = c.Release(ctx, d.Hold.ID, quotastack.WithIdempotencyKey("release:"+d.Hold.ID))
-		}
+		err := g.Settle(ctx, d, commit, 0)
 		if cfg.onSettle != nil {
 			cfg.onSettle(r, d, commit, err)
 		}
