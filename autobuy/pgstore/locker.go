@@ -89,8 +89,11 @@ func (l *Locker) Lock(ctx context.Context, key string) (func(context.Context) er
 	if err != nil {
 		_ = l.rollback(hc) // the lock failed: the connection is closed if it is unusable
 		var pgErr *pgconn.PgError
-		if errors.As(err, &pgErr) && pgErr.Code == "55P03" && ctx.Err() == nil {
+		switch {
+		case errors.As(err, &pgErr) && pgErr.Code == "55P03":
 			err = fmt.Errorf("%w (%w)", context.DeadlineExceeded, err) // lock_timeout: the deadline, by the server's clock
+		case ctx.Err() != nil && !errors.Is(err, ctx.Err()):
+			err = fmt.Errorf("%w (%w)", ctx.Err(), err)
 		}
 		return fail(err)
 	}
