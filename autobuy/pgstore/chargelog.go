@@ -100,13 +100,30 @@ func (l *ChargeLog) readBack(c *autobuy.Charge) autobuy.Charge {
 	return out
 }
 
-// PutCharge implements autobuy.ChargeLog: a compare-and-set on c.Rev.
+// PutCharge implements autobuy.ChargeLog: a compare-and-set on c.Rev. When
+// the connection fails after the update was sent, it reads the record back
+// to learn whether it landed.
 func (l *ChargeLog) PutCharge(ctx context.Context, c *autobuy.Charge) error {
 	args := append(chargeArgs(c), c.Rev)
 	var rev int64
 	err := l.s.db.run(ctx, func(conn *pgx.Conn) error { return conn.QueryRow(ctx, l.s.sql.putCharge, args...).Scan(&rev) })
 	if errors.Is(err, pgx.ErrNoRows) {
 		return autobuy.ErrChargeConflict
+	}
+	if isUnknownOutcome(err) {
+		// Did it land? The record says: ours exactly, at the next revision.
+		var stored autobuy.Charge
+		rerr := l.s.db.run(ctx, func(conn *pgx.Conn) error {
+			var err error
+			stored, err = scanCharge(conn.QueryRow(ctx, l.s.sql.claimRead, args[0], args[1]))
+			return err
+		})
+		mine := l.readBack(c)
+		mine.Rev = c.Rev + 1
+		if rerr == nil && stored == mine {
+			c.Rev = mine.Rev
+			return nil
+		}
 	}
 	if err != nil {
 		return fmt.Errorf("pgstore: put charge: %w", err)

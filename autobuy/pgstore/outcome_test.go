@@ -174,3 +174,21 @@ func TestClaimUnknownOutcome(t *testing.T) {
 	assert.Equal(t, int64(1), c.Rev)
 	assert.Equal(t, "e1", stored.EventID)
 }
+
+// TestPutChargeUnknownOutcome: an update whose answer is lost after it
+// committed is reported done (a retry at the same revision would conflict).
+func TestPutChargeUnknownOutcome(t *testing.T) {
+	t.Parallel()
+	s, p := proxiedStore(t)
+	l := s.ChargeLog()
+	c := autobuy.Charge{CustomerID: "cus_a", EventID: "e1", Via: "usage", State: autobuy.ChargePending, CreatedAt: time.Now()}
+	_, _, err := l.Claim(ctx, &c)
+	require.NoError(t, err)
+	c.State = autobuy.ChargeHeld
+	require.NoError(t, l.PutCharge(ctx, &c)) // prepared on the connection now
+	c.State, c.UpdatedAt = autobuy.ChargeCharged, time.Now()
+	p.armed.Store(true)
+	require.NoError(t, l.PutCharge(ctx, &c), "committed, answer lost: read back")
+	require.Equal(t, int32(1), p.cuts.Load())
+	assert.Equal(t, int64(3), c.Rev)
+}
