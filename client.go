@@ -22,7 +22,7 @@ import (
 )
 
 // Version is the version of this SDK, sent in the User-Agent.
-const Version = "0.1.0"
+const Version = "0.2.0"
 
 var jsonMIME = []string{"application/json"}
 
@@ -79,6 +79,12 @@ func NewClient(apiKey string, opts ...Option) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
+	red := newRedactor(apiKey)
+	if red.redact(cfg.baseURL) != cfg.baseURL {
+		// The key (or a piece of it, in any escaping) would travel in every
+		// request line and show in BaseURL(), logs and spans.
+		return nil, inputErr("base URL", "must not contain the API key")
+	}
 	switch {
 	case cfg.maxAttempts < 1:
 		return nil, inputErr("retry", "max attempts must be at least 1")
@@ -90,7 +96,7 @@ func NewClient(apiKey string, opts ...Option) (*Client, error) {
 		return nil, inputErr("max body bytes", "must be positive")
 	}
 
-	c := &Client{base: base, apiKey: apiKey, red: newRedactor(apiKey), cfg: cfg, log: cfg.logger}
+	c := &Client{base: base, apiKey: apiKey, red: red, cfg: cfg, log: cfg.logger}
 	if c.log == nil {
 		c.log = slog.New(slog.DiscardHandler)
 	}
@@ -136,7 +142,8 @@ func NewClient(apiKey string, opts ...Option) (*Client, error) {
 func NewClientFromEnv(opts ...Option) (*Client, error) {
 	key := os.Getenv(EnvAPIKey)
 	if key == "" {
-		return nil, inputErr("api key", EnvAPIKey+" is not set")
+		return nil, inputErr("api key", EnvAPIKey+" is not set (a qs_test_ or qs_live_ key; to try the SDK without one, "+
+			"go run github.com/quotastack/quotastack-go/quotastacktest/cmd/quotastack-fake prints this and "+EnvBaseURL+" for a local fake)")
 	}
 	if u := os.Getenv(EnvBaseURL); u != "" {
 		opts = append([]Option{WithBaseURL(u)}, opts...)

@@ -7,9 +7,9 @@ import (
 	"github.com/quotastack/quotastack-go/plan"
 )
 
-// Reason says why a gate allowed or denied an action. The README's table of
-// reasons says what an application should show for each and whether it is
-// final or worth retrying.
+// Reason says why a gate allowed or denied an action. Final, Show and
+// HTTPStatus say whether it is worth retrying, what to show and how the
+// middleware answers it (one table, reasons.go, also in the README).
 type Reason string
 
 // The reasons of a Decision.
@@ -62,17 +62,6 @@ const (
 	// (see Decision.Fallback and Decision.Err).
 	ReasonUnavailable Reason = "unavailable"
 )
-
-// Final reports whether retrying the same action soon can't change the answer
-// without the customer or the tenant doing something (paying, opting in,
-// fixing configuration).
-func (r Reason) Final() bool {
-	switch r {
-	case ReasonInsufficientCredits, ReasonPurchaseUnavailable, ReasonUnavailable:
-		return false
-	}
-	return true
-}
 
 // Limit describes the limit behind a purchase_limit or auto_buy_suspended denial.
 type Limit struct {

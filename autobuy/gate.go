@@ -41,7 +41,7 @@ func (g *Gatekeeper) Gate(ctx context.Context, customer quotastack.Customer, met
 		err = fmt.Errorf("%w: autobuy: need a customer, a metric and units > 0", quotastack.ErrInvalidInput)
 	} else {
 		d, err = g.gate(ctx, customer, metric, cfg)
-		if err != nil && isOutage(ctx, err) {
+		if err != nil && quotastack.IsOutage(ctx, err) {
 			d, err = g.fallbackDecision(ctx, customer, metric, d, err)
 		}
 	}
@@ -315,7 +315,7 @@ func (g *Gatekeeper) purchaseError(ctx context.Context, customer quotastack.Cust
 		d.Err = err
 		return g.deny(ctx, customer, d, ReasonPurchaseInReview), nil
 	}
-	if isOutage(ctx, err) {
+	if quotastack.IsOutage(ctx, err) {
 		return d, err
 	}
 	d.Err = err
@@ -592,7 +592,7 @@ func (g *Gatekeeper) consume(ctx context.Context, d *Decision, customer quotasta
 func (g *Gatekeeper) deny(ctx context.Context, customer quotastack.Customer, d Decision, r Reason) Decision {
 	d.Allowed, d.Reason = false, r
 	g.log.InfoContext(ctx, "autobuy: denied", "customer_id", d.CustomerID, "reason", string(r))
-	if (r == ReasonEmptyWallet || r == ReasonPlanExpired || r == ReasonPurchaseLimit) && g.hooks.Paywall != nil {
+	if g.hooks.Paywall != nil && rowOf(r).paywall {
 		g.hooks.Paywall(ctx, customer, d)
 	}
 	return d

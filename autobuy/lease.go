@@ -302,7 +302,7 @@ func (g *Gatekeeper) settleLease(ctx context.Context, l Lease) error {
 			err = nil
 		}
 	}
-	if err != nil && !isOutage(ctx, err) {
+	if err != nil && !quotastack.IsOutage(ctx, err) {
 		// A definite refusal (the reservation unknown to this key, say): it
 		// can never be settled, and keeping it would block the customer.
 		g.log.ErrorContext(ctx, "autobuy: a lease could not be settled and is dropped; its units were not charged",
@@ -434,7 +434,7 @@ func (g *Gatekeeper) flushLeases(ctx context.Context, all bool) error {
 func (g *Gatekeeper) settleAgain(ctx context.Context, l Lease, err error) error {
 	deadline := time.Now().Add(g.purchaseTimeout)
 	wait := 50 * time.Millisecond
-	for err != nil && isOutage(ctx, err) && time.Now().Add(wait).Before(deadline) {
+	for err != nil && quotastack.IsOutage(ctx, err) && time.Now().Add(wait).Before(deadline) {
 		if serr := sleepCtx(ctx, wait); serr != nil {
 			return err
 		}

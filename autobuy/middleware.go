@@ -18,13 +18,26 @@ import (
 type Action struct {
 	Customer quotastack.Customer
 	Metric   string
-	Units    int64  // 0 means 1
-	EventID  string // e.g. the message id; "" = a new event per request
+	// Units is the action's size. 0 (the field's zero value) means 1, as for
+	// a gate called without WithUnits; a negative count is refused 400, as
+	// WithUnits(n) with n < 1 is an error.
+	Units   int64
+	EventID string // e.g. the message id; "" = a new event per request
+	// Options are this request's own gate options (e.g. WithMetadata,
+	// WithAutoBuy(false)). They are applied after the ones the middleware
+	// makes from Units, EventID and TwoPhase, so they win over them.
+	Options []GateOption
 }
 
 // ActionFunc extracts the Action from a request. An error is answered 400
 // with the error's text as the body's detail (write it for the API's
 // caller), or with the status of an error that has a method HTTPStatus() int.
+//
+// It may read the request body: the handler still gets the whole body (what
+// the ActionFunc read is given back to it, then the unread rest). Closing the
+// body in the ActionFunc does not close it for the handler. The bytes read
+// are kept in memory until the handler reads them: bound the body
+// (http.MaxBytesReader) before this middleware if it can be large.
 type ActionFunc func(r *http.Request) (Action, error)
 
 type decisionKey struct{}
@@ -56,7 +69,7 @@ type Denial struct {
 // Refusal is a request the middleware answers without running the handler.
 type Refusal struct {
 	Status     int           // the HTTP status the middleware chose (see Middleware)
-	RetryAfter time.Duration // sent as Retry-After when > 0
+	RetryAfter time.Duration // sent as Retry-After (whole seconds, at most MaxRetryAfter) when > 0
 	Decision   Decision      // the gate's decision; zero when Err is set
 	// Err is the ActionFunc's error (Status 400 or its HTTPStatus) or the
 	// gate's error; nil for a denial.
@@ -111,18 +124,23 @@ func OnSettle(fn func(r *http.Request, d Decision, committed bool, err error)) M
 // Middleware gates every request through g before next runs. An allowed
 // request reaches next with the Decision in its context (DecisionFrom); by
 // default its usage is recorded before next runs (see TwoPhase to charge only
-// when next succeeds). Other requests are refused (see OnRefusal):
+// when next succeeds). Other requests are refused (see OnRefusal); a denial
+// gets its reason's Reason.HTTPStatus and Reason.Show (one table, reasons.go):
 //
-//   - 402: denials the customer can lift by paying or choosing a plan:
-//     empty_wallet, plan_expired, purchase_limit, auto_buy_suspended,
-//     action_too_large, no_account (a topup creates the account).
+//   - 402: denials the customer can lift by paying or choosing a plan (the
+//     ones that fire Hooks.Paywall): empty_wallet, plan_expired,
+//     purchase_limit, auto_buy_suspended, action_too_large, no_account (a
+//     topup creates the account).
 //   - 429 with Retry-After: denials worth retrying soon: insufficient_credits,
 //     purchase_unavailable.
-//   - 503 (Retry-After when QuotaStack sent one): QuotaStack could not answer
-//     (the unavailable reason of a FailClosed gate, or the error of a
-//     ReturnError gate: transport errors, timeouts, 5xx, 429 after retries).
+//   - 409: purchase_in_review (support is checking the last purchase).
+//   - 503 (Retry-After when QuotaStack sent one, capped at MaxRetryAfter):
+//     QuotaStack could not answer (quotastack.IsOutage: the unavailable
+//     reason of a FailClosed gate, or the error of a ReturnError gate:
+//     transport errors, timeouts, 5xx, 429 after retries, unreadable answers).
 //   - 500: configuration errors: entitlement_failed_after_purchase, a
-//     rejected API key, an unknown metric or a metric without a rule.
+//     rejected API key, an unknown metric or a metric without a rule, and
+//     any other 4xx QuotaStack answered (403, 405, 410, 413, ...).
 //   - 409: the event id was used before for another action.
 //   - 400: the ActionFunc's error (or its HTTPStatus), or an invalid Action.
 func Middleware(g *Gatekeeper, action ActionFunc, opts ...MiddlewareOption) func(http.Handler) http.Handler {
@@ -132,13 +150,13 @@ func Middleware(g *Gatekeeper, action ActionFunc, opts ...MiddlewareOption) func
 	}
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			a, err := action(r)
+			a, err := readAction(action, r)
 			if err != nil {
 				cfg.refuse(w, r, actionRefusal(err))
 				return
 			}
-			var gopts []GateOption
-			if a.Units > 0 {
+			gopts := make([]GateOption, 0, 3+len(a.Options))
+			if a.Units != 0 { // 0 means 1; a negative count is the gate's input error (400)
 				gopts = append(gopts, WithUnits(a.Units))
 			}
 			if a.EventID != "" {
@@ -147,9 +165,10 @@ func Middleware(g *Gatekeeper, action ActionFunc, opts ...MiddlewareOption) func
 			if cfg.twoPhase {
 				gopts = append(gopts, WithReservation(cfg.holdTTL))
 			}
+			gopts = append(gopts, a.Options...)
 			d, err := cfg.gate(r.Context(), a.Customer, a.Metric, gopts...)
 			if err != nil {
-				cfg.refuse(w, r, errorRefusal(err))
+				cfg.refuse(w, r, errorRefusal(r.Context(), err))
 				return
 			}
 			if !d.Allowed {
@@ -240,7 +259,7 @@ func actionRefusal(err error) Refusal {
 	return Refusal{Status: status, Err: err, Body: Denial{Show: "error", Error: "bad_request", Detail: err.Error()}}
 }
 
-func errorRefusal(err error) Refusal {
+func errorRefusal(ctx context.Context, err error) Refusal {
 	ref := Refusal{Err: err}
 	var apiErr *quotastack.APIError
 	switch {
@@ -252,62 +271,50 @@ func errorRefusal(err error) Refusal {
 		return denialRefusal(Decision{Reason: ReasonNoAccount, Err: err})
 	case errors.Is(err, quotastack.ErrIdempotencyConflict):
 		ref.Status, ref.Body = http.StatusConflict, Denial{Show: "error", Error: "conflict"}
-	case unreachable(err):
+	case errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) || quotastack.IsOutage(ctx, err):
+		// QuotaStack could not answer (or the request's own context ended
+		// first, when nobody reads the answer anyway).
 		ref.Status, ref.Body = http.StatusServiceUnavailable, Denial{Show: "retry", Error: "billing_unavailable"}
 		if errors.As(err, &apiErr) {
-			ref.RetryAfter = apiErr.RetryAfter
+			ref.RetryAfter = capRetryAfter(apiErr.RetryAfter)
 		}
-	default: // a definite answer that is our (the tenant's) mistake: key, metric, rule
+	default: // a definite answer that is our (the tenant's) mistake: key, metric, rule, a 403 or any other 4xx
 		ref.Status, ref.Body = http.StatusInternalServerError, Denial{Show: "error", Error: "billing_misconfigured"}
 	}
 	return ref
 }
 
-// unreachable reports whether QuotaStack could not answer: no HTTP answer, a
-// 5xx, a 429 after retries, or a response that could not be read.
-func unreachable(err error) bool {
-	var reqErr *quotastack.RequestError
-	return errors.As(err, &reqErr) || errors.Is(err, quotastack.ErrServer) ||
-		errors.Is(err, quotastack.ErrRateLimited) || errors.Is(err, quotastack.ErrUnexpectedResponse) ||
-		errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled)
-}
-
-// retrySoon is the Retry-After of denials worth retrying.
-const retrySoon = time.Second
-
+// denialRefusal answers a denial as the table of reasons says (reasons.go).
 func denialRefusal(d Decision) Refusal {
-	ref := Refusal{Decision: d, Body: Denial{Reason: d.Reason}}
-	switch d.Reason {
-	case ReasonEmptyWallet, ReasonPurchaseLimit, ReasonNoAccount:
-		ref.Status, ref.Body.Show = http.StatusPaymentRequired, "paywall"
-	case ReasonPlanExpired, ReasonAutoBuySuspended, ReasonActionTooLarge:
-		ref.Status, ref.Body.Show = http.StatusPaymentRequired, "plan_picker"
-	case ReasonInsufficientCredits, ReasonPurchaseUnavailable:
-		ref.Status, ref.Body.Show, ref.RetryAfter = http.StatusTooManyRequests, "retry", retrySoon
-	case ReasonUnavailable:
-		ref.Status, ref.Body.Show = http.StatusServiceUnavailable, "retry"
-		var apiErr *quotastack.APIError
-		if errors.As(d.Err, &apiErr) {
-			ref.RetryAfter = apiErr.RetryAfter
-		}
-	case ReasonEntitlementFailedAfterPurchase:
-		ref.Status, ref.Body.Show = http.StatusInternalServerError, "error"
-	case ReasonPurchaseInReview:
-		// Not the customer's to fix, not an outage: support has the case.
-		ref.Status, ref.Body.Show = http.StatusConflict, "purchase_review"
-	default: // a reason newer than this code
-		if d.Reason.Final() {
-			ref.Status, ref.Body.Show = http.StatusPaymentRequired, "paywall"
-		} else {
-			ref.Status, ref.Body.Show, ref.RetryAfter = http.StatusTooManyRequests, "retry", retrySoon
-		}
+	row := rowOf(d.Reason)
+	ref := Refusal{Decision: d, Status: row.status, RetryAfter: row.retryAfter, Body: Denial{Reason: d.Reason, Show: row.show}}
+	var apiErr *quotastack.APIError
+	if row.status == http.StatusServiceUnavailable && errors.As(d.Err, &apiErr) {
+		ref.RetryAfter = capRetryAfter(apiErr.RetryAfter) // QuotaStack's own, when it sent one
 	}
 	return ref
 }
 
+// MaxRetryAfter caps the Retry-After the middleware sends to the app's own
+// clients (QuotaStack's, passed on, may be absurd): at most one hour.
+const MaxRetryAfter = time.Hour
+
+// capRetryAfter bounds a Retry-After passed on from QuotaStack to
+// [0, MaxRetryAfter].
+func capRetryAfter(d time.Duration) time.Duration { return min(max(d, 0), MaxRetryAfter) }
+
+// retryAfterSeconds is the Retry-After header value of d: whole seconds,
+// rounded up, capped at MaxRetryAfter; 0 for d <= 0 (no header).
+func retryAfterSeconds(d time.Duration) int64 {
+	if d <= 0 {
+		return 0
+	}
+	d = min(d, MaxRetryAfter)
+	return int64((d + time.Second - 1) / time.Second)
+}
+
 func writeRefusal(w http.ResponseWriter, _ *http.Request, ref Refusal) {
-	if ref.RetryAfter > 0 {
-		secs := int64((ref.RetryAfter + time.Second - 1) / time.Second)
+	if secs := retryAfterSeconds(ref.RetryAfter); secs > 0 {
 		w.Header().Set("Retry-After", strconv.FormatInt(secs, 10))
 	}
 	writeJSON(w, ref.Status, ref.Body)

@@ -18,8 +18,10 @@ type Hooks struct {
 	// its intent (whatever number of gates or replicas raced). customer is
 	// the QuotaStack id (quotastack.CustomerID).
 	AutoBought func(ctx context.Context, customer quotastack.Customer, p *plan.Purchase)
-	// Paywall is called for a denial that needs the customer to act
-	// (ReasonEmptyWallet, ReasonPlanExpired, ReasonPurchaseLimit).
+	// Paywall is called for a denial the customer can lift by paying or
+	// choosing a plan: the reasons whose HTTPStatus is 402 (empty_wallet,
+	// purchase_limit, no_account, plan_expired, auto_buy_suspended,
+	// action_too_large).
 	Paywall func(ctx context.Context, customer quotastack.Customer, d Decision)
 	// PurchaseFailed is called when a purchase step's outcome is unknown; the
 	// intent stays open and the next gate of the customer resumes it.

@@ -69,7 +69,7 @@ func infoServer(t *testing.T, info string) string {
 				defer conn.Close()
 				r := bufio.NewReader(conn)
 				for {
-					args, err := readCommand(r)
+					args, err := readInfoCommand(r)
 					if err != nil {
 						return
 					}
@@ -85,7 +85,7 @@ func infoServer(t *testing.T, info string) string {
 	return ln.Addr().String()
 }
 
-func readCommand(r *bufio.Reader) ([]string, error) {
+func readInfoCommand(r *bufio.Reader) ([]string, error) {
 	line, err := r.ReadString('\n')
 	if err != nil || !strings.HasPrefix(line, "*") {
 		return nil, fmt.Errorf("not a command: %q %v", line, err)

@@ -128,12 +128,14 @@ func describe(d autobuy.Decision) string {
 	return fmt.Sprintf("denied (%s): %s", d.Reason, screen(d.Reason))
 }
 
+// screen says what the app shows for a denial: Reason.Show, the table the
+// HTTP middleware answers from too.
 func screen(r autobuy.Reason) string {
-	switch r {
-	case autobuy.ReasonEmptyWallet:
-		return "show the PAYWALL"
-	case autobuy.ReasonPlanExpired:
-		return "show the PLAN PICKER"
+	switch show := r.Show(); show {
+	case "paywall", "plan_picker":
+		return "show the " + strings.ToUpper(strings.ReplaceAll(show, "_", " "))
+	case "retry":
+		return "ask to try again"
 	}
 	return "show an error"
 }
@@ -190,7 +192,7 @@ func start(out io.Writer, getenv func(string) string) (*env, error) {
 	if key == "" {
 		e.Fake = quotastacktest.NewServer()
 		e.Client = e.Fake.Client()
-		e.Printf("Using the embedded fake QuotaStack at %s (set QUOTASTACK_API_KEY to use a real one).\n", e.Fake.URL)
+		e.Printf("Using the embedded fake QuotaStack at %s (to use a real one, set QUOTASTACK_API_KEY and, for another host than https://api.quotastack.io, QUOTASTACK_BASE_URL).\n", e.Fake.URL)
 		return e, nil
 	}
 	if strings.HasPrefix(key, quotastack.LiveKeyPrefix) {
