@@ -58,7 +58,7 @@ func TestGateLockLostMidPurchase(t *testing.T) {
 		c, err := quotastack.NewClient(srv.APIKey, quotastack.WithBaseURL(srv.URL), quotastack.WithTransport(tr))
 		require.NoError(t, err)
 		g, err := autobuy.New(c, autobuy.WithPlan(hourPlan), autobuy.WithJournal(s.Journal()), autobuy.WithLocker(s.Locker()),
-			autobuy.WithHooks(autobuy.Hooks{AutoBought: func(context.Context, quotastack.Customer, *plan.Purchase) {
+			autobuy.WithHooks(autobuy.Hooks{AutoBought: func(context.Context, autobuy.CustomerRef, *plan.Purchase) {
 				mu.Lock()
 				hooks++
 				mu.Unlock()

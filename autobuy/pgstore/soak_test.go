@@ -240,7 +240,7 @@ func TestReplicaSoak(t *testing.T) {
 		}
 		g, err := autobuy.New(c, autobuy.WithPlan(soakPlan), autobuy.WithJournal(j), autobuy.WithLocker(l),
 			autobuy.WithHooks(autobuy.Hooks{
-				AutoBought:          func(context.Context, quotastack.Customer, *plan.Purchase) { hooks.Add(1) },
+				AutoBought:          func(context.Context, autobuy.CustomerRef, *plan.Purchase) { hooks.Add(1) },
 				PurchaseNeedsReview: func(context.Context, autobuy.Intent, string) { reviews.Add(1) },
 			}))
 		if err != nil {
