@@ -317,3 +317,24 @@ func TestTwoPhaseRetryAfterAFailedAttemptIsCharged(t *testing.T) {
 		})
 	}
 }
+
+// Resume commits the idle leases a dead process left in a shared ChargeLog.
+func TestResumeSettlesADeadProcessLease(t *testing.T) {
+	t.Parallel()
+	w := setup(t, 250_000)
+	w.grantPlanCredits(t, 50_000)
+	durable := newStores()
+	dead := w.gate(t, append(durable.opts(), leaseOf(50))...)
+	t.Cleanup(func() { assert.NoError(t, dead.Close(context.Background())) })
+	for i := range 3 {
+		w.gateNoted(t, dead, w.cust, fmt.Sprint("d", i))
+	}
+	time.Sleep(30 * time.Millisecond)
+	g := w.gate(t, append(durable.opts(), autobuy.WithLease(autobuy.LeaseConfig{Actions: 50, Linger: 10 * time.Millisecond}))...)
+	t.Cleanup(func() { assert.NoError(t, g.Close(context.Background())) })
+	_, err := g.Resume(context.Background(), 0)
+	require.NoError(t, err)
+	assert.Equal(t, int64(3_000), w.chargedChatMC(), "the dead process's three actions are committed")
+	acct, _ := w.srv.Account(user)
+	assert.Zero(t, acct.ReservedBalance, "nothing left held")
+}
