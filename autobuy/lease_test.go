@@ -11,6 +11,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/quotastack/quotastack-go"
 	"github.com/quotastack/quotastack-go/autobuy"
 )
 
@@ -71,6 +72,22 @@ func TestLeaseMode(t *testing.T) {
 		require.NoError(t, g.Close(context.Background()))
 		assert.Equal(t, 1, w.planGrants())
 		assert.Equal(t, int64(1_000), w.chargedChatMC())
+	})
+	t.Run("a refused lease costs no check: the 402 decides", func(t *testing.T) {
+		t.Parallel()
+		w := setup(t, 0) // no plan credits, no wallet
+		g := w.gate(t, autobuy.WithLease(autobuy.LeaseConfig{Actions: 50, Linger: time.Hour}))
+		uuid := quotastack.CustomerID(w.uuid(t))
+		w.srv.ResetRequests()
+		d, err := g.Gate(context.Background(), uuid, "chat_message", autobuy.WithEventID("m1"))
+		require.NoError(t, err)
+		assert.Equal(t, autobuy.ReasonEmptyWallet, d.Reason)
+		var paths []string
+		for _, r := range w.srv.Requests() {
+			paths = append(paths, r.Method+" "+r.Path)
+		}
+		assert.Len(t, paths, 2, "reserve 402, wallet: %v", paths)
+		require.NoError(t, g.Close(context.Background()))
 	})
 	t.Run("an idle lease is committed after the linger", func(t *testing.T) {
 		t.Parallel()
