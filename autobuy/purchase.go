@@ -292,7 +292,9 @@ func (g *Gatekeeper) put(ctx context.Context, in *Intent) error {
 // 0 means 1,000), each under its customer's lock, and reports how many it
 // completed. Run it at start-up or periodically, so a customer who paid gets
 // the plan even if they don't come back; gates also finish a customer's
-// intents before buying for them.
+// intents before buying for them. In lease mode it also commits the leases
+// of the ChargeLog that are idle, due or being committed (a dead process's,
+// with a shared store).
 func (g *Gatekeeper) Resume(ctx context.Context, limit int) (completed int, err error) {
 	if limit <= 0 {
 		limit = 1000
@@ -312,6 +314,12 @@ func (g *Gatekeeper) Resume(ctx context.Context, limit int) (completed int, err 
 		completed += n
 		var rerr *reviewError
 		if err != nil && !errors.As(err, &rerr) { // review: the hook already told a person
+			errs = append(errs, err)
+		}
+	}
+	if g.leases != nil {
+		// Leases a dead process counted in a shared ChargeLog: settle the idle ones.
+		if err := g.flushLeases(ctx, false); err != nil {
 			errs = append(errs, err)
 		}
 	}

@@ -51,6 +51,19 @@ func TestRecordFirst(t *testing.T) {
 		assert.Equal(t, "usage:"+acct.CustomerID+":m1:2", chat[0].IdempotencyKey, "the refused key is never reused")
 		assert.Equal(t, 1, w.planGrants())
 	})
+	t.Run("a paywall costs the 402 and the wallet read, no check", func(t *testing.T) {
+		t.Parallel()
+		w := setup(t, 0) // no wallet: the paywall
+		acct, _ := w.srv.Account(user)
+		g := w.gate(t, autobuy.WithRecordFirst())
+		armRecordFirst(t, w, g)
+		w.srv.ResetRequests()
+		d, err := g.Gate(context.Background(), quotastack.CustomerID(acct.CustomerID), "chat_message", autobuy.WithEventID("m1"))
+		require.NoError(t, err)
+		assert.False(t, d.Allowed)
+		assert.Equal(t, autobuy.ReasonEmptyWallet, d.Reason)
+		assert.Len(t, w.srv.Requests(), 2, "record 402, wallet")
+	})
 	t.Run("a server answering 202 never arms it", func(t *testing.T) {
 		t.Parallel()
 		mode, _ := quotastacktest.ModeNamed("usage202")

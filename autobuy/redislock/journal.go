@@ -40,6 +40,7 @@ type Journal struct {
 	store
 	prefix    string
 	retention time.Duration
+	check     serverCheck // check.go
 }
 
 // JournalOption configures a Journal.
@@ -53,11 +54,14 @@ func WithJournalPrefix(p string) JournalOption { return func(j *Journal) { j.pre
 // update (default 48 h). Keep it longer than any purchase-limit period.
 func WithRetention(d time.Duration) JournalOption { return func(j *Journal) { j.retention = d } }
 
-// WithTimeout bounds every Redis call of the journal (default 2 s), whether
+// WithJournalTimeout bounds every Redis call of the journal (default 2 s), whether
 // or not the caller's context has a deadline.
-func WithTimeout(d time.Duration) JournalOption { return func(j *Journal) { j.timeout = d } }
+func WithJournalTimeout(d time.Duration) JournalOption { return func(j *Journal) { j.timeout = d } }
 
 // NewJournal returns a Journal on rdb (a *redis.Client, *redis.ClusterClient, ...).
+// It reads the server's INFO once (check.go): ErrEvictionRisk if the
+// maxmemory-policy may evict the journal's keys (WithEvictionRiskAccepted
+// overrides it), a logged warning if AOF persistence is off.
 func NewJournal(rdb redis.UniversalClient, opts ...JournalOption) (*Journal, error) {
 	j := &Journal{store: newStore(rdb, DefaultCallTimeout), retention: 48 * time.Hour}
 	for _, o := range opts {
@@ -72,6 +76,9 @@ func NewJournal(rdb redis.UniversalClient, opts ...JournalOption) (*Journal, err
 		return nil, errors.New("redislock: the journal retention must be at least a millisecond")
 	case j.timeout <= 0:
 		return nil, errors.New("redislock: the journal timeout must be positive")
+	}
+	if err := j.checkServer(); err != nil { // check.go: maxmemory-policy and persistence
+		return nil, err
 	}
 	return j, nil
 }
