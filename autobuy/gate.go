@@ -274,22 +274,22 @@ func (g *Gatekeeper) purchaseAndConsume(ctx context.Context, customer quotastack
 		rechecked = true
 	}
 
-	if _, found, err := g.charges.Lease(ctx, d.CustomerID, metric); err == nil && found {
+	_, leased, err := g.charges.Lease(ctx, d.CustomerID, metric)
+	if err != nil {
+		d.Err = &chargeLogError{err}
+		return g.deny(ctx, customer, d, ReasonPurchaseUnavailable), nil
+	}
+	held := d.Entitlement != nil && d.Entitlement.ReservedBalance > 0
+	if leased || (held && !rechecked) {
 		// Credits held by one of our leases are never the reason to buy: a
-		// lease reserved since this gate's check is settled and the customer
-		// checked again, under the lease lock (no lease is reserved in between).
-		var dd Decision
-		var done bool
-		err := g.settleForCheck(ctx, d.CustomerID, metric, func() error {
-			var err error
-			dd, done, err = g.recheck(ctx, customer, metric, cfg, p, &d, key, unlock, &locked)
-			return err
-		})
-		switch {
-		case done:
-			return dd, err
-		case err != nil:
+		// lease is settled and the customer checked again, under the lock
+		// (no lease is reserved or settled in between). A check that saw
+		// held credits may have seen a lease settled since: checked again too.
+		if err := g.settleLeasesLocked(ctx, d.CustomerID, metric); err != nil {
 			return d, err
+		}
+		if dd, done, err := g.recheck(ctx, customer, metric, cfg, p, &d, key, unlock, &locked); done || err != nil {
+			return dd, err
 		}
 		rechecked = true
 	}

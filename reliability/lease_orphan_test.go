@@ -3,7 +3,6 @@ package reliability_test
 import (
 	"context"
 	"net/http"
-	"os"
 	"testing"
 	"time"
 
@@ -17,20 +16,12 @@ import (
 
 // Found by the soak (every mode on one shared ChargeLog, faults, the rate
 // limit, crashes): a lease reservation whose POST /v1/reserve executed but
-// whose answer was lost on every attempt (or that a crash, or a failed
-// release after a lost PutLease race, kept out of the ChargeLog) holds the
-// customer's plan credits until its TTL, and no Gatekeeper knows it: the
-// next gate's check is refused and it buys a plan the customer didn't need
-// ("credits held by our own leases are never the reason a plan is bought").
-// The soak counts such reservations ("lease reservations still holding
-// credits at the end") and fails its one-plan-per-exhaustion rule on them.
-// Skipped until fixed (a lease recorded in the ChargeLog before its reserve,
-// or found from the reservation's metadata); QUOTASTACK_BUGS=1 runs it.
-func TestLeaseReserveWithALostAnswerMakesTheNextGateBuy(t *testing.T) {
+// whose answer was lost on every attempt held the customer's plan credits
+// until its TTL, and no Gatekeeper knew it: the next gate's check was refused
+// and it bought a plan the customer didn't need. A lease is now recorded in
+// the ChargeLog before its reserve is sent, and resolved with the same key.
+func TestLeaseReserveWithALostAnswerMakesNoGateBuy(t *testing.T) {
 	t.Parallel()
-	if os.Getenv(envBugs) == "" {
-		t.Skip("KNOWN BUG: a lease reservation whose answer was lost is kept by no Gatekeeper and makes the next gate buy; set " + envBugs + "=1 to watch it")
-	}
 	srv := startRecipe(t, soakPlan, "user42", 250_000, 10_000) // a wallet for two plans, ten actions of plan credits
 	client, err := quotastack.NewClient(srv.APIKey, quotastack.WithBaseURL(srv.URL), quotastack.WithRetry(3, time.Millisecond, 2*time.Millisecond))
 	require.NoError(t, err)
