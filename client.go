@@ -425,9 +425,6 @@ func (c *Client) do(ctx context.Context, method, path, query string, body, out a
 			}
 			return meta, c.apiError(method, path, meta, resp, respBody, errEmptyBody)
 		}
-		if fd, ok := out.(fastDecoder); ok && fd.decodeFast(respBody) {
-			return meta, nil
-		}
 		if err := json.Unmarshal(respBody, out); err != nil {
 			return meta, c.apiError(method, path, meta, resp, respBody, fmt.Errorf("decoding JSON: %w", err))
 		}

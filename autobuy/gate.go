@@ -31,6 +31,7 @@ import (
 // wallet read confirms the debit, and the entitlement is checked again before
 // the record).
 func (g *Gatekeeper) Gate(ctx context.Context, customer quotastack.Customer, metric string, opts ...GateOption) (Decision, error) {
+	ctx = quotastack.BeginOperation(ctx) // one deadline, one place in the rate budget for all its calls
 	cfg := gateConfig{units: 1}
 	for _, o := range opts {
 		o(&cfg)
