@@ -124,6 +124,43 @@ func usedUnits(srv *quotastacktest.Server, exts []string) int64 {
 	return n
 }
 
+// twoPhaseAction gates through the middleware in two-phase mode: reserve,
+// run a handler that answers 200, commit. allowedUnits is 1 when the handler
+// ran; the error tells a refusal (the middleware's status) or a failed settle.
+func twoPhaseAction(g *autobuy.Gatekeeper) func(ctx context.Context, ext string) (allowedUnits int64, err error) {
+	type settled struct {
+		committed bool
+		err       error
+	}
+	type settleKey struct{}
+	h := autobuy.Middleware(g, func(r *http.Request) (autobuy.Action, error) {
+		return autobuy.Action{Customer: quotastack.ExternalID(r.URL.Query().Get("c")), Metric: metric}, nil
+	}, autobuy.TwoPhase(time.Minute), autobuy.OnSettle(func(r *http.Request, _ autobuy.Decision, committed bool, err error) {
+		*r.Context().Value(settleKey{}).(*settled) = settled{committed, err}
+	}))(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusOK) }))
+	return func(ctx context.Context, ext string) (int64, error) {
+		var s settled
+		req := httptest.NewRequestWithContext(context.WithValue(ctx, settleKey{}, &s), http.MethodPost, "/act?c="+ext, nil)
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		switch {
+		case rec.Code != http.StatusOK:
+			return 0, &refusedError{status: rec.Code, body: rec.Body.String()}
+		case s.err != nil || !s.committed:
+			return 1, fmt.Errorf("allowed, settle failed: committed %v: %w", s.committed, s.err)
+		}
+		return 1, nil
+	}
+}
+
+// refusedError is the middleware's answer to a request it did not let through.
+type refusedError struct {
+	status int
+	body   string
+}
+
+func (e *refusedError) Error() string { return fmt.Sprintf("middleware answered %d: %s", e.status, e.body) }
+
 // runEconomy starts a fake limited to 100 requests per 60 s / scale and
 // drives one client (as shipped, its budget and default timeout scaled like
 // the window) from goroutines for length.
@@ -210,29 +247,7 @@ func runEconomy(tb testing.TB, run economyRun) economyResult {
 		g := sdkGate(tb, c, gopts...)
 		var act func(ctx context.Context, ext string) (allowedUnits int64, err error)
 		if run.mode == modeTwoPhase {
-			type settled struct {
-				committed bool
-				err       error
-			}
-			type settleKey struct{}
-			h := autobuy.Middleware(g, func(r *http.Request) (autobuy.Action, error) {
-				return autobuy.Action{Customer: quotastack.ExternalID(r.URL.Query().Get("c")), Metric: metric}, nil
-			}, autobuy.TwoPhase(time.Minute), autobuy.OnSettle(func(r *http.Request, _ autobuy.Decision, committed bool, err error) {
-				*r.Context().Value(settleKey{}).(*settled) = settled{committed, err}
-			}))(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusOK) }))
-			act = func(ctx context.Context, ext string) (int64, error) {
-				var s settled
-				req := httptest.NewRequestWithContext(context.WithValue(ctx, settleKey{}, &s), http.MethodPost, "/act?c="+ext, nil)
-				rec := httptest.NewRecorder()
-				h.ServeHTTP(rec, req)
-				switch {
-				case rec.Code != http.StatusOK:
-					return 0, fmt.Errorf("middleware answered %d: %s", rec.Code, rec.Body.String())
-				case s.err != nil || !s.committed:
-					return 1, fmt.Errorf("allowed, settle failed: committed %v: %w", s.committed, s.err)
-				}
-				return 1, nil
-			}
+			act = twoPhaseAction(g)
 		} else {
 			act = func(ctx context.Context, ext string) (int64, error) {
 				d, err := g.Gate(ctx, quotastack.ExternalID(ext), metric)
