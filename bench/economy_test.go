@@ -159,7 +159,9 @@ type refusedError struct {
 	body   string
 }
 
-func (e *refusedError) Error() string { return fmt.Sprintf("middleware answered %d: %s", e.status, e.body) }
+func (e *refusedError) Error() string {
+	return fmt.Sprintf("middleware answered %d: %s", e.status, e.body)
+}
 
 // runEconomy starts a fake limited to 100 requests per 60 s / scale and
 // drives one client (as shipped, its budget and default timeout scaled like

@@ -2,6 +2,7 @@ package quotastacktest
 
 import (
 	"context"
+	"crypto/sha256"
 	"io"
 	"net"
 	"net/http"
@@ -64,7 +65,7 @@ type config struct {
 // WithIdempotencyLimit).
 const (
 	DefaultRequestLogLimit  = 100_000
-	DefaultIdempotencyLimit = 100_000
+	DefaultIdempotencyLimit = 50_000
 )
 
 // WithRequestLogLimit keeps the last n requests in the log that Requests returns (default
@@ -298,7 +299,9 @@ func (s *Server) handle(r *http.Request, path string) outcome {
 		return outcome{resp: problemResponse(p, path)}
 	}
 	rq.idemKey = key
-	fingerprint := r.Method + " " + path + "?" + r.URL.RawQuery + "\n" + string(body)
+	// A digest, not the body itself: the store keeps one per key.
+	sum := sha256.Sum256([]byte(r.Method + " " + path + "?" + r.URL.RawQuery + "\n" + string(body)))
+	fingerprint := string(sum[:])
 	executed := false
 	resp, replayed, ok := s.idem.do(s, r, s.APIKey+"\x00"+key, fingerprint, func() response {
 		executed = true
