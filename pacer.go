@@ -12,7 +12,7 @@ import (
 
 // LocalPacer is a request budget in this process: a token bucket
 // (golang.org/x/time/rate) of n/20 tokens refilled at 90% of n per period
-// (BudgetShape), and a queue (a heap) that hands each new token first to the
+// (BudgetShape), and a queue (two heaps) that hands each new token first to the
 // calls of operations that have already sent a request (BeginOperation;
 // earliest deadline first among them), then to the first calls of new
 // operations, earliest deadline first. A gate's usage record thus goes ahead
@@ -21,15 +21,14 @@ import (
 // call the budget can't serve in time, counting the calls the operations
 // ahead of it still need, is refused with a *RateLimitError at once, before
 // it sends anything; a queued call whose time runs out is refused then. Every
-// call costs O(log n) in the number of waiting calls (O(n) only when calls of
-// different timeouts mix). Safe for concurrent use.
+// call costs O(log n) in the number of waiting calls. Safe for concurrent use.
 type LocalPacer struct {
 	lim *rate.Limiter
 
 	nwait atomic.Int64 // len(waiters), read without the lock on the fast path
 
 	mu      sync.Mutex
-	waiters waiterHeap
+	waiters [2]waiterHeap // per class (classStarted, classNew): started operations' calls go first
 	timer   *time.Timer
 	class   [2]classStats
 	// grants per class since the last decay: their ratio is the number of
@@ -151,7 +150,7 @@ func (p *LocalPacer) Wait(ctx context.Context, deadline time.Time) error {
 		return &RateLimitError{Wait: at.Sub(now), Reason: "budget"}
 	}
 	w.ready = make(chan error, 1)
-	heap.Push(&p.waiters, w)
+	heap.Push(&p.waiters[w.class], w)
 	cs := &p.class[w.class]
 	cs.n++
 	if w.deadline.IsZero() {
@@ -159,7 +158,7 @@ func (p *LocalPacer) Wait(ctx context.Context, deadline time.Time) error {
 	} else if w.deadline.After(cs.maxDL) {
 		cs.maxDL = w.deadline
 	}
-	p.nwait.Store(int64(len(p.waiters)))
+	p.nwait.Add(1)
 	if !w.latest.IsZero() {
 		w.timer = time.AfterFunc(w.latest.Sub(now), func() { p.expire(w) })
 	}
@@ -189,8 +188,10 @@ func (p *LocalPacer) ahead(w *waiter) int {
 	switch {
 	case w.deadline.IsZero():
 		n = cs.n // after every other waiter of its class
-	case !w.deadline.Before(cs.maxDL):
-		n = cs.n - cs.noDeadline // the common case: after every waiter with a deadline
+	case !w.deadline.Before(cs.maxDL) || cs.n > maxScan:
+		// The common case (after every waiter with a deadline), or a bound
+		// on a long queue: at most that many are ahead.
+		n = cs.n - cs.noDeadline
 	default:
 		n = p.scan(w)
 	}
@@ -204,15 +205,18 @@ func (p *LocalPacer) ahead(w *waiter) int {
 	return p.class[classStarted].n + int(float64(n)*perOp)
 }
 
+// maxScan is the longest group of waiters ahead counts exactly when
+// deadlines mix; beyond it the count is an upper bound (a call may be
+// refused that an exact count would have let wait), so a call's cost stays
+// bounded however long the queue.
+const maxScan = 1024
+
 // scan counts the waiters of w's class before it and makes the class's
 // deadline bound exact. Under p.mu.
 func (p *LocalPacer) scan(w *waiter) int {
 	n := 0
 	var maxDL time.Time
-	for _, o := range p.waiters {
-		if o.class != w.class {
-			continue
-		}
+	for _, o := range p.waiters[w.class] {
 		if o.deadline.After(maxDL) {
 			maxDL = o.deadline
 		}
@@ -235,7 +239,7 @@ func (p *LocalPacer) granted(class int) {
 
 // remove takes w out of the queue. Under p.mu.
 func (p *LocalPacer) remove(w *waiter) {
-	heap.Remove(&p.waiters, w.index)
+	heap.Remove(&p.waiters[w.class], w.index)
 	p.dequeued(w)
 }
 
@@ -252,7 +256,7 @@ func (p *LocalPacer) dequeued(w *waiter) {
 	if w.timer != nil {
 		w.timer.Stop()
 	}
-	p.nwait.Store(int64(len(p.waiters)))
+	p.nwait.Add(-1)
 }
 
 // expire refuses w if it is still waiting when its latest grant time has
@@ -265,7 +269,7 @@ func (p *LocalPacer) expire(w *waiter) {
 	}
 	now := time.Now()
 	p.remove(w)
-	w.ready <- &RateLimitError{Wait: p.grantTime(now, len(p.waiters)).Sub(now), Reason: "budget"}
+	w.ready <- &RateLimitError{Wait: p.grantTime(now, p.queuedLocked()).Sub(now), Reason: "budget"}
 }
 
 // grantTime is when the token after the next ahead ones will be there.
@@ -277,9 +281,24 @@ func (p *LocalPacer) grantTime(now time.Time, ahead int) time.Time {
 	return now.Add(time.Duration(missing / float64(p.lim.Limit()) * float64(time.Second)))
 }
 
+// queuedLocked is the number of waiting calls. Under p.mu.
+func (p *LocalPacer) queuedLocked() int {
+	return len(p.waiters[classStarted]) + len(p.waiters[classNew])
+}
+
+// head is the call the next token goes to, or nil. Under p.mu.
+func (p *LocalPacer) head() *waiter {
+	for c := range p.waiters {
+		if len(p.waiters[c]) > 0 {
+			return p.waiters[c][0]
+		}
+	}
+	return nil
+}
+
 // schedule sets the timer for the next token, if anyone waits. Under p.mu.
 func (p *LocalPacer) schedule(now time.Time) {
-	if len(p.waiters) == 0 {
+	if p.queuedLocked() == 0 {
 		return
 	}
 	d := p.grantTime(now, 0).Sub(now)
@@ -296,10 +315,9 @@ func (p *LocalPacer) dispatch() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	now := time.Now()
-	for len(p.waiters) > 0 {
-		w := p.waiters[0]
+	for w := p.head(); w != nil; w = p.head() {
 		if !w.latest.IsZero() && now.After(w.latest) {
-			heap.Pop(&p.waiters)
+			heap.Pop(&p.waiters[w.class])
 			p.dequeued(w)
 			w.ready <- &RateLimitError{Wait: p.grantTime(now, 0).Sub(now), Reason: "budget"}
 			continue
@@ -307,7 +325,7 @@ func (p *LocalPacer) dispatch() {
 		if !p.lim.AllowN(now, 1) {
 			break
 		}
-		heap.Pop(&p.waiters)
+		heap.Pop(&p.waiters[w.class])
 		p.dequeued(w)
 		p.granted(w.class)
 		w.ready <- nil

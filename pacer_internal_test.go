@@ -13,7 +13,7 @@ import (
 func (p *LocalPacer) queued() int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return len(p.waiters)
+	return p.queuedLocked()
 }
 
 // The next token goes to the earliest deadline, not to the first in line;
