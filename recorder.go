@@ -366,7 +366,14 @@ func (r *Recorder) report(b *sentBatch, res *UsageBatch, err error) {
 	for i, e := range b.events {
 		out[i] = RecordResult{ID: e.id, Params: e.p, BatchKey: b.key, Err: err}
 	}
-	if res != nil {
+	allTaken := res != nil && res.Accepted && len(res.Results) == 0
+	if allTaken {
+		// 202 without results: the server took every event of the batch.
+		for i := range out {
+			out[i].Event = &UsageEvent{Accepted: true, Meta: res.Meta}
+		}
+	}
+	if res != nil && !allTaken {
 		seen := make([]bool, len(out))
 		for _, br := range res.Results {
 			i := br.Index
@@ -377,6 +384,9 @@ func (r *Recorder) report(b *sentBatch, res *UsageBatch, err error) {
 			switch {
 			case br.Error != nil || br.Status < 200 || br.Status > 299:
 				out[i].Err = r.eventError(b.key, br)
+			case br.Event == nil && (br.Status == http.StatusAccepted || res.Accepted):
+				// Taken without an event yet (an asynchronous debit).
+				out[i].Event = &UsageEvent{Accepted: true, Meta: res.Meta}
 			case br.Event == nil:
 				out[i].Err = r.eventError(b.key, br)
 			default:

@@ -294,3 +294,26 @@ func TestRecorderInput(t *testing.T) {
 		require.ErrorIs(t, err, quotastack.ErrInvalidInput)
 	}
 }
+
+// A batch answered 202 Accepted without a body (the docs' asynchronous debit)
+// took every event: none is reported failed, which would invite a re-send.
+func TestRecorderBatchAcceptedWithoutBody(t *testing.T) {
+	t.Parallel()
+	srv, r, res := recorderWorld(t, nil, quotastack.WithBatchSize(3))
+	srv.SetAsyncUsage(&quotastacktest.AsyncUsage{})
+	for i := range 3 {
+		require.NoError(t, r.Add(context.Background(), fmt.Sprint("evt-", i), usage("rita", 1)))
+	}
+	require.NoError(t, r.Close(context.Background()))
+	got, _ := res.get()
+	require.Len(t, got, 3)
+	for id, x := range got {
+		require.NoError(t, x.Err, "event %s was taken by the server", id)
+		require.NotNil(t, x.Event, id)
+		assert.True(t, x.Event.Accepted, "event %s is accepted, not confirmed", id)
+	}
+	st := r.Stats()
+	assert.Equal(t, int64(3), st.Recorded)
+	assert.Zero(t, st.Failed)
+	assert.Len(t, srv.UsageEvents("rita"), 3, "every event executed once")
+}

@@ -109,11 +109,19 @@ type BatchError struct {
 }
 
 // UsageBatch is the answer to RecordBatch, one result per event, in order.
+// A server that debits asynchronously answers 202 Accepted, possibly with no
+// body: then Accepted is true, Results may be empty, and every event of the
+// batch was taken (see Accepted on each event).
 type UsageBatch struct {
 	Results []BatchResult `json:"results"`
 
-	Meta ResponseMeta `json:"-"`
+	// Accepted is true when the server answered 202 Accepted.
+	Accepted bool         `json:"-"`
+	Meta     ResponseMeta `json:"-"`
 }
+
+// acceptsEmpty: a 202 batch may come without a body (an asynchronous debit).
+func (b *UsageBatch) acceptsEmpty(status int) bool { return status == http.StatusAccepted }
 
 // RecordBatch records up to 100 usage events in one request under one
 // idempotency key (the whole batch is the unit of replay). Per-event
@@ -137,5 +145,6 @@ func (c *Client) RecordBatch(ctx context.Context, events []UsageParams, opts ...
 		return nil, err
 	}
 	out.Meta = *meta
+	out.Accepted = meta.StatusCode == http.StatusAccepted
 	return &out, nil
 }
