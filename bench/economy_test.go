@@ -2,7 +2,6 @@ package bench
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"net/http"
@@ -263,6 +262,19 @@ func runEconomy(tb testing.TB, run economyRun) economyResult {
 				return units, err
 			}
 		}
+		if run.pop == "hot" && run.mode != modeLease {
+			// Returning customers: each gated once before the run, unlimited
+			// (a lease would stay open and commit in the run).
+			srv.SetRateLimit(0, 0)
+			for _, e := range exts {
+				if _, err := act(context.Background(), e); err != nil {
+					tb.Fatal(err)
+				}
+			}
+			before = usedUnits(srv, exts)
+			srv.SetRateLimit(quotastack.DefaultRateBudget, per)
+			srv.ResetRequests()
+		}
 		for range run.goroutines {
 			wg.Go(func() {
 				for {
@@ -270,14 +282,19 @@ func runEconomy(tb testing.TB, run economyRun) economyResult {
 					if !ok {
 						return
 					}
-					var sent atomic.Int32
-					ctx, cancel := actionCtx(&sent)
-					start := time.Now()
-					units, err := act(ctx, exts[i%customers])
-					cancel()
-					finish(start, sent.Load(), units, err)
-					if errors.Is(err, quotastack.ErrRateLimited) || (err != nil && sent.Load() == 0) {
-						time.Sleep(100 * time.Millisecond) // the caller's user comes back later
+					for {
+						var sent atomic.Int32
+						ctx, cancel := actionCtx(&sent)
+						start := time.Now()
+						units, err := act(ctx, exts[i%customers])
+						cancel()
+						finish(start, sent.Load(), units, err)
+						if err == nil || sent.Load() > 0 || !time.Now().Before(stop) {
+							break
+						}
+						// Refused before sending anything: the caller's user
+						// comes back later with the same action.
+						time.Sleep(100 * time.Millisecond)
 					}
 				}
 			})
@@ -425,5 +442,32 @@ func TestRequestEconomy(t *testing.T) {
 				t.Error("no action completed")
 			}
 		})
+	}
+}
+
+// TestGateOverloadFinishesStartedGates is issue 22's first scenario as a
+// test (counts, not timings): 64 goroutines gate through one client as
+// shipped with context.Background(), against the fake at its rate limit
+// (scaled 30×). Every gate either completes or is refused before it sends
+// anything; every allowed action is charged; and nothing is answered 429.
+func TestGateOverloadFinishesStartedGates(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs for seconds")
+	}
+	t.Parallel()
+	run := economyRun{mode: modeGate, ctx: "background", goroutines: 64, pop: "hot", scale: 30, length: 3 * time.Second}
+	r := runEconomy(t, run)
+	logEconomy(t, run, r)
+	if r.failed > 0 {
+		t.Errorf("%d gates failed after sending a request (half-done); first: %v", r.failed, r.firstErr)
+	}
+	if r.allowed != r.charged {
+		t.Errorf("%d units allowed, %d charged", r.allowed, r.charged)
+	}
+	if r.status429 > 0 {
+		t.Errorf("%d requests answered 429", r.status429)
+	}
+	if r.actions == 0 || r.refused == 0 {
+		t.Errorf("%d actions, %d refused: the run should complete actions and overload the budget", r.actions, r.refused)
 	}
 }
