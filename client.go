@@ -79,6 +79,12 @@ func NewClient(apiKey string, opts ...Option) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
+	red := newRedactor(apiKey)
+	if red.redact(cfg.baseURL) != cfg.baseURL {
+		// The key (or a piece of it, in any escaping) would travel in every
+		// request line and show in BaseURL(), logs and spans.
+		return nil, inputErr("base URL", "must not contain the API key")
+	}
 	switch {
 	case cfg.maxAttempts < 1:
 		return nil, inputErr("retry", "max attempts must be at least 1")
@@ -90,7 +96,7 @@ func NewClient(apiKey string, opts ...Option) (*Client, error) {
 		return nil, inputErr("max body bytes", "must be positive")
 	}
 
-	c := &Client{base: base, apiKey: apiKey, red: newRedactor(apiKey), cfg: cfg, log: cfg.logger}
+	c := &Client{base: base, apiKey: apiKey, red: red, cfg: cfg, log: cfg.logger}
 	if c.log == nil {
 		c.log = slog.New(slog.DiscardHandler)
 	}

@@ -1,6 +1,7 @@
 package quotastack
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"strings"
@@ -33,7 +34,9 @@ var (
 	// ErrServer: the server failed (5xx) and retries, if any, ran out.
 	ErrServer = errors.New("quotastack: server error")
 	// ErrUnexpectedResponse: the response could not be understood (non-JSON,
-	// truncated, too large, wrong types, redirect).
+	// truncated, too large, wrong types, redirect). A 4xx this package doesn't
+	// list (403, 405, 410, 413, ...) matches it too, and is still a definite
+	// answer: see IsOutage.
 	ErrUnexpectedResponse = errors.New("quotastack: unexpected response")
 	// ErrInvalidInput: the call was refused before any request was sent.
 	ErrInvalidInput = errors.New("quotastack: invalid input")
@@ -157,6 +160,32 @@ func (e *APIError) sentinel() error {
 		return ErrServer
 	}
 	return ErrUnexpectedResponse
+}
+
+// IsOutage reports whether err means QuotaStack could not answer, the only
+// case in which a fallback (fail open or closed) may apply. By status class
+// first: any 4xx but 429 is a definite answer (an *APIError, never an
+// outage), 403, 405, 410, 413 and statuses this package doesn't list
+// included; a 5xx, a 429 after retries, an answer that could not be read (1xx,
+// 3xx, a 2xx that didn't decode), no answer at all (*RequestError, a timeout)
+// are outages. ctx is the caller's context of the call: a cancellation it
+// caused is not an outage (nil: any cancellation is the caller's). An
+// ErrInvalidInput error and nil are not outages.
+func IsOutage(ctx context.Context, err error) bool {
+	if err == nil || errors.Is(err, ErrInvalidInput) {
+		return false
+	}
+	if errors.Is(err, context.Canceled) && (ctx == nil || ctx.Err() != nil) {
+		return false
+	}
+	var apiErr *APIError
+	if errors.As(err, &apiErr) {
+		s := apiErr.StatusCode
+		return s == 429 || s < 400 || s >= 500
+	}
+	var reqErr *RequestError
+	return errors.As(err, &reqErr) || errors.Is(err, ErrServer) || errors.Is(err, ErrRateLimited) ||
+		errors.Is(err, ErrUnexpectedResponse) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled)
 }
 
 // InputError is a mistake in the arguments of a call, found before any

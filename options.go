@@ -40,7 +40,9 @@ type config struct {
 
 // WithBaseURL sets the API root, e.g. "https://api.quotastack.io" (the /v1
 // prefix is added per call; a trailing "/v1" in u is dropped). Plain http is
-// refused unless the host is loopback or WithInsecureHTTP is given.
+// refused unless the host is loopback or WithInsecureHTTP is given. A URL
+// that contains the API key (as user info, query, fragment or a path
+// segment, in any escaping) is refused by NewClient.
 func WithBaseURL(u string) Option { return func(c *config) { c.baseURL = u } }
 
 // WithHTTPClient makes the client send through hc (its Transport, Jar and

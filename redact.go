@@ -21,9 +21,13 @@ const maxUnescapeDepth = 3
 // redactor removes the API key from foreign text: server-provided strings,
 // net/http error text quoting the bytes a server sent, decoded JSON values.
 // It finds the key, and any run of at least fragmentLen of its bytes, written
-// literally or escaped per character (JSON \uXXXX, \" \\ \/, Go \xHH, %HH,
-// &#NN;). Pieces it can locate are replaced by [REDACTED]; key material it can
-// only see under several layers of escaping makes it drop the whole text.
+// literally or escaped per character the ways a server echoes a header value:
+// JSON (\uXXXX, \" \\ \/), Go's %q (\" \\) and URL encoding (%HH). A key
+// is printable ASCII, so Go's \x and \U escapes never write it, and an HTML
+// page escapes only its few special characters, leaving runs the literal
+// match catches. Pieces it can locate are replaced by [REDACTED]; key
+// material it can only see under several layers of escaping makes it drop
+// the whole text.
 // Built once per client; safe for concurrent use (read-only after build).
 type redactor struct {
 	n     int    // bytes per fragment: min(fragmentLen, len(key))
@@ -112,7 +116,7 @@ func (r *redactor) redact(s string) string {
 		return s
 	}
 	out := s
-	if strings.ContainsAny(s, `\%&`) {
+	if hasEscapes(s) {
 		out = r.redactEscaped(s)
 	} else if r.hasGram(s) {
 		out = r.redactLiteral(s)
@@ -135,7 +139,7 @@ func (r *redactor) redact(s string) string {
 	return out
 }
 
-func hasEscapes(s string) bool { return strings.ContainsAny(s, `\%&`) }
+func hasEscapes(s string) bool { return strings.ContainsAny(s, `\%`) }
 
 // hasGram reports whether s holds a piece of the key, literally.
 func (r *redactor) hasGram(s string) bool {
@@ -196,57 +200,24 @@ func replaceRuns(s string, hit []bool, starts []int) string {
 	return b.String()
 }
 
-// unescape decodes one layer of the escapes a key may arrive in: \uXXXX,
-// \UXXXXXXXX, \xHH, a backslash before any other byte, %HH and &#NN; or
-// &#xHH;. A non-ASCII character decodes to 0 (it is never part of a key).
-// starts[i] is the offset in s of the text decoded byte i came from, with a
-// final entry len(s).
+// unescape decodes one layer of the escapes a key may arrive in: \uXXXX, a
+// backslash before any other byte, and %HH. A non-ASCII character decodes to
+// 0 (it is never part of a key). starts[i] is the offset in s of the text
+// decoded byte i came from, with a final entry len(s).
 func unescape(s string) (string, []int) {
 	dec := make([]byte, 0, len(s))
 	starts := make([]int, 0, len(s)+1)
 	for i := 0; i < len(s); {
 		c, n := s[i], 1
 		switch {
-		case s[i] == '\\' && i+1 < len(s):
-			switch s[i+1] {
-			case 'u':
-				if v, ok := hexAt(s, i+2, 4); ok {
-					c, n = asciiOr0(v), 6
-				}
-			case 'U':
-				if v, ok := hexAt(s, i+2, 8); ok {
-					c, n = asciiOr0(v), 10
-				}
-			case 'x':
-				if v, ok := hexAt(s, i+2, 2); ok {
-					c, n = byte(v), 4 //nolint:gosec // two hex digits: at most 0xff
-				}
-			case 'n':
-				c, n = '\n', 2
-			case 't':
-				c, n = '\t', 2
-			case 'r':
-				c, n = '\r', 2
-			default:
-				c, n = s[i+1], 2
+		case c == '\\' && i+1 < len(s):
+			c, n = s[i+1], 2
+			if v, ok := hexAt(s, i+2, 4); ok && c == 'u' {
+				c, n = asciiOr0(v), 6
 			}
-		case s[i] == '%':
+		case c == '%':
 			if v, ok := hexAt(s, i+1, 2); ok {
 				c, n = byte(v), 3 //nolint:gosec // two hex digits: at most 0xff
-			}
-		case s[i] == '&' && i+2 < len(s) && s[i+1] == '#':
-			if end := strings.IndexByte(s[i:min(len(s), i+12)], ';'); end > 2 {
-				body := s[i+2 : i+end]
-				var v uint64
-				ok := false
-				if body[0] == 'x' || body[0] == 'X' {
-					v, ok = hexAt(body, 1, len(body)-1)
-				} else {
-					v, ok = decAt(body)
-				}
-				if ok {
-					c, n = asciiOr0(v), end+1
-				}
 			}
 		}
 		starts = append(starts, i)
@@ -265,7 +236,7 @@ func asciiOr0(v uint64) byte {
 }
 
 func hexAt(s string, at, n int) (uint64, bool) {
-	if n <= 0 || n > 8 || at+n > len(s) {
+	if at+n > len(s) {
 		return 0, false
 	}
 	var v uint64
@@ -281,20 +252,6 @@ func hexAt(s string, at, n int) (uint64, bool) {
 		default:
 			return 0, false
 		}
-	}
-	return v, true
-}
-
-func decAt(s string) (uint64, bool) {
-	if s == "" || len(s) > 8 {
-		return 0, false
-	}
-	var v uint64
-	for i := 0; i < len(s); i++ {
-		if s[i] < '0' || s[i] > '9' {
-			return 0, false
-		}
-		v = v*10 + uint64(s[i]-'0')
 	}
 	return v, true
 }

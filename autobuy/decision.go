@@ -87,6 +87,8 @@ type Limit struct {
 type Decision struct {
 	Allowed bool
 	Reason  Reason
+	// EventID is the event id the action was gated with (WithEventID), "" for none.
+	EventID string
 	// CustomerID is the QuotaStack id of the customer the gate resolved
 	// (whichever id form the caller used); "" when the check didn't answer.
 	CustomerID string
@@ -95,7 +97,7 @@ type Decision struct {
 	// Entitlement is the last entitlement check seen.
 	Entitlement *quotastack.Entitlement
 	// Usage is the usage event recorded for an allowed action; nil when denied,
-	// when the fallback decided, or with reservations (see Hold).
+	// when the fallback decided, when Replayed, or with reservations (see Hold).
 	Usage *quotastack.UsageEvent
 	// Hold is the reservation of an allowed action gated WithReservation; commit
 	// or release it when the action ends.
@@ -103,6 +105,10 @@ type Decision struct {
 	// Leased is true when the action was let through on a lease (WithLease):
 	// its units are committed with the lease's, not recorded one by one.
 	Leased bool
+	// Replayed is true when the event (WithEventID) was already charged and
+	// this decision is the original one, answered from the ChargeLog with no
+	// check, purchase or charge.
+	Replayed bool
 	// WalletMC is the wallet balance seen when a purchase was considered, in millicredits.
 	WalletMC int64
 	// Limit is set on purchase_limit and auto_buy_suspended denials.
@@ -112,4 +118,6 @@ type Decision struct {
 	// on purchase_unavailable denials.
 	Fallback bool
 	Err      error
+
+	leaseID string // the lease reservation a leased action was counted on
 }

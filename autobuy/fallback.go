@@ -10,9 +10,10 @@ import (
 )
 
 // FallbackPolicy decides the answer of a gate when QuotaStack could not
-// answer (a transport error, a timeout, a 5xx, a 429 after retries). A
-// definite answer (401, 403, 404, 409, 422) is never an outage: it is an error
-// or its own decision whatever the policy.
+// answer (quotastack.IsOutage: a transport error, a timeout, a 5xx, a 429
+// after retries, an unreadable answer). A definite answer (any other 4xx:
+// 401, 403, 404, 405, 409, 410, 413, 422, ...) is never an outage: it is an
+// error or its own decision whatever the policy.
 type FallbackPolicy int
 
 const (
@@ -36,21 +37,6 @@ func (p FallbackPolicy) String() string {
 		return "fail_open"
 	}
 	return "FallbackPolicy(" + strconv.Itoa(int(p)) + ")"
-}
-
-// isOutage reports whether err means QuotaStack could not answer: no
-// response, a timeout, a 5xx, a 429 after retries, or an answer that could
-// not be read. A cancelled caller is not an outage.
-func isOutage(ctx context.Context, err error) bool {
-	if errors.Is(err, context.Canceled) && ctx.Err() != nil {
-		return false
-	}
-	var apiErr *quotastack.APIError
-	if errors.As(err, &apiErr) {
-		return apiErr.StatusCode >= 500 || apiErr.StatusCode == 429 || errors.Is(err, quotastack.ErrUnexpectedResponse)
-	}
-	var reqErr *quotastack.RequestError
-	return errors.As(err, &reqErr)
 }
 
 func (g *Gatekeeper) fallbackDecision(ctx context.Context, customer quotastack.Customer, metric string, d Decision, err error) (Decision, error) {

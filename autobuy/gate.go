@@ -42,7 +42,7 @@ func (g *Gatekeeper) Gate(ctx context.Context, customer quotastack.Customer, met
 		err = fmt.Errorf("%w: autobuy: need a customer, a metric and units > 0", quotastack.ErrInvalidInput)
 	} else {
 		d, err = g.gate(ctx, customer, metric, cfg)
-		if err != nil && isOutage(ctx, err) {
+		if err != nil && quotastack.IsOutage(ctx, err) {
 			d, err = g.fallbackDecision(ctx, customer, metric, d, err)
 		}
 	}
@@ -53,37 +53,111 @@ func (g *Gatekeeper) Gate(ctx context.Context, customer quotastack.Customer, met
 }
 
 func (g *Gatekeeper) gate(ctx context.Context, customer quotastack.Customer, metric string, cfg gateConfig) (Decision, error) {
+	rec := &eventRecord{}
+	key := usageKey{event: cfg.eventID, n: 1, hold: cfg.reserve}
+	d, err := g.decide(ctx, customer, metric, cfg, rec, &key)
+	d.EventID = cfg.eventID
+	g.finishEvent(ctx, rec, d, err, &key)
+	return d, err
+}
+
+// decide is the gate's path: the record of the event first (a replay is
+// answered from it), then the lease, record-first, or the check; the
+// purchase when the customer is out of credits.
+func (g *Gatekeeper) decide(ctx context.Context, customer quotastack.Customer, metric string, cfg gateConfig, rec *eventRecord, key *usageKey) (Decision, error) {
 	var d Decision
 	started := g.now()
-	if ld, ok, err := g.leased(ctx, customer, metric, cfg); ok || err != nil {
-		return ld, err
+	id, known := g.canonicalID(customer)
+	if !known && g.leases != nil && !cfg.reserve {
+		// Leases and records are found by the QuotaStack id: one GET, once
+		// per customer and process, instead of a check and a record.
+		if c, err := g.client.GetCustomer(ctx, customer); err == nil && c.CustomerID != "" {
+			id, known = c.CustomerID, true
+			g.learnID(customer, id)
+		}
 	}
-	key := usageKey{event: cfg.eventID, n: 1}
-	if done, err := g.tryRecordFirst(ctx, customer, metric, cfg, &d, &key); done || err != nil {
-		return d, err
+	if known && cfg.eventID != "" {
+		via := viaUsage
+		switch {
+		case cfg.reserve:
+			via = viaHold
+		case g.leases != nil:
+			via = viaLease
+		}
+		if replay, err := g.claimEvent(ctx, rec, id, metric, cfg, via); replay != nil || err != nil {
+			if replay != nil {
+				return *replay, nil
+			}
+			return d, err
+		}
+		key.n = rec.c.Attempt
 	}
-	ent, err := g.client.Check(ctx, customer, metric, cfg.units)
-	if isCustomerNotFound(err) {
-		return g.deny(ctx, customer, d, ReasonNoAccount), nil
+	var refused *quotastack.Entitlement // a refusal read from a 402: no check needed
+	if known && g.leases != nil && !cfg.reserve && (!rec.claimed || rec.c.Via == viaLease) {
+		ld, ok, r, err := g.leased(ctx, id, metric, cfg)
+		if ok || err != nil {
+			return ld, err
+		}
+		refused = r
+		if err := g.switchVia(ctx, rec, viaUsage); err != nil {
+			return d, err
+		}
 	}
-	if err != nil {
-		return d, err
+	if refused == nil {
+		var done bool
+		var err error
+		if done, refused, err = g.tryRecordFirst(ctx, customer, metric, cfg, &d, key); done || err != nil {
+			return d, err
+		}
+	}
+	ent := refused
+	if ent == nil {
+		var err error
+		ent, err = g.client.Check(ctx, customer, metric, cfg.units)
+		if isCustomerNotFound(err) {
+			return g.deny(ctx, customer, d, ReasonNoAccount), nil
+		}
+		if err != nil {
+			return d, err
+		}
+		if d.CustomerID, err = g.resolve(ctx, customer, ent); err != nil {
+			return d, err
+		}
+	} else {
+		d.CustomerID = id
 	}
 	d.Entitlement = ent
-	if d.CustomerID, err = g.resolve(ctx, customer, ent); err != nil {
-		return d, err
-	}
 	g.learnID(customer, d.CustomerID)
+	if cfg.eventID != "" && !rec.claimed {
+		via := viaUsage
+		if cfg.reserve {
+			via = viaHold
+		}
+		replay, err := g.claimEvent(ctx, rec, d.CustomerID, metric, cfg, via)
+		if replay != nil || err != nil {
+			if replay != nil {
+				return *replay, nil
+			}
+			return d, err
+		}
+		key.n = rec.c.Attempt
+	}
 	canon := customerOf(d.CustomerID)
 	key.customerID = d.CustomerID
 	if ent.Allowed {
-		ok, err := g.consume(ctx, &d, canon, metric, cfg, &key)
+		ok, err := g.consume(ctx, &d, canon, metric, cfg, key)
 		if err != nil || ok {
 			d.Reason = ReasonEntitled
 			return d, err
 		}
 		// 402: spent by a concurrent action since the check; go on as not entitled.
 	}
+	var served bool
+	var err error
+	if d, served, err = g.leaseBeforeBuying(ctx, d, metric, cfg, key); served || err != nil {
+		return d, err
+	}
+	ent = d.Entitlement
 
 	enabled := true
 	if cfg.autoBuy != nil {
@@ -108,7 +182,23 @@ func (g *Gatekeeper) gate(ctx context.Context, customer quotastack.Customer, met
 		// Decided before buying: one plan can't let this action through.
 		return g.deny(ctx, customer, d, ReasonActionTooLarge), nil
 	}
-	return g.purchaseAndConsume(ctx, customer, metric, cfg, p, started, d, &key)
+	d, err = g.purchaseAndConsume(ctx, customer, metric, cfg, p, started, d, key)
+	if d.Purchase != nil {
+		g.leases.allowAgain(d.CustomerID, metric)
+	}
+	return d, err
+}
+
+// refusalFrom reads a refused entitlement from a 402's figures (required and
+// available, in millicredits): enough to decide on a purchase without a check.
+func refusalFrom(err error, customerID, metric string, units int64) (*quotastack.Entitlement, bool) {
+	var apiErr *quotastack.APIError
+	if !errors.As(err, &apiErr) || !errors.Is(err, quotastack.ErrInsufficientCredits) || apiErr.Required <= 0 {
+		return nil, false
+	}
+	return &quotastack.Entitlement{Allowed: false, CustomerID: customerID, BillableMetricKey: metric, Units: units,
+		EffectiveBalance: apiErr.Available, EstimatedCost: apiErr.Required,
+		BalanceAfter: apiErr.Available - apiErr.Required}, true
 }
 
 // tooLarge reports whether the action would still be refused with one more
@@ -226,7 +316,7 @@ func (g *Gatekeeper) purchaseError(ctx context.Context, customer quotastack.Cust
 		d.Err = err
 		return g.deny(ctx, customer, d, ReasonPurchaseInReview), nil
 	}
-	if isOutage(ctx, err) {
+	if quotastack.IsOutage(ctx, err) {
 		return d, err
 	}
 	d.Err = err
@@ -400,18 +490,28 @@ func (g *Gatekeeper) resolve(ctx context.Context, customer quotastack.Customer, 
 // lock takes the customer's purchase lock, waiting at most the purchase
 // timeout; the release is bounded too, whatever the caller's context.
 func (g *Gatekeeper) lock(ctx context.Context, customerID string) (func(), error) {
-	lctx, cancel := context.WithTimeout(ctx, g.purchaseTimeout)
-	defer cancel()
-	unlock, err := g.locker.Lock(lctx, "quotastack:autobuy:"+customerID)
+	unlock, err := g.lockKey(ctx, "quotastack:autobuy:"+customerID)
 	if err != nil {
 		return nil, fmt.Errorf("autobuy: locking customer %s: %w", customerID, err)
+	}
+	return unlock, nil
+}
+
+// lockKey takes the Locker's lock on key, waiting at most the purchase
+// timeout; the release is bounded too, whatever the caller's context.
+func (g *Gatekeeper) lockKey(ctx context.Context, key string) (func(), error) {
+	lctx, cancel := context.WithTimeout(ctx, g.purchaseTimeout)
+	defer cancel()
+	unlock, err := g.locker.Lock(lctx, key)
+	if err != nil {
+		return nil, err
 	}
 	return func() {
 		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		defer cancel()
 		if err := unlock(uctx); err != nil {
-			// The lock expired while held; the journal's revisions kept the purchase single.
-			g.log.WarnContext(ctx, "autobuy: lock was lost before release", "customer_id", customerID, "error", err)
+			// The lock expired while held; revisions in the stores kept the work single.
+			g.log.WarnContext(ctx, "autobuy: lock was lost before release", "lock", key, "error", err)
 		}
 	}, nil
 }
@@ -423,6 +523,8 @@ func (g *Gatekeeper) lock(ctx context.Context, customerID string) (func(), error
 type usageKey struct {
 	customerID, event string // event "" means a random key per record
 	n                 int
+	hold              bool  // a reservation: "hold:{customer}:{event}:{n}"
+	refusal           error // the last 402 a record or hold met, with its figures
 }
 
 // maxUsageAttempts bounds the keys one gate walks through before giving up on
@@ -433,6 +535,9 @@ func (k *usageKey) current() string {
 	switch {
 	case k.event == "":
 		return ""
+	case k.hold:
+		// A released hold's key is never reused: the next attempt holds anew.
+		return idem.Join("hold", k.customerID, k.event, strconv.Itoa(max(k.n, 1)))
 	case k.n <= 1:
 		return idem.Join("usage", k.customerID, k.event)
 	}
@@ -462,6 +567,7 @@ func (g *Gatekeeper) consume(ctx context.Context, d *Decision, customer quotasta
 		if !errors.Is(err, quotastack.ErrInsufficientCredits) {
 			return false, err
 		}
+		key.refusal = err
 		if key.event == "" {
 			return false, nil
 		}

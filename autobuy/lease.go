@@ -4,49 +4,46 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
+	"strconv"
 	"sync"
 	"time"
 
 	"github.com/quotastack/quotastack-go"
+	"github.com/quotastack/quotastack-go/internal/idem"
 )
 
 // LeaseConfig configures lease mode (WithLease).
 type LeaseConfig struct {
-	// Actions is how many actions one lease holds the credits of (default 50).
+	// Actions is the most actions one lease holds the credits of (default
+	// 50). A lease holds fewer when the customer can't afford that many, and
+	// the next one fewer when a customer used little of the last.
 	Actions int64
-	// TTL is the reservation's lifetime (default 5 min, at most 1 h): what a
-	// crash can leave uncommitted, and when the server returns it.
+	// TTL is the reservation's lifetime (default 5 min, at most 1 h). A lease
+	// is committed once half of it has passed, well before the server returns
+	// its credits; keep it above twice the clock skew between replicas.
 	TTL time.Duration
 	// Linger commits a lease idle this long (default 10 s).
 	Linger time.Duration
-	// Events, when set, remembers the event ids let through on leases for
-	// TTL, so a repeat of an event is let through once across the leases of
-	// every replica sharing it (redislock.NewEventStore); without it an event
-	// id is counted once per lease.
-	Events EventStore
-}
-
-// EventStore remembers the events let through on leases, shared by the
-// replicas that use one. Implementations must be safe for concurrent use.
-type EventStore interface {
-	// FirstUse reports whether key is seen for the first time, and remembers
-	// it for ttl either way; an error refuses the lease path (the gate then
-	// checks and records the action one by one).
-	FirstUse(ctx context.Context, key string, ttl time.Duration) (bool, error)
 }
 
 // WithLease serves hot customers from leases: one reservation (POST
-// /v1/reserve) holds the credits of cfg.Actions actions of a metric; actions
-// are let through locally against it, and the units used are committed when
-// it runs out (then the next lease is reserved), when it has been idle for
-// cfg.Linger, and on Flush or Close. The server holds the credits, so
-// nothing is overspent. When no lease can be had (the credits can't cover
-// one), the gate falls back to the per-action path with auto-buy. An event
-// id is let through once per lease (a repeat within the lease is not counted
-// again). A crash loses the uncommitted units of its leases: the server
-// returns their credits when the reservation's TTL passes, so those actions
-// were free (the tenant's loss, never the customer's). Call Close on
-// shutdown. Not with WithReservation gates, which hold per action.
+// /v1/reserve) holds the credits of several actions of a metric, and actions
+// are let through against it with no request, each counted in the ChargeLog
+// (WithChargeLog) before it goes through. The units counted are committed
+// when the lease is full, half its TTL old, idle for Linger, and on Flush or
+// Close. With a shared ChargeLog the replicas share one lease per customer
+// and metric, and a restarted process commits what a dead one counted.
+//
+// Guarantees, in the words of the general promise: an event (WithEventID) is
+// charged once whatever mode, replica or id form gates it again; credits held
+// by a lease are never the reason a plan is bought (the lease is used, or
+// settled and the customer checked again); a commit whose answer is lost is
+// resent with the same units, and a lease found expired is charged with a
+// usage record instead. What a lease can't promise: with the in-process
+// ChargeLog, a crash loses the units its leases counted (the reservation
+// expires and returns them: those actions were free, the tenant's loss,
+// never the customer's). Not with WithReservation gates, which hold per action.
 func WithLease(cfg LeaseConfig) Option {
 	return func(g *Gatekeeper) {
 		if cfg.Actions <= 0 {
@@ -58,130 +55,316 @@ func WithLease(cfg LeaseConfig) Option {
 		if cfg.Linger <= 0 {
 			cfg.Linger = 10 * time.Second
 		}
-		g.leases = &leases{cfg: cfg, by: map[string]*lease{}}
+		g.leases = &leases{cfg: cfg, noLease: map[[2]string]time.Time{}, size: map[[2]string]int64{}}
 	}
 }
 
+// leases is lease mode's process-local state: hints only (money is in the
+// ChargeLog) and the background committer.
 type leases struct {
-	cfg  LeaseConfig
-	mu   sync.Mutex
-	by   map[string]*lease
-	stop chan struct{}
-	done chan struct{}
+	cfg     LeaseConfig
+	mu      sync.Mutex
+	noLease map[[2]string]time.Time // customer and metric: no lease to be had before then
+	size    map[[2]string]int64     // customer and metric: the next lease's actions
+	stop    chan struct{}
+	done    chan struct{}
 }
 
-// lease is the credits of one reservation for one customer and metric.
-type lease struct {
-	mu       sync.Mutex
-	res      *quotastack.Reservation // nil when none is held
-	left     int64                   // units still held
-	used     int64                   // units let through, to commit
-	events   map[string]bool         // event ids let through on this lease
-	lastUsed time.Time               // wall clock, for the linger
-	noLease  time.Time               // wall clock: no lease to be had before then
-	dropped  bool                    // pruned from the map: not to be used
+// leaseHintsMax bounds the hint maps; past it they are cleared (a cleared
+// hint costs one refused reserve or one larger lease, never money).
+const leaseHintsMax = 100_000
+
+func (ls *leases) blocked(k [2]string) bool {
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	return time.Now().Before(ls.noLease[k])
 }
 
-// leased serves the action from the customer's lease when lease mode is on.
-// ok false means no lease could be had: the caller goes the per-action way.
-func (g *Gatekeeper) leased(ctx context.Context, customer quotastack.Customer, metric string, cfg gateConfig) (Decision, bool, error) {
+func (ls *leases) block(k [2]string) {
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	if len(ls.noLease) >= leaseHintsMax {
+		clear(ls.noLease)
+	}
+	ls.noLease[k] = time.Now().Add(ls.cfg.Linger)
+}
+
+// allowAgain lifts the no-lease hint after a purchase: the customer can
+// afford a lease again.
+func (ls *leases) allowAgain(customerID, metric string) {
+	if ls == nil {
+		return
+	}
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	delete(ls.noLease, [2]string{customerID, metric})
+}
+
+// nextSize is the actions the next lease of the customer holds.
+func (ls *leases) nextSize(k [2]string) int64 {
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	if n, ok := ls.size[k]; ok {
+		return n
+	}
+	return ls.cfg.Actions
+}
+
+// sized remembers how much of a settled lease was used: a lease committed
+// idle and mostly unused makes the next one smaller (twice what was used),
+// a full one restores the maximum.
+func (ls *leases) sized(l Lease) {
+	per := max(l.UnitsPerEvent, 1)
+	used := l.Used / per
+	k := [2]string{l.CustomerID, l.Metric}
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	if len(ls.size) >= leaseHintsMax {
+		clear(ls.size)
+	}
+	if next := min(max(2*used, 1), ls.cfg.Actions); l.Used < l.Held/2 {
+		ls.size[k] = next
+	} else {
+		delete(ls.size, k)
+	}
+}
+
+// leased serves the action from the customer's lease. ok false means no
+// lease could be had: the caller goes the per-action way, with refused set
+// when the reserve's 402 already says the customer is out of credits.
+func (g *Gatekeeper) leased(ctx context.Context, customerID, metric string, cfg gateConfig) (d Decision, ok bool, refused *quotastack.Entitlement, err error) {
 	ls := g.leases
-	if ls == nil || cfg.reserve {
-		return Decision{}, false, nil
-	}
 	ls.startLinger(g)
-	key := customer.String() + "\x00" + metric
-	var l *lease
-	for {
-		ls.mu.Lock()
-		l = ls.by[key]
-		if l == nil {
-			l = &lease{}
-			ls.by[key] = l
+	k := [2]string{customerID, metric}
+	for range 3 {
+		l, took, err := g.charges.TakeLease(ctx, customerID, metric, cfg.units, g.now())
+		if err != nil {
+			g.log.WarnContext(ctx, "autobuy: the charge log failed; gating per action", "error", err)
+			return Decision{}, false, nil, nil // the per-action path charges per action
 		}
-		ls.mu.Unlock()
-		l.mu.Lock()
-		if !l.dropped {
-			break
+		if took {
+			if g.leaseDue(l) {
+				// Half its TTL has passed: commit it now, ahead of its expiry.
+				if err := g.renewLease(ctx, customerID, metric, cfg, false); err != nil {
+					g.log.WarnContext(ctx, "autobuy: committing a due lease failed; retried later", "reservation", l.ReservationID, "error", err)
+				}
+			}
+			return Decision{Allowed: true, Reason: ReasonEntitled, CustomerID: customerID, Leased: true,
+				leaseID: l.ReservationID}, true, nil, nil
 		}
-		l.mu.Unlock() // pruned meanwhile: take the map's current one
+		if ls.blocked(k) {
+			return Decision{}, false, nil, nil
+		}
+		// No lease, a full one, or one being committed: settle and reserve anew.
+		err = g.renewLease(ctx, customerID, metric, cfg, true)
+		var ref *leaseRefusal
+		if errors.As(err, &ref) {
+			return Decision{}, false, ref.ent, nil
+		}
+		if err != nil {
+			return Decision{}, false, nil, err
+		}
 	}
-	defer l.mu.Unlock()
-	if l.res != nil && cfg.eventID != "" && l.events[cfg.eventID] {
-		return g.leaseDecision(l), true, nil // this event already went through on this lease
-	}
+	return Decision{}, false, nil, nil // lost every race for the lease: per action
+}
 
-	if l.res != nil && (l.left < cfg.units || g.now().After(l.res.ExpiresAt.Add(-ls.cfg.TTL/10))) {
-		if err := g.commitLease(ctx, l); err != nil {
-			return Decision{}, false, err
+// leaseRefusal: the customer's credits can't cover one action on a lease.
+type leaseRefusal struct{ ent *quotastack.Entitlement }
+
+func (e *leaseRefusal) Error() string { return "autobuy: no lease: the credits can't cover an action" }
+
+// leaseDue reports whether a lease must be committed before it serves more:
+// half its TTL has passed (by this replica's clock against the server's expiry).
+func (g *Gatekeeper) leaseDue(l Lease) bool {
+	return !g.now().Before(l.ExpiresAt.Add(-g.leases.cfg.TTL / 2))
+}
+
+// renewLease, under the customer's lease lock, settles the customer's lease
+// if it is full, due or being committed, and (reserve true) reserves a new
+// one sized to what the customer acts and can afford.
+func (g *Gatekeeper) renewLease(ctx context.Context, customerID, metric string, cfg gateConfig, reserve bool) error {
+	unlock, err := g.lockKey(ctx, "quotastack:lease:"+idem.Join("l", customerID, metric))
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	l, found, err := g.charges.Lease(ctx, customerID, metric)
+	if err != nil {
+		return &chargeLogError{err}
+	}
+	if found {
+		full := l.Used+cfg.units > l.Held
+		if !full && !l.Committing && !g.leaseDue(l) {
+			return nil // another gate renewed it meanwhile: take from it
+		}
+		if err := g.settleLease(ctx, l); err != nil {
+			return err
 		}
 	}
-	if l.res == nil {
-		if time.Now().Before(l.noLease) {
-			return Decision{}, false, nil
-		}
-		res, err := g.client.Reserve(ctx, quotastack.ReserveParams{Customer: customer, MetricKey: metric,
-			EstimatedUnits: ls.cfg.Actions * cfg.units, TTL: ls.cfg.TTL})
+	if !reserve {
+		return nil
+	}
+	return g.reserveLease(ctx, customerID, metric, cfg)
+}
+
+// reserveLease reserves a new lease; a 402 resizes it to what the customer
+// can afford, from the 402's figures, or refuses it (leaseRefusal).
+func (g *Gatekeeper) reserveLease(ctx context.Context, customerID, metric string, cfg gateConfig) error {
+	ls := g.leases
+	k := [2]string{customerID, metric}
+	actions := ls.nextSize(k)
+	leaseKey := "lease_" + strconv.FormatInt(time.Now().UnixMilli(), 36) + "_" + strconv.FormatUint(rand.Uint64(), 36)
+	for try := 0; ; try++ {
+		res, err := g.client.Reserve(ctx, quotastack.ReserveParams{Customer: customerOf(customerID), MetricKey: metric,
+			EstimatedUnits: actions * cfg.units, TTL: ls.cfg.TTL, Metadata: map[string]string{"quotastack_lease": leaseKey}},
+			quotastack.WithIdempotencyKey(idem.Join("lease", customerID, metric, leaseKey, strconv.Itoa(try))))
 		if errors.Is(err, quotastack.ErrInsufficientCredits) {
-			// No lease: the per-action path (and its auto-buy) until a linger
-			// has passed, so an exhausted customer doesn't pay a reserve per action.
-			l.noLease = time.Now().Add(ls.cfg.Linger)
-			return Decision{}, false, nil
+			var apiErr *quotastack.APIError
+			fit := int64(0)
+			if errors.As(err, &apiErr) && apiErr.Required > 0 && apiErr.Available > 0 {
+				fit = actions * apiErr.Available / apiErr.Required
+			}
+			if fit >= 1 && fit < actions && try == 0 {
+				actions = fit // a partly used plan: a lease of what is left
+				continue
+			}
+			ls.block(k)
+			ent, _ := refusalFrom(err, customerID, metric, cfg.units)
+			if ent != nil && actions > 1 {
+				// The 402 priced the whole lease: restate it for one action.
+				ent.EstimatedCost = apiErr.Required / actions
+				ent.BalanceAfter = apiErr.Available - ent.EstimatedCost
+				if ent.BalanceAfter >= 0 {
+					ent = nil // one action may fit after all: let the check decide
+				}
+			}
+			return &leaseRefusal{ent: ent}
 		}
 		if err != nil {
-			return Decision{}, false, err
+			return err
 		}
-		l.res, l.left, l.used, l.events = res, res.EstimatedUnits, 0, map[string]bool{}
-	}
-	if ls.cfg.Events != nil && cfg.eventID != "" {
-		first, err := ls.cfg.Events.FirstUse(ctx, quotastack.DeriveKey("lease-event", key, cfg.eventID), ls.cfg.TTL)
-		if err != nil {
-			return Decision{}, false, nil // the per-action path, whose usage keys dedupe
+		now := g.now()
+		l := Lease{CustomerID: customerID, Metric: metric, ReservationID: res.ID, UnitsPerEvent: cfg.units,
+			Held: res.EstimatedUnits, ExpiresAt: res.ExpiresAt, CreatedAt: now, LastUsed: now}
+		if l.Held <= 0 {
+			l.Held = actions * cfg.units
 		}
-		if !first {
-			return g.leaseDecision(l), true, nil // it went through on a lease already (maybe another replica's)
+		if l.ExpiresAt.IsZero() {
+			l.ExpiresAt = now.Add(ls.cfg.TTL) // a server that leaves it out: our clock, our TTL
 		}
+		if err := g.charges.PutLease(ctx, &l); err != nil {
+			// Another replica's lease got there first (our lock lapsed): give this one back.
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), g.purchaseTimeout)
+			defer cancel()
+			_, _ = g.client.Release(rctx, res.ID, quotastack.WithIdempotencyKey(idem.Join("lease-release", res.ID)))
+			if errors.Is(err, ErrChargeConflict) {
+				return nil
+			}
+			return &chargeLogError{err}
+		}
+		return nil
 	}
-	l.left -= cfg.units
-	l.used += cfg.units
-	l.lastUsed = time.Now()
-	if cfg.eventID != "" {
-		l.events[cfg.eventID] = true
-	}
-	return g.leaseDecision(l), true, nil
 }
 
-func (g *Gatekeeper) leaseDecision(l *lease) Decision {
-	return Decision{Allowed: true, Reason: ReasonEntitled, CustomerID: l.res.CustomerID, Leased: true}
-}
-
-// commitLease commits the units used on l's reservation (idempotently, keyed
-// by the reservation id) and forgets it. l.mu is held.
-func (g *Gatekeeper) commitLease(ctx context.Context, l *lease) error {
-	res := l.res
+// settleLease commits what l counted (or releases an unused one) and
+// deletes it. The units are frozen first (Committing), so a commit resent
+// after a lost answer carries the same body under the same key. A lease the
+// server no longer holds (expired) is charged with a usage record keyed by
+// the reservation: what was let through is charged either way.
+func (g *Gatekeeper) settleLease(ctx context.Context, l Lease) error {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), g.purchaseTimeout)
 	defer cancel()
-	var err error
-	if l.used > 0 {
-		_, err = g.client.Commit(ctx, res.ID, l.used, quotastack.WithIdempotencyKey(quotastack.DeriveKey("lease-commit", res.ID)))
-	} else {
-		_, err = g.client.Release(ctx, res.ID, quotastack.WithIdempotencyKey(quotastack.DeriveKey("lease-release", res.ID)))
+	if !l.Committing {
+		l.Committing = true
+		if err := g.charges.PutLease(ctx, &l); err != nil {
+			if errors.Is(err, ErrChargeConflict) {
+				return nil // it moved (a take, or another settler): the caller looks again
+			}
+			return &chargeLogError{err}
+		}
 	}
-	if errors.Is(err, quotastack.ErrConflict) {
-		// Not active any more: it expired before this commit, and the server
-		// returned its credits. Those units were free.
-		g.log.WarnContext(ctx, "autobuy: a lease expired before its commit; its units were not charged",
-			"reservation", res.ID, "units", l.used)
+	var err error
+	if l.Used > 0 {
+		_, err = g.client.Commit(ctx, l.ReservationID, l.Used, quotastack.WithIdempotencyKey(idem.Join("lease-commit", l.ReservationID)))
+		if isNotActive(err) {
+			_, err = g.client.Record(ctx, quotastack.UsageParams{Customer: customerOf(l.CustomerID), MetricKey: l.Metric,
+				Units: l.Used, Metadata: map[string]string{"lease_reservation": l.ReservationID}},
+				quotastack.WithIdempotencyKey(idem.Join("lease-settle", l.ReservationID)))
+			if errors.Is(err, quotastack.ErrInsufficientCredits) {
+				g.log.ErrorContext(ctx, "autobuy: a lease expired before its commit and its units could not be charged",
+					"customer_id", l.CustomerID, "reservation", l.ReservationID, "units", l.Used)
+				err = nil
+			}
+		}
+	} else {
+		_, err = g.client.Release(ctx, l.ReservationID, quotastack.WithIdempotencyKey(idem.Join("lease-release", l.ReservationID)))
+		if isNotActive(err) {
+			err = nil
+		}
+	}
+	if err != nil && !quotastack.IsOutage(ctx, err) {
+		// A definite refusal (the reservation unknown to this key, say): it
+		// can never be settled, and keeping it would block the customer.
+		g.log.ErrorContext(ctx, "autobuy: a lease could not be settled and is dropped; its units were not charged",
+			"customer_id", l.CustomerID, "reservation", l.ReservationID, "units", l.Used, "error", err)
 		err = nil
 	}
 	if err != nil {
-		return fmt.Errorf("autobuy: committing lease %s: %w", res.ID, err)
+		return fmt.Errorf("autobuy: settling lease %s (%d units): %w", l.ReservationID, l.Used, err)
 	}
-	l.res, l.left, l.used, l.events = nil, 0, 0, nil
+	if g.leases != nil {
+		g.leases.sized(l)
+	}
+	if err := g.charges.DeleteLease(ctx, l); err != nil && !errors.Is(err, ErrChargeConflict) {
+		return &chargeLogError{err}
+	}
 	return nil
 }
 
-// startLinger starts, once, the goroutine that commits idle leases.
+// leaseBeforeBuying applies the lease rule on the purchase path: credits
+// held by one of our leases are never the reason a plan is bought. If the
+// customer has a lease on metric it serves the action; a full or due one is
+// settled and the customer checked again: allowed, the action is recorded
+// (served); refused, the caller goes on to buy with the new check in d.
+func (g *Gatekeeper) leaseBeforeBuying(ctx context.Context, d Decision, metric string, cfg gateConfig, key *usageKey) (Decision, bool, error) {
+	if cfg.reserve || d.CustomerID == "" {
+		return d, false, nil
+	}
+	l, found, err := g.charges.Lease(ctx, d.CustomerID, metric)
+	if err != nil || !found {
+		return d, false, nil
+	}
+	if !l.Committing && !g.leaseDue(l) {
+		if got, took, err := g.charges.TakeLease(ctx, d.CustomerID, metric, cfg.units, g.now()); err == nil && took {
+			d.Allowed, d.Reason, d.Leased, d.leaseID = true, ReasonEntitled, true, got.ReservationID
+			return d, true, nil
+		}
+	}
+	if g.leases != nil {
+		err = g.renewLease(ctx, d.CustomerID, metric, cfg, false)
+	} else {
+		err = g.settleLease(ctx, l)
+	}
+	if err != nil {
+		return d, false, err
+	}
+	ent, err := g.client.Check(ctx, customerOf(d.CustomerID), metric, cfg.units)
+	if err != nil {
+		return d, false, err
+	}
+	d.Entitlement = ent
+	if !ent.Allowed {
+		return d, false, nil
+	}
+	ok, err := g.consume(ctx, &d, customerOf(d.CustomerID), metric, cfg, key)
+	if err != nil || ok {
+		d.Reason = ReasonEntitled
+		return d, true, err
+	}
+	return d, false, nil // spent by a concurrent action: a new exhaustion
+}
+
+// startLinger starts, once, the goroutine that commits idle and due leases.
 func (ls *leases) startLinger(g *Gatekeeper) {
 	ls.mu.Lock()
 	defer ls.mu.Unlock()
@@ -192,58 +375,82 @@ func (ls *leases) startLinger(g *Gatekeeper) {
 	ls.stop, ls.done = stop, done
 	go func() {
 		defer close(done)
-		t := time.NewTicker(ls.cfg.Linger / 2)
+		t := time.NewTicker(max(ls.cfg.Linger/2, 10*time.Millisecond))
 		defer t.Stop()
 		for {
 			select {
 			case <-stop:
 				return
 			case <-t.C:
-				_ = g.flushLeases(context.Background(), time.Now().Add(-ls.cfg.Linger))
+				_ = g.flushLeases(context.Background(), false)
 			}
 		}
 	}()
 }
 
-// flushLeases commits every lease last used before idleSince (all of them
-// for a zero time). A linger pass also forgets the idle entries, so memory
-// is bounded by the customers active within the linger.
-func (g *Gatekeeper) flushLeases(ctx context.Context, idleSince time.Time) error {
+// flushLeases settles the leases of the ChargeLog that are idle for the
+// linger, due, or being committed (all for all true), least recently used first.
+func (g *Gatekeeper) flushLeases(ctx context.Context, all bool) error {
 	ls := g.leases
 	if ls == nil {
 		return nil
 	}
-	ls.mu.Lock()
-	all := make(map[string]*lease, len(ls.by))
-	for k, l := range ls.by {
-		all[k] = l
+	idle := time.Time{}
+	if !all {
+		idle = g.now().Add(-ls.cfg.Linger)
 	}
-	ls.mu.Unlock()
+	candidates, err := g.charges.Leases(ctx, time.Time{}, 0)
+	if err != nil {
+		return &chargeLogError{err}
+	}
 	var errs []error
-	for k, l := range all {
-		l.mu.Lock()
-		idle := idleSince.IsZero() || l.lastUsed.Before(idleSince)
-		if l.res != nil && idle {
-			if err := g.commitLease(ctx, l); err != nil {
-				errs = append(errs, err)
+	for _, l := range candidates {
+		if !all && !l.Committing && !g.leaseDue(l) && !l.LastUsed.Before(idle) {
+			continue
+		}
+		unlock, err := g.lockKey(ctx, "quotastack:lease:"+idem.Join("l", l.CustomerID, l.Metric))
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		cur, found, err := g.charges.Lease(ctx, l.CustomerID, l.Metric)
+		if err == nil && found && cur.ReservationID == l.ReservationID {
+			err = g.settleLease(ctx, cur)
+			if all {
+				err = g.settleAgain(ctx, cur, err)
 			}
 		}
-		if l.res == nil && idle && !idleSince.IsZero() {
-			ls.mu.Lock()
-			if ls.by[k] == l {
-				delete(ls.by, k)
-				l.dropped = true
-			}
-			ls.mu.Unlock()
+		unlock()
+		if err != nil {
+			errs = append(errs, err)
 		}
-		l.mu.Unlock()
 	}
 	return errors.Join(errs...)
 }
 
-// Flush commits the units used on every lease now (lease mode). The leases
-// are reserved again on the next actions.
-func (g *Gatekeeper) Flush(ctx context.Context) error { return g.flushLeases(ctx, time.Time{}) }
+// settleAgain retries a settle that QuotaStack could not answer (a rate
+// limit, an outage) until it lands or the purchase timeout passes: Flush and
+// Close must not leave counted units behind lightly.
+func (g *Gatekeeper) settleAgain(ctx context.Context, l Lease, err error) error {
+	deadline := time.Now().Add(g.purchaseTimeout)
+	wait := 50 * time.Millisecond
+	for err != nil && quotastack.IsOutage(ctx, err) && time.Now().Add(wait).Before(deadline) {
+		if serr := sleepCtx(ctx, wait); serr != nil {
+			return err
+		}
+		wait = min(2*wait, time.Second)
+		cur, found, lerr := g.charges.Lease(ctx, l.CustomerID, l.Metric)
+		if lerr != nil || !found || cur.ReservationID != l.ReservationID {
+			return nil // settled meanwhile
+		}
+		err = g.settleLease(ctx, cur)
+	}
+	return err
+}
+
+// Flush commits the units counted on every lease of the ChargeLog now
+// (lease mode). The leases are reserved again on the next actions.
+func (g *Gatekeeper) Flush(ctx context.Context) error { return g.flushLeases(ctx, true) }
 
 // Close stops lease mode's background committer and commits every lease. A
 // gate used after Close starts them again. Without lease mode it does nothing.

@@ -56,7 +56,7 @@ type Denial struct {
 // Refusal is a request the middleware answers without running the handler.
 type Refusal struct {
 	Status     int           // the HTTP status the middleware chose (see Middleware)
-	RetryAfter time.Duration // sent as Retry-After when > 0
+	RetryAfter time.Duration // sent as Retry-After (whole seconds, at most MaxRetryAfter) when > 0
 	Decision   Decision      // the gate's decision; zero when Err is set
 	// Err is the ActionFunc's error (Status 400 or its HTTPStatus) or the
 	// gate's error; nil for a denial.
@@ -118,11 +118,13 @@ func OnSettle(fn func(r *http.Request, d Decision, committed bool, err error)) M
 //     action_too_large, no_account (a topup creates the account).
 //   - 429 with Retry-After: denials worth retrying soon: insufficient_credits,
 //     purchase_unavailable.
-//   - 503 (Retry-After when QuotaStack sent one): QuotaStack could not answer
-//     (the unavailable reason of a FailClosed gate, or the error of a
-//     ReturnError gate: transport errors, timeouts, 5xx, 429 after retries).
+//   - 503 (Retry-After when QuotaStack sent one, capped at MaxRetryAfter):
+//     QuotaStack could not answer (quotastack.IsOutage: the unavailable
+//     reason of a FailClosed gate, or the error of a ReturnError gate:
+//     transport errors, timeouts, 5xx, 429 after retries, unreadable answers).
 //   - 500: configuration errors: entitlement_failed_after_purchase, a
-//     rejected API key, an unknown metric or a metric without a rule.
+//     rejected API key, an unknown metric or a metric without a rule, and
+//     any other 4xx QuotaStack answered (403, 405, 410, 413, ...).
 //   - 409: the event id was used before for another action.
 //   - 400: the ActionFunc's error (or its HTTPStatus), or an invalid Action.
 func Middleware(g *Gatekeeper, action ActionFunc, opts ...MiddlewareOption) func(http.Handler) http.Handler {
@@ -149,7 +151,7 @@ func Middleware(g *Gatekeeper, action ActionFunc, opts ...MiddlewareOption) func
 			}
 			d, err := cfg.gate(r.Context(), a.Customer, a.Metric, gopts...)
 			if err != nil {
-				cfg.refuse(w, r, errorRefusal(err))
+				cfg.refuse(w, r, errorRefusal(r.Context(), err))
 				return
 			}
 			if !d.Allowed {
@@ -161,14 +163,14 @@ func Middleware(g *Gatekeeper, action ActionFunc, opts ...MiddlewareOption) func
 				next.ServeHTTP(w, r)
 				return
 			}
-			serveHeld(w, r, next, g.client, d, cfg)
+			serveHeld(w, r, next, g, d, cfg)
 		})
 	}
 }
 
 // serveHeld runs next and settles the hold: commit below 400, release at 400
 // or above and on a panic (which then goes on).
-func serveHeld(w http.ResponseWriter, r *http.Request, next http.Handler, c *quotastack.Client, d Decision, cfg middlewareConfig) {
+func serveHeld(w http.ResponseWriter, r *http.Request, next http.Handler, g *Gatekeeper, d Decision, cfg middlewareConfig) {
 	sw := &statusWriter{ResponseWriter: w}
 	settled := false
 	settle := func(commit bool) {
@@ -177,12 +179,7 @@ func serveHeld(w http.ResponseWriter, r *http.Request, next http.Handler, c *quo
 		// would block the customer's credits until its TTL.
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), cfg.settleTime)
 		defer cancel()
-		var err error
-		if commit {
-			_, err = c.Commit(ctx, d.Hold.ID, d.Hold.EstimatedUnits, quotastack.WithIdempotencyKey("commit:"+d.Hold.ID))
-		} else {
-			_, err = c.Release(ctx, d.Hold.ID, quotastack.WithIdempotencyKey("release:"+d.Hold.ID))
-		}
+		err := g.Settle(ctx, d, commit, 0)
 		if cfg.onSettle != nil {
 			cfg.onSettle(r, d, commit, err)
 		}
@@ -245,7 +242,7 @@ func actionRefusal(err error) Refusal {
 	return Refusal{Status: status, Err: err, Body: Denial{Show: "error", Error: "bad_request", Detail: err.Error()}}
 }
 
-func errorRefusal(err error) Refusal {
+func errorRefusal(ctx context.Context, err error) Refusal {
 	ref := Refusal{Err: err}
 	var apiErr *quotastack.APIError
 	switch {
@@ -257,24 +254,17 @@ func errorRefusal(err error) Refusal {
 		return denialRefusal(Decision{Reason: ReasonNoAccount, Err: err})
 	case errors.Is(err, quotastack.ErrIdempotencyConflict):
 		ref.Status, ref.Body = http.StatusConflict, Denial{Show: "error", Error: "conflict"}
-	case unreachable(err):
+	case errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) || quotastack.IsOutage(ctx, err):
+		// QuotaStack could not answer (or the request's own context ended
+		// first, when nobody reads the answer anyway).
 		ref.Status, ref.Body = http.StatusServiceUnavailable, Denial{Show: "retry", Error: "billing_unavailable"}
 		if errors.As(err, &apiErr) {
-			ref.RetryAfter = apiErr.RetryAfter
+			ref.RetryAfter = capRetryAfter(apiErr.RetryAfter)
 		}
-	default: // a definite answer that is our (the tenant's) mistake: key, metric, rule
+	default: // a definite answer that is our (the tenant's) mistake: key, metric, rule, a 403 or any other 4xx
 		ref.Status, ref.Body = http.StatusInternalServerError, Denial{Show: "error", Error: "billing_misconfigured"}
 	}
 	return ref
-}
-
-// unreachable reports whether QuotaStack could not answer: no HTTP answer, a
-// 5xx, a 429 after retries, or a response that could not be read.
-func unreachable(err error) bool {
-	var reqErr *quotastack.RequestError
-	return errors.As(err, &reqErr) || errors.Is(err, quotastack.ErrServer) ||
-		errors.Is(err, quotastack.ErrRateLimited) || errors.Is(err, quotastack.ErrUnexpectedResponse) ||
-		errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled)
 }
 
 // retrySoon is the Retry-After of denials worth retrying.
@@ -293,7 +283,7 @@ func denialRefusal(d Decision) Refusal {
 		ref.Status, ref.Body.Show = http.StatusServiceUnavailable, "retry"
 		var apiErr *quotastack.APIError
 		if errors.As(d.Err, &apiErr) {
-			ref.RetryAfter = apiErr.RetryAfter
+			ref.RetryAfter = capRetryAfter(apiErr.RetryAfter)
 		}
 	case ReasonEntitlementFailedAfterPurchase:
 		ref.Status, ref.Body.Show = http.StatusInternalServerError, "error"
@@ -310,9 +300,26 @@ func denialRefusal(d Decision) Refusal {
 	return ref
 }
 
+// MaxRetryAfter caps the Retry-After the middleware sends to the app's own
+// clients (QuotaStack's, passed on, may be absurd): at most one hour.
+const MaxRetryAfter = time.Hour
+
+// capRetryAfter bounds a Retry-After passed on from QuotaStack to
+// [0, MaxRetryAfter].
+func capRetryAfter(d time.Duration) time.Duration { return min(max(d, 0), MaxRetryAfter) }
+
+// retryAfterSeconds is the Retry-After header value of d: whole seconds,
+// rounded up, capped at MaxRetryAfter; 0 for d <= 0 (no header).
+func retryAfterSeconds(d time.Duration) int64 {
+	if d <= 0 {
+		return 0
+	}
+	d = min(d, MaxRetryAfter)
+	return int64((d + time.Second - 1) / time.Second)
+}
+
 func writeRefusal(w http.ResponseWriter, _ *http.Request, ref Refusal) {
-	if ref.RetryAfter > 0 {
-		secs := int64((ref.RetryAfter + time.Second - 1) / time.Second)
+	if secs := retryAfterSeconds(ref.RetryAfter); secs > 0 {
 		w.Header().Set("Retry-After", strconv.FormatInt(secs, 10))
 	}
 	writeJSON(w, ref.Status, ref.Body)

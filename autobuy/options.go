@@ -64,6 +64,8 @@ type Gatekeeper struct {
 	suspendFor      time.Duration
 	recordFirst     recordFirst
 	leases          *leases
+	charges         ChargeLog
+	ids             *idCache // external ids resolved on this tenant, in this process
 }
 
 // Option configures a Gatekeeper.
@@ -93,6 +95,13 @@ func WithLocker(l Locker) Option { return func(g *Gatekeeper) { g.locker = l } }
 // WithJournal sets the purchase journal (default: a MemoryJournal, one
 // process). Replicas share one, with a shared Locker.
 func WithJournal(j Journal) Option { return func(g *Gatekeeper) { g.journal = j } }
+
+// WithChargeLog sets the record of charged events and leases (default: one
+// MemoryChargeLog shared by every Gatekeeper of the process). Replicas share
+// one (autobuy/redislock, autobuy/pgstore), with a shared Journal and Locker:
+// then a replayed event is answered from it on any replica, and leases are
+// shared.
+func WithChargeLog(c ChargeLog) Option { return func(g *Gatekeeper) { g.charges = c } }
 
 // WithHooks sets the outcome hooks.
 func WithHooks(h Hooks) Option { return func(g *Gatekeeper) { g.hooks = h } }
@@ -159,6 +168,11 @@ func New(client *quotastack.Client, opts ...Option) (*Gatekeeper, error) {
 	if g.log == nil {
 		g.log = slog.New(slog.DiscardHandler)
 	}
+	defaults := defaultsFor(client)
+	if g.charges == nil {
+		g.charges = defaults.charges
+	}
+	g.ids = defaults.ids
 	return g, nil
 }
 

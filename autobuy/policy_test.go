@@ -276,6 +276,7 @@ func TestFallbackNeverFreesADefiniteAnswer(t *testing.T) {
 			assert.ErrorIs(t, err, quotastack.ErrIdempotencyConflict)
 			assert.False(t, d.Allowed)
 			assert.False(t, d.Fallback)
+			w.srv.FlushAsyncUsage() // the refusal sent nothing that would have run a deferred debit
 			assert.Len(t, w.usageFor("chat_message"), 1, "the first action only")
 		}},
 		{"Locker down: purchase_unavailable, entitled customers served", func(t *testing.T, w *world, base []autobuy.Option) {

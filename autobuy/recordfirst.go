@@ -29,12 +29,9 @@ func (g *Gatekeeper) RecordFirst() bool {
 }
 
 // recordFirst holds the mode's state: whether it was asked for, armed by a
-// synchronous answer, or turned off by a 202, and the QuotaStack ids of
-// external customers seen (usage keys are scoped by that id, which a record
-// without a check doesn't return first).
+// synchronous answer, or turned off by a 202.
 type recordFirst struct {
 	on, armed, off atomic.Bool
-	ids            idCache
 }
 
 // observe arms or disarms the mode from a usage answer of any gate.
@@ -82,29 +79,28 @@ func (c *idCache) put(external, id string) {
 
 // tryRecordFirst records the action before any check, when the mode is on
 // and the customer's QuotaStack id is known. done is true when it decided
-// (allowed, or an error); false means go on with a check (refused with 402,
-// or the id unknown), with key moved past a refused attempt.
-func (g *Gatekeeper) tryRecordFirst(ctx context.Context, customer quotastack.Customer, metric string, cfg gateConfig, d *Decision, key *usageKey) (done bool, err error) {
+// (allowed, or an error); otherwise the gate goes on, with refused set when
+// the 402's figures say the customer is out (no check needed), with key
+// moved past a refused attempt.
+func (g *Gatekeeper) tryRecordFirst(ctx context.Context, customer quotastack.Customer, metric string, cfg gateConfig, d *Decision, key *usageKey) (done bool, refused *quotastack.Entitlement, err error) {
 	if !g.RecordFirst() || cfg.reserve {
-		return false, nil
+		return false, nil, nil
 	}
-	id := customer.ID()
-	if customer.IsExternal() {
-		var ok bool
-		if id, ok = g.recordFirst.ids.get(customer.ID()); !ok {
-			return false, nil // learnt from this gate's check
-		}
+	id, ok := g.canonicalID(customer)
+	if !ok {
+		return false, nil, nil // learnt from this gate's check
 	}
 	d.CustomerID, key.customerID = id, id
-	ok, err := g.consume(ctx, d, customerOf(id), metric, cfg, key)
+	ok, err = g.consume(ctx, d, customerOf(id), metric, cfg, key)
 	if err != nil {
 		if errors.Is(err, quotastack.ErrNotFound) {
-			return false, nil // a stale id or an unknown customer: the check tells
+			return false, nil, nil // a stale id or an unknown customer: the check tells
 		}
-		return true, err
+		return true, nil, err
 	}
 	if !ok {
-		return false, nil
+		refused, _ = refusalFrom(key.refusal, id, metric, cfg.units)
+		return false, refused, nil
 	}
 	if d.Usage != nil && d.Usage.Accepted {
 		// The server turned asynchronous after all (consume switched the mode
@@ -114,12 +110,13 @@ func (g *Gatekeeper) tryRecordFirst(ctx context.Context, customer quotastack.Cus
 		g.log.WarnContext(ctx, "autobuy: the server answered usage with 202 Accepted; record-first is off for this Gatekeeper")
 	}
 	d.Reason = ReasonEntitled
-	return true, nil
+	return true, nil, nil
 }
 
-// learnID remembers an external customer's QuotaStack id for record-first.
+// learnID remembers an external customer's QuotaStack id: records, leases
+// and record-first find the customer by it before a check.
 func (g *Gatekeeper) learnID(customer quotastack.Customer, id string) {
-	if g.recordFirst.on.Load() && customer.IsExternal() && id != "" {
-		g.recordFirst.ids.put(customer.ID(), id)
+	if customer.IsExternal() && id != "" {
+		g.ids.put(customer.ID(), id)
 	}
 }

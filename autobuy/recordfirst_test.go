@@ -45,7 +45,7 @@ func TestRecordFirst(t *testing.T) {
 		require.NoError(t, err)
 		assert.True(t, d.Allowed)
 		assert.Equal(t, autobuy.ReasonAutoBought, d.Reason)
-		assert.Len(t, w.srv.Requests(), 6, "record 402, check, wallet, debit, grant, record")
+		assert.Len(t, w.srv.Requests(), 5, "record 402 (its figures stand for the check), wallet, debit, grant, record")
 		chat := w.usageFor("chat_message")
 		require.Len(t, chat, 1, "charged once")
 		assert.Equal(t, "usage:"+acct.CustomerID+":m1:2", chat[0].IdempotencyKey, "the refused key is never reused")

@@ -12,8 +12,10 @@
 //   - Hooks adds counters to an autobuy.Hooks (its Decided hook, which fires
 //     once per Gate call): decisions by reason, purchases, retries.
 //
-// Nothing here ever records the API key (it travels only in the X-API-Key
-// header, which otelhttp does not record). Errors are recorded by class
+// Nothing here ever records the API key: it travels only in the X-API-Key
+// header, which otelhttp does not record, and the errors otelhttp records
+// (net/http's, which quote a malformed answer a hostile server may fill
+// with the key) pass through quotastack.RedactingTransport first. Errors are recorded by class
 // ("rate_limited", "server_error", ...), not by their text, which may name a
 // customer.
 package otelquotastack

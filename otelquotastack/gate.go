@@ -167,10 +167,12 @@ func Retries(d autobuy.Decision, err error) int {
 // ErrorClass names the class of a quotastack error, for attributes and span
 // statuses: "invalid_input", "insufficient_credits", "not_found",
 // "unauthorized", "rate_limited", "idempotency_conflict", "validation",
-// "conflict", "no_active_rule", "server_error", "unexpected_response",
+// "conflict", "no_active_rule", "server_error", "refused" (another 4xx, such
+// as 403: a definite answer, never an outage), "unexpected_response",
 // "canceled", "deadline_exceeded", "request_error", "other"; "" for nil.
 func ErrorClass(err error) string {
 	var reqErr *quotastack.RequestError
+	var apiErr *quotastack.APIError
 	switch {
 	case err == nil:
 		return ""
@@ -194,6 +196,8 @@ func ErrorClass(err error) string {
 		return "conflict"
 	case errors.Is(err, quotastack.ErrServer):
 		return "server_error"
+	case errors.As(err, &apiErr) && apiErr.StatusCode >= 400 && apiErr.StatusCode < 500:
+		return "refused"
 	case errors.Is(err, quotastack.ErrUnexpectedResponse):
 		return "unexpected_response"
 	case errors.Is(err, context.Canceled):

@@ -26,8 +26,10 @@ func ClientOption(opts ...Option) quotastack.Option {
 // "quotastack GET /v1/customer-by-external-id/{external_id}/entitlements/{metric}";
 // url.full holds the path with customer ids replaced unless WithCustomerIDs
 // is given. Answers 429 are counted in quotastack.client.rate_limited.
-// Pass it to quotastack.WithTransport, or set it as the Transport of the
-// http.Client given to quotastack.WithHTTPClient.
+// Errors of base (and of reading a response body) reach otelhttp, which
+// records their text in spans, through quotastack.RedactingTransport: never
+// with the API key. Pass it to quotastack.WithTransport, or set it as the
+// Transport of the http.Client given to quotastack.WithHTTPClient.
 func Transport(base http.RoundTripper, opts ...Option) http.RoundTripper {
 	cfg := newConfig(opts)
 	if base == nil {
@@ -38,7 +40,9 @@ func Transport(base http.RoundTripper, opts ...Option) http.RoundTripper {
 	if err != nil {
 		otelErr(err)
 	}
-	inner := &restoreURL{base: base, limited: limited}
+	// Redaction sits below otelhttp, which writes error text into spans: a
+	// hostile server's malformed answer quoting the API key never reaches one.
+	inner := &restoreURL{base: quotastack.RedactingTransport(base), limited: limited}
 	traced := otelhttp.NewTransport(inner,
 		otelhttp.WithTracerProvider(cfg.tp), otelhttp.WithMeterProvider(cfg.mp),
 		otelhttp.WithSpanNameFormatter(func(_ string, r *http.Request) string {

@@ -210,13 +210,18 @@ func (s *Server) UsageEvents(externalID string) []UsageRecord {
 // debited but not granted or an auto-bought block still untouched (one exhaustion, two
 // plans); and, once the system is quiet, no order is debited without a grant.
 //
+// Actions (once quiet, for the customers and metrics the test reported with NoteAllowed):
+// the units executed on the metric (usage events, batch events, reservation commits) equal
+// the units allowed: fewer is an allowed action never charged, more an action charged
+// twice; and no event id (usage metadata "event_id") is executed twice.
+//
 // By default the system is taken to be quiet: call it after the test's work is done. It
 // first executes pending asynchronous usage events (AsyncUsage), as a real server
 // eventually would. Pass InFlight() to check while requests may still be running (a
 // purchase between its debit and its grant is then fine), and AllowHalfDone(orderIDs...)
 // for purchases a test leaves half done on purpose.
 func (s *Server) CheckInvariants(opts ...CheckOption) error {
-	cfg := checkConfig{quiet: true, halfDone: map[string]bool{}, regranted: map[string]bool{}}
+	cfg := checkConfig{quiet: true, halfDone: map[string]bool{}, regranted: map[string]bool{}, uncharged: map[[2]string]int64{}}
 	for _, o := range opts {
 		o(&cfg)
 	}
@@ -234,6 +239,9 @@ func (s *Server) CheckInvariants(opts ...CheckOption) error {
 	for _, c := range s.st.custOrder {
 		s.checkCustomer(c, fail)
 		c.checkPlans(cfg, pending[c], fail)
+	}
+	if cfg.quiet {
+		s.checkActions(cfg, fail)
 	}
 	return errors.Join(errs...)
 }

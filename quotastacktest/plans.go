@@ -178,6 +178,7 @@ type checkConfig struct {
 	quiet     bool
 	halfDone  map[string]bool
 	regranted map[string]bool
+	uncharged map[[2]string]int64 // customer (as noted) and metric: units allowed to stay uncharged
 }
 
 // InFlight tells CheckInvariants that requests may still be running: it skips the one check

@@ -32,6 +32,8 @@ type Server struct {
 	faults faultState
 	limit  rateLimiter
 
+	actions actionNotes // allowed actions the SDK under test reported (NoteAllowed)
+
 	sparse   atomic.Bool  // answers without the optional members (SetSparseAnswers)
 	execThen atomic.Int64 // status answered after every first execution of a POST (SetExecuteThenStatus)
 

@@ -3,6 +3,7 @@ package webhook
 import (
 	"container/list"
 	"context"
+	"math"
 	"sync"
 	"time"
 )
@@ -48,7 +49,13 @@ const (
 // replayRetention is how long a handled id is remembered: a delivery's
 // timestamp passes the check during twice the tolerance (it may be up to the
 // tolerance early or late), plus a minute for clock steps.
-func replayRetention(tolerance time.Duration) time.Duration { return 2*tolerance + time.Minute }
+// It saturates rather than overflow (NewVerifier bounds the tolerance anyway).
+func replayRetention(tolerance time.Duration) time.Duration {
+	if tolerance > (math.MaxInt64-time.Minute)/2 {
+		return math.MaxInt64
+	}
+	return 2*tolerance + time.Minute
+}
 
 // MemoryReplayStore is an in-process [ReplayStore] with bounded memory: at
 // most max ids, expired ones dropped as new ones arrive; past max, the oldest

@@ -3,6 +3,7 @@ package webhook
 import (
 	"context"
 	"fmt"
+	"math"
 	"testing"
 	"time"
 
@@ -55,4 +56,13 @@ func TestDefaultRetentionOutlastsTheTolerance(t *testing.T) {
 	require.NoError(t, err)
 	require.Greater(t, v.retention, 2*v.tolerance, "a delivery passes the timestamp check for twice the tolerance")
 	require.IsType(t, &MemoryReplayStore{}, v.replay)
+}
+
+func TestReplayRetentionSaturates(t *testing.T) {
+	t.Parallel()
+	require.Equal(t, 11*time.Minute, replayRetention(5*time.Minute))
+	for _, tol := range []time.Duration{150 * 365 * 24 * time.Hour, math.MaxInt64, math.MaxInt64 / 2} {
+		require.Positive(t, replayRetention(tol), tol)
+		require.GreaterOrEqual(t, replayRetention(tol), tol, tol)
+	}
 }

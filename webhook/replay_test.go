@@ -3,6 +3,7 @@ package webhook_test
 import (
 	"context"
 	"errors"
+	"math"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -189,4 +190,42 @@ func TestMemoryReplayStoreConcurrentClaims(t *testing.T) {
 	}
 	wg.Wait()
 	require.Equal(t, int32(1), wins.Load())
+}
+
+// A tolerance past MaxTolerance is refused: twice 150 years overflowed the
+// retention (a replay reached the handler twice), and math.MaxInt64 kept ids
+// a minute while the timestamp check never expired.
+func TestToleranceIsBounded(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name      string
+		tolerance time.Duration
+		ok        bool
+	}{
+		{"150 years", 150 * 365 * 24 * time.Hour, false},
+		{"max int64", time.Duration(math.MaxInt64), false},
+		{"a day and a second", webhook.MaxTolerance + time.Second, false},
+		{"negative", -time.Hour, false},
+		{"a day", webhook.MaxTolerance, true},
+		{"a second", time.Second, true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			v, err := webhook.NewVerifier(testSecret, webhook.WithTolerance(tc.tolerance), webhook.WithClock(fixedClock(vectorTime)))
+			if !tc.ok {
+				require.Error(t, err)
+				return
+			}
+			require.NoError(t, err)
+			var calls atomic.Int32
+			h := v.Handler(func(context.Context, *webhook.Event) error {
+				calls.Add(1)
+				return nil
+			})
+			require.Equal(t, http.StatusNoContent, deliver(t, h, "msg_1").Code)
+			require.Equal(t, "true", deliver(t, h, "msg_1").Header().Get("Webhook-Replay"))
+			require.Equal(t, int32(1), calls.Load(), "the replay never reaches the handler")
+		})
+	}
 }

@@ -27,7 +27,11 @@ const (
 
 // Defaults used by [NewVerifier] when no option overrides them.
 const (
-	DefaultTolerance    = 5 * time.Minute
+	DefaultTolerance = 5 * time.Minute
+	// MaxTolerance is the largest tolerance [WithTolerance] accepts: a day.
+	// Handled ids are kept twice the tolerance (plus a minute), so a longer
+	// one would mostly grow the replay store.
+	MaxTolerance        = 24 * time.Hour
 	DefaultMaxBodyBytes = 1 << 20 // 1 MiB
 )
 
@@ -79,7 +83,8 @@ func WithSecrets(secrets ...string) Option {
 }
 
 // WithTolerance sets how far the webhook-timestamp may be from the clock, in either
-// direction (default 5 minutes). It must be at least one second; timestamps are whole seconds.
+// direction (default 5 minutes). It must be at least one second (timestamps are whole
+// seconds) and at most [MaxTolerance].
 func WithTolerance(d time.Duration) Option {
 	return func(c *config) { c.tolerance = d }
 }
@@ -128,8 +133,8 @@ func NewVerifier(secret string, opts ...Option) (*Verifier, error) {
 		}
 	}
 	switch {
-	case c.tolerance < time.Second:
-		return nil, fmt.Errorf("webhook: tolerance must be at least 1s, got %s", c.tolerance)
+	case c.tolerance < time.Second || c.tolerance > MaxTolerance:
+		return nil, fmt.Errorf("webhook: tolerance must be between 1s and %s, got %s", MaxTolerance, c.tolerance)
 	case c.now == nil:
 		return nil, errors.New("webhook: WithClock given a nil clock")
 	case c.maxBodyBytes <= 0:

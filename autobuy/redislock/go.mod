@@ -8,6 +8,7 @@ require (
 	github.com/quotastack/quotastack-go v0.2.0
 	github.com/redis/go-redis/v9 v9.22.0
 	github.com/stretchr/testify v1.12.1
+	go.uber.org/goleak v1.3.0
 )
 
 require (

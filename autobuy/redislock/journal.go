@@ -35,10 +35,9 @@ import (
 // single node and on a cluster. Closed intents expire after the retention
 // (Redis's clock); open ones never expire.
 type Journal struct {
-	rdb       redis.UniversalClient
+	store
 	prefix    string
 	retention time.Duration
-	timeout   time.Duration
 }
 
 // JournalOption configures a Journal.
@@ -58,7 +57,7 @@ func WithTimeout(d time.Duration) JournalOption { return func(j *Journal) { j.ti
 
 // NewJournal returns a Journal on rdb (a *redis.Client, *redis.ClusterClient, ...).
 func NewJournal(rdb redis.UniversalClient, opts ...JournalOption) (*Journal, error) {
-	j := &Journal{rdb: rdb, retention: 48 * time.Hour, timeout: 2 * time.Second}
+	j := &Journal{store: newStore(rdb, DefaultCallTimeout), retention: 48 * time.Hour}
 	for _, o := range opts {
 		o(j)
 	}
@@ -96,23 +95,6 @@ func (j *Journal) openKey(customerID string) string {
 func (j *Journal) pendingKey() string { return j.prefix + "qs:pending" }
 func (j *Journal) suspKey(customerID, metric string) string {
 	return j.prefix + "qs:susp:" + j.tag(customerID) + ":" + esc(metric)
-}
-
-// call runs one Redis call under the journal's deadline. go-redis applies a
-// context's deadline to the socket only with ContextTimeoutEnabled, so call
-// also stops waiting itself at the deadline (the call then ends in the
-// background, at the client's own read timeout).
-func (j *Journal) call(ctx context.Context, fn func(ctx context.Context) error) error {
-	cctx, cancel := context.WithTimeout(ctx, j.timeout)
-	defer cancel()
-	done := make(chan error, 1)
-	go func() { done <- fn(cctx) }()
-	select {
-	case err := <-done:
-		return err
-	case <-cctx.Done():
-		return cctx.Err()
-	}
 }
 
 func micros(t time.Time) string { return strconv.FormatInt(t.UnixMicro(), 10) }

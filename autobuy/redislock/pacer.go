@@ -40,23 +40,41 @@ return {1, wait}
 // in-process quotastack.LocalPacer also orders waiters by deadline). A call
 // whose slot would come after the first half of the time it has left is
 // refused with a *quotastack.RateLimitError, like the local pacer. If Redis
-// can't be reached the attempt is not sent (the error says why). Safe for
+// can't be reached, stalls or lies the attempt is not sent (the error says
+// why). Each Redis call is bounded by the call's deadline and the pacer's
+// timeout (WithPacerTimeout), whatever go-redis does with contexts. Safe for
 // concurrent use.
 type Pacer struct {
 	rdb      redis.Scripter
 	key      string
 	interval time.Duration
 	burst    int
+	timeout  time.Duration
 }
+
+// PacerOption configures a Pacer.
+type PacerOption func(*Pacer)
+
+// WithPacerTimeout bounds each Redis call of the pacer (default 2 s); a
+// call's earlier deadline bounds it further.
+func WithPacerTimeout(d time.Duration) PacerOption { return func(p *Pacer) { p.timeout = d } }
 
 // NewPacer returns a pacer of n requests per period shared through key on rdb;
 // give it to quotastack.WithPacer on every replica.
-func NewPacer(rdb redis.Scripter, key string, n int, per time.Duration) (*Pacer, error) {
+func NewPacer(rdb redis.Scripter, key string, n int, per time.Duration, opts ...PacerOption) (*Pacer, error) {
 	if n <= 0 || per <= 0 || per/time.Duration(n) < 2*time.Microsecond {
 		return nil, fmt.Errorf("redislock: pacer needs n > 0 and per/n of at least 1µs")
 	}
 	interval, burst := quotastack.BudgetShape(n, per)
-	return &Pacer{rdb: rdb, key: key, interval: interval, burst: burst}, nil
+	p := &Pacer{rdb: rdb, key: key, interval: interval, burst: burst, timeout: DefaultCallTimeout}
+	for _, o := range opts {
+		o(p)
+	}
+	if p.timeout <= 0 {
+		return nil, fmt.Errorf("redislock: the pacer timeout must be positive")
+	}
+	Protect(rdb)
+	return p, nil
 }
 
 // Wait implements quotastack.Pacer.
@@ -68,7 +86,16 @@ func (p *Pacer) Wait(ctx context.Context, deadline time.Time) error {
 	if !deadline.IsZero() {
 		maxWait = max(time.Until(deadline)/2, 0).Microseconds()
 	}
-	res, err := gcra.Run(ctx, p.rdb, []string{p.key}, p.interval.Microseconds(), p.burst, maxWait).Int64Slice()
+	bound := p.timeout
+	if !deadline.IsZero() {
+		bound = min(bound, time.Until(deadline))
+	}
+	var res []int64
+	err := bounded(ctx, bound, func(ctx context.Context) error {
+		var err error
+		res, err = gcra.Run(ctx, p.rdb, []string{p.key}, p.interval.Microseconds(), p.burst, maxWait).Int64Slice()
+		return err
+	}, nil)
 	if err != nil {
 		return fmt.Errorf("redislock: pacer: %w", err)
 	}

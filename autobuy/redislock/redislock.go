@@ -9,6 +9,18 @@
 // with its keys; a lease lost before the intent is written can let two
 // replicas buy for one exhaustion, so keep the TTL far above a purchase.
 //
+// Every constructor protects the Redis client it is given (see Protect):
+// replies over MaxReplyBytes or MaxReplyElements are refused before go-redis
+// allocates for them, and go-redis panics become errors. Every call of every
+// store runs under a bound of its own, whatever go-redis does with contexts,
+// in a goroutine from which no panic escapes; a Redis that is down, stalls or
+// lies gives the caller an error within the bound, and the caller's policy
+// applies: the gate answers purchase_unavailable when its Locker or Journal
+// fails, a gate whose ChargeLog fails answers from the per-action path or errs, a
+// Pacer that can't reach Redis fails the attempt (an outage for
+// quotastack.IsOutage, so the gate's FallbackPolicy decides), and a webhook
+// whose ReplayStore fails is answered 5xx (the sender delivers it again).
+//
 // Every lock call is bounded (WithCallTimeout, default 2 s), also when the
 // caller's context has no deadline (the gate releases under
 // context.WithoutCancel): a partitioned Redis can't hold a gate past the
@@ -66,6 +78,7 @@ func WithPrefix(p string) Option { return func(l *Locker) { l.prefix = p } }
 
 // New returns a Locker on rdb (a *redis.Client, *redis.ClusterClient, ...).
 func New(rdb redis.UniversalClient, opts ...Option) *Locker {
+	Protect(rdb)
 	l := &Locker{client: redislock.New(rdb), ttl: 30 * time.Second, retry: 50 * time.Millisecond, refresh: true, timeout: DefaultCallTimeout}
 	for _, o := range opts {
 		o(l)
@@ -148,6 +161,13 @@ func (l *Locker) watch(lock *redislock.Lock, stop <-chan struct{}) {
 	}
 }
 
+// safely runs fn, turning a panic into an error: no panic escapes a
+// goroutine this package starts.
+func safely(ctx context.Context, fn func(context.Context) error) (err error) {
+	defer recoverInto(&err)
+	return fn(ctx)
+}
+
 // bounded runs fn with a context that ends after d (or with ctx) and returns
 // by then, whether or not fn has: a client that ignores context deadlines on
 // its sockets can't hold the caller. late, if not nil, runs after an
@@ -163,12 +183,12 @@ func bounded(ctx context.Context, d time.Duration, fn func(context.Context) erro
 	gaveUp := false
 	go func() {
 		defer cancel()
-		err := fn(ctx)
+		err := safely(ctx, fn)
 		done <- err
 		abandoned.Lock()
 		defer abandoned.Unlock()
 		if gaveUp && late != nil {
-			late()
+			_ = safely(ctx, func(context.Context) error { late(); return nil })
 		}
 	}()
 	select {

@@ -17,9 +17,8 @@ import (
 // the store's timeout (default 2 s), whatever the context. Safe for
 // concurrent use.
 type WebhookStore struct {
-	rdb     redis.UniversalClient
-	prefix  string
-	timeout time.Duration
+	store
+	prefix string
 }
 
 var _ webhook.ReplayStore = (*WebhookStore)(nil)
@@ -36,7 +35,7 @@ func WithStoreTimeout(d time.Duration) StoreOption { return func(s *WebhookStore
 // NewWebhookStore returns a WebhookStore on rdb. Pass it to
 // webhook.NewVerifier with webhook.WithReplayStore.
 func NewWebhookStore(rdb redis.UniversalClient, opts ...StoreOption) *WebhookStore {
-	s := &WebhookStore{rdb: rdb, prefix: "quotastack:webhook:", timeout: DefaultCallTimeout}
+	s := &WebhookStore{store: newStore(rdb, DefaultCallTimeout), prefix: "quotastack:webhook:"}
 	for _, o := range opts {
 		o(s)
 	}
@@ -54,7 +53,7 @@ var abandonScript = redis.NewScript(`if redis.call("get", KEYS[1]) == ARGV[1] th
 // Claim implements webhook.ReplayStore.
 func (s *WebhookStore) Claim(ctx context.Context, id string, ttl time.Duration) (webhook.ClaimResult, error) {
 	var res webhook.ClaimResult
-	err := bounded(ctx, s.timeout, func(ctx context.Context) error {
+	err := s.call(ctx, func(ctx context.Context) error {
 		ok, err := s.rdb.SetNX(ctx, s.prefix+id, claimedValue, ttl).Result()
 		if err != nil {
 			return err
@@ -75,7 +74,7 @@ func (s *WebhookStore) Claim(ctx context.Context, id string, ttl time.Duration) 
 			res = webhook.ClaimInFlight
 		}
 		return nil
-	}, nil)
+	})
 	if err != nil {
 		return 0, fmt.Errorf("redislock: webhook store: claim: %w", err)
 	}
@@ -84,9 +83,9 @@ func (s *WebhookStore) Claim(ctx context.Context, id string, ttl time.Duration) 
 
 // Complete implements webhook.ReplayStore.
 func (s *WebhookStore) Complete(ctx context.Context, id string, retention time.Duration) error {
-	err := bounded(ctx, s.timeout, func(ctx context.Context) error {
+	err := s.call(ctx, func(ctx context.Context) error {
 		return s.rdb.Set(ctx, s.prefix+id, doneValue, retention).Err()
-	}, nil)
+	})
 	if err != nil {
 		return fmt.Errorf("redislock: webhook store: complete: %w", err)
 	}
@@ -95,9 +94,9 @@ func (s *WebhookStore) Complete(ctx context.Context, id string, retention time.D
 
 // Abandon implements webhook.ReplayStore.
 func (s *WebhookStore) Abandon(ctx context.Context, id string) error {
-	err := bounded(ctx, s.timeout, func(ctx context.Context) error {
+	err := s.call(ctx, func(ctx context.Context) error {
 		return abandonScript.Run(ctx, s.rdb, []string{s.prefix + id}, claimedValue).Err()
-	}, nil)
+	})
 	if err != nil {
 		return fmt.Errorf("redislock: webhook store: abandon: %w", err)
 	}
