@@ -132,8 +132,9 @@ func (c *Client) Rules(ctx context.Context, pageSize int, opts ...CallOption) it
 	return list[Rule](ctx, c, "/v1/metering-rules", pageSize, opts)
 }
 
-// Page is one page of a cursor-paginated list.
-type Page[T any] struct {
+// page is one page of a cursor-paginated list; the iterators (Metrics,
+// Rules) walk the pages.
+type page[T any] struct {
 	Data       []T `json:"data"`
 	Pagination struct {
 		HasMore    bool    `json:"has_more"`
@@ -157,18 +158,18 @@ func list[T any](ctx context.Context, c *Client, path string, pageSize int, opts
 			if pageSize > 0 {
 				q.Set("limit", strconv.Itoa(pageSize))
 			}
-			var page Page[T]
-			if _, err := c.do(ctx, http.MethodGet, path, q.Encode(), nil, &page, opts); err != nil {
+			var pg page[T]
+			if _, err := c.do(ctx, http.MethodGet, path, q.Encode(), nil, &pg, opts); err != nil {
 				yield(zero, err)
 				return
 			}
-			for _, item := range page.Data {
+			for _, item := range pg.Data {
 				if !yield(item, nil) {
 					return
 				}
 			}
-			next := page.Pagination.NextCursor
-			if !page.Pagination.HasMore || next == nil || *next == "" || len(page.Data) == 0 {
+			next := pg.Pagination.NextCursor
+			if !pg.Pagination.HasMore || next == nil || *next == "" || len(pg.Data) == 0 {
 				return
 			}
 			if seen[*next] {

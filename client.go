@@ -22,7 +22,7 @@ import (
 )
 
 // Version is the version of this SDK, sent in the User-Agent.
-const Version = "0.1.0"
+const Version = "0.2.0"
 
 var jsonMIME = []string{"application/json"}
 
@@ -142,7 +142,8 @@ func NewClient(apiKey string, opts ...Option) (*Client, error) {
 func NewClientFromEnv(opts ...Option) (*Client, error) {
 	key := os.Getenv(EnvAPIKey)
 	if key == "" {
-		return nil, inputErr("api key", EnvAPIKey+" is not set")
+		return nil, inputErr("api key", EnvAPIKey+" is not set (a qs_test_ or qs_live_ key; to try the SDK without one, "+
+			"go run github.com/quotastack/quotastack-go/quotastacktest/cmd/quotastack-fake prints this and "+EnvBaseURL+" for a local fake)")
 	}
 	if u := os.Getenv(EnvBaseURL); u != "" {
 		opts = append([]Option{WithBaseURL(u)}, opts...)

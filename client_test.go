@@ -153,6 +153,7 @@ func TestNewClientFromEnv(t *testing.T) {
 		require.ErrorIs(t, err, quotastack.ErrInvalidInput)
 		assert.Nil(t, c)
 		assert.Contains(t, err.Error(), quotastack.EnvAPIKey)
+		assert.Contains(t, err.Error(), "quotastack-fake", "it says how to get a key for a local fake")
 	})
 	t.Run("insecure base URL from the environment", func(t *testing.T) {
 		t.Setenv(quotastack.EnvAPIKey, testKey)

@@ -2,6 +2,7 @@ package quotastack
 
 import (
 	"context"
+	"errors"
 	"net/http"
 	"time"
 )
@@ -19,9 +20,14 @@ type CustomerRecord struct {
 // Ref returns the Customer reference of r (by its QuotaStack id).
 func (r *CustomerRecord) Ref() Customer { return CustomerID(r.CustomerID) }
 
-// CreateCustomer creates a customer with the tenant's own externalID. An
-// existing externalID gives ErrConflict. Retries are safe: the key defaults to
-// "customer:{externalID}".
+// CreateCustomer creates a customer with the tenant's own externalID, under
+// the Idempotency-Key "customer:{externalID}" (unless opts give another).
+// The server keeps that key's first answer for 24 hours, so a repeat within
+// 24 h replays it: the same displayName gets the customer again
+// (Meta.Replayed), another displayName gets ErrIdempotencyConflict, and a
+// stored failure comes back as it was. Later, an existing externalID gives
+// ErrConflict. To get the customer whether or not it exists, use
+// EnsureCustomer.
 func (c *Client) CreateCustomer(ctx context.Context, externalID, displayName string, opts ...CallOption) (*CustomerRecord, error) {
 	if err := ExternalID(externalID).validate(); err != nil {
 		return nil, err
@@ -38,6 +44,28 @@ func (c *Client) CreateCustomer(ctx context.Context, externalID, displayName str
 	}
 	out.Meta = *meta
 	return &out, nil
+}
+
+// EnsureCustomer returns the customer with externalID, creating it (with
+// displayName) if QuotaStack doesn't know it. It is safe to repeat and to run
+// concurrently: a customer that exists already, or that another call created
+// meanwhile, is returned as it is (its display name unchanged), whatever
+// CreateCustomer's key replays. Costs one GET, plus a create when it is new.
+func (c *Client) EnsureCustomer(ctx context.Context, externalID, displayName string, opts ...CallOption) (*CustomerRecord, error) {
+	if err := ExternalID(externalID).validate(); err != nil {
+		return nil, err
+	}
+	rec, err := c.GetCustomer(ctx, ExternalID(externalID), opts...)
+	if !errors.Is(err, ErrNotFound) {
+		return rec, err
+	}
+	rec, err = c.CreateCustomer(ctx, externalID, displayName, opts...)
+	if errors.Is(err, ErrConflict) || errors.Is(err, ErrIdempotencyConflict) {
+		// Created meanwhile, or the key holds an earlier create with another
+		// name: either way the customer exists now.
+		return c.GetCustomer(ctx, ExternalID(externalID), opts...)
+	}
+	return rec, err
 }
 
 // GetCustomer returns the customer by either id.

@@ -14,6 +14,14 @@
 // (ResponseMeta.Attempts) and whether the server replayed a stored answer
 // (ResponseMeta.Replayed).
 //
+// What a key stores: the server keeps the first answer to a key for 24 hours,
+// failures (4xx) included, and replays it to every request with that key and
+// the same body; the same key with another body is ErrIdempotencyConflict.
+// So a grant sent before its customer exists replays its 404 after the
+// customer is created (Error() says "(replayed)"), and a body field computed
+// from time.Now() turns a retry into a conflict. EnsureCustomer and
+// GrantSignupBonus avoid both. Only 5xx answers are not stored.
+//
 // Errors are one *APIError type plus sentinels for errors.Is
 // (ErrInsufficientCredits, ErrNotFound, ErrRateLimited, ...); a call that got
 // no HTTP answer returns a *RequestError.

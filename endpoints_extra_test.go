@@ -305,7 +305,7 @@ func TestMoreInputMistakes(t *testing.T) {
 	}
 }
 
-func TestWithReservation(t *testing.T) {
+func TestRunReserved(t *testing.T) {
 	t.Parallel()
 	errWork := errors.New("work failed")
 	tests := []struct {
@@ -361,7 +361,7 @@ func TestWithReservation(t *testing.T) {
 				}
 			}
 
-			res, err := c.WithReservation(ctx, quotastack.ReserveParams{Customer: quotastack.ExternalID("u"), MetricKey: "gen", EstimatedUnits: 5}, fn)
+			res, err := c.RunReserved(ctx, quotastack.ReserveParams{Customer: quotastack.ExternalID("u"), MetricKey: "gen", EstimatedUnits: 5}, fn)
 			if tt.wantErr == nil {
 				require.NoError(t, err)
 				assert.Equal(t, "committed", res.Status)
@@ -379,7 +379,7 @@ func TestWithReservation(t *testing.T) {
 	}
 }
 
-func TestWithReservationReleasesOnPanic(t *testing.T) {
+func TestRunReservedReleasesOnPanic(t *testing.T) {
 	t.Parallel()
 	c, mt := setup(t)
 	settle := &recorder{}
@@ -387,7 +387,7 @@ func TestWithReservationReleasesOnPanic(t *testing.T) {
 	mt.RegisterResponder(http.MethodPost, baseURL+"/v1/reserve/rsv_1/release", settle.wrap(jsonResponder(200, `{"status":"released"}`)))
 
 	assert.PanicsWithValue(t, "boom", func() {
-		_, _ = c.WithReservation(context.Background(), quotastack.ReserveParams{Customer: quotastack.ExternalID("u"), MetricKey: "gen", EstimatedUnits: 1},
+		_, _ = c.RunReserved(context.Background(), quotastack.ReserveParams{Customer: quotastack.ExternalID("u"), MetricKey: "gen", EstimatedUnits: 1},
 			func(context.Context, *quotastack.Reservation) (int64, error) { panic("boom") })
 	})
 	assert.Equal(t, "/base/v1/reserve/rsv_1/release", settle.only(t).Path)

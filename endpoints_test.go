@@ -340,13 +340,13 @@ func TestDecodeUsageBatch(t *testing.T) {
 	assert.Equal(t, 200, got.Results[0].Status)
 	require.NotNil(t, got.Results[0].Event)
 	assert.Equal(t, "evt_1", got.Results[0].Event.ID)
-	assert.Nil(t, got.Results[0].Error)
+	assert.Nil(t, got.Results[0].Problem)
 	assert.Equal(t, 1, got.Results[1].Index)
 	assert.Nil(t, got.Results[1].Event)
-	assert.Equal(t, &quotastack.BatchError{
+	assert.Equal(t, &quotastack.BatchProblem{
 		Type: "https://quotastack.io/errors/insufficient-credits", Title: "Insufficient credits",
 		Detail: "need more", Required: 5000, Available: 10,
-	}, got.Results[1].Error)
+	}, got.Results[1].Problem)
 }
 
 func TestDecodeTopupGrant(t *testing.T) {

@@ -64,7 +64,7 @@ type APIError struct {
 	IdempotencyKey      string        // the key the request carried, if it was a POST
 	Method, Path        string        // the request line (no host, no query secrets)
 	Attempts            int           // attempts made; more than 1 means it was retried
-	Replayed            bool          // the server replayed a stored answer (X-Idempotent-Replayed)
+	Replayed            bool          // the server replayed the answer stored under the key (X-Idempotent-Replayed); Error() says "(replayed)"
 	RetryAfter          time.Duration // the server's Retry-After on 429/503, uncapped
 	Body                string        // the start of the raw body (at most 512 bytes), when it wasn't a problem document
 	cause               error         // decode failure, for Unwrap
@@ -99,6 +99,11 @@ func (e *APIError) Error() string {
 	}
 	if e.Body != "" && e.Type == "" {
 		fmt.Fprintf(&b, ": body %q", e.Body)
+	}
+	if e.Replayed {
+		// The server answered from its store: this key's first request failed
+		// so, and every retry with the key gets the same answer for 24 h.
+		b.WriteString(" (replayed)")
 	}
 	if e.Attempts > 1 {
 		fmt.Fprintf(&b, " (after %d attempts)", e.Attempts)

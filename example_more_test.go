@@ -28,7 +28,7 @@ func ExampleClient_Reserve() {
 	fmt.Println(r.Status, r.ReservedAmount)
 
 	// The model made 7 images: debit those, return the rest of the hold.
-	// (A failed job would call client.Release instead; client.WithReservation
+	// (A failed job would call client.Release instead; client.RunReserved
 	// does both, and releases on a panic too.)
 	done, err := client.Commit(ctx, r.ID, 7, quotastack.WithIdempotencyKey("commit:"+r.ID))
 	if err != nil {

@@ -98,11 +98,11 @@ func TestReservationsAgainstTheFake(t *testing.T) {
 		assert.ErrorIs(t, err, quotastack.ErrInsufficientCredits)
 	})
 
-	t.Run("WithReservation commits on success and releases on failure", func(t *testing.T) {
+	t.Run("RunReserved commits on success and releases on failure", func(t *testing.T) {
 		t.Parallel()
 		_, _, c, ivy := fakeWithWallet(t, 50_000)
 		p := quotastack.ReserveParams{Customer: ivy, MetricKey: "image_generation", EstimatedUnits: 10}
-		r, err := c.WithReservation(ctx, p, func(ctx context.Context, r *quotastack.Reservation) (int64, error) {
+		r, err := c.RunReserved(ctx, p, func(ctx context.Context, r *quotastack.Reservation) (int64, error) {
 			b, err := c.Balance(ctx, ivy)
 			if err != nil {
 				return 0, err
@@ -117,7 +117,7 @@ func TestReservationsAgainstTheFake(t *testing.T) {
 		assert.Equal(t, int64(44_000), balance(t, c, ivy).Balance)
 
 		boom := errors.New("model timed out")
-		r, err = c.WithReservation(ctx, p, func(context.Context, *quotastack.Reservation) (int64, error) { return 0, boom })
+		r, err = c.RunReserved(ctx, p, func(context.Context, *quotastack.Reservation) (int64, error) { return 0, boom })
 		assert.ErrorIs(t, err, boom)
 		assert.Equal(t, "released", r.Status)
 		b := balance(t, c, ivy)

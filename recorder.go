@@ -382,7 +382,7 @@ func (r *Recorder) report(b *sentBatch, res *UsageBatch, err error) {
 			}
 			seen[i] = true
 			switch {
-			case br.Error != nil || br.Status < 200 || br.Status > 299:
+			case br.Problem != nil || br.Status < 200 || br.Status > 299:
 				out[i].Err = r.eventError(b.key, br)
 			case br.Event == nil && (br.Status == http.StatusAccepted || res.Accepted):
 				// Taken without an event yet (an asynchronous debit).
@@ -429,12 +429,12 @@ func (r *Recorder) report(b *sentBatch, res *UsageBatch, err error) {
 // eventError is the *APIError of one refused event of a batch.
 func (r *Recorder) eventError(key string, br BatchResult) error {
 	e := &APIError{StatusCode: br.Status, Method: http.MethodPost, Path: "/v1/usage/batch", IdempotencyKey: key}
-	if br.Error == nil {
+	if br.Problem == nil {
 		e.cause = errors.New("event result without an event")
 		return e
 	}
-	e.Type, e.Title, e.Detail = r.c.redact(br.Error.Type), r.c.redact(br.Error.Title), r.c.redact(br.Error.Detail)
-	e.Required, e.Available = br.Error.Required, br.Error.Available
+	e.Type, e.Title, e.Detail = r.c.redact(br.Problem.Type), r.c.redact(br.Problem.Title), r.c.redact(br.Problem.Detail)
+	e.Required, e.Available = br.Problem.Required, br.Problem.Available
 	return e
 }
 

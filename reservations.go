@@ -99,13 +99,13 @@ func (c *Client) reservationCall(ctx context.Context, path string, body any, opt
 	return &out, nil
 }
 
-// WithReservation reserves p, runs fn, and then commits the units fn reports
+// RunReserved reserves p, runs fn, and then commits the units fn reports
 // when it returns nil, or releases the hold when fn fails, panics or ctx ends;
 // it returns the reservation in its final state. The commit and release use
 // keys derived from the reservation id, so their retries are safe. fn's error
 // is returned as is; a failed release is joined to it. A failed commit is
 // returned and leaves the hold to expire (or to a Release of yours).
-func (c *Client) WithReservation(ctx context.Context, p ReserveParams, fn func(ctx context.Context, r *Reservation) (actualUnits int64, err error), opts ...CallOption) (res *Reservation, err error) {
+func (c *Client) RunReserved(ctx context.Context, p ReserveParams, fn func(ctx context.Context, r *Reservation) (actualUnits int64, err error), opts ...CallOption) (res *Reservation, err error) {
 	r, err := c.Reserve(ctx, p, opts...)
 	if err != nil {
 		return nil, err

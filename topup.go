@@ -14,9 +14,13 @@ type TopupParams struct {
 	Currency          string   // ISO 4217, or "mc"
 	PackageID         string
 	ExternalPaymentID string
-	Priority          int        // 0 = wallet; plans use PlanPriority
-	ExpiresAt         *time.Time // nil = never
-	Metadata          map[string]string
+	Priority          int // 0 = wallet; plans use PlanPriority
+	// ExpiresAt is when the block expires; nil = never. Like every body
+	// field it must be the same on a retry under the same key: compute it
+	// from a stored time (the payment's), not time.Now(), or the retry gets
+	// ErrIdempotencyConflict.
+	ExpiresAt *time.Time
+	Metadata  map[string]string
 }
 
 type topupBody struct {
@@ -45,7 +49,8 @@ type Grant struct {
 
 // Topup grants credits as a new block. Pass a deterministic
 // WithIdempotencyKey (e.g. "topup:"+paymentID) so a payment is credited once
-// however often it is retried.
+// however often it is retried within the key's 24 hours (the server keeps the
+// key's first answer, a failure too, for that long).
 func (c *Client) Topup(ctx context.Context, p TopupParams, opts ...CallOption) (*Grant, error) {
 	if err := p.Customer.validate(); err != nil {
 		return nil, err

@@ -96,11 +96,14 @@ type BatchResult struct {
 	Index  int         `json:"index"`
 	Status int         `json:"status"`
 	Event  *UsageEvent `json:"event,omitempty"`
-	Error  *BatchError `json:"error,omitempty"`
+	// Problem is why the event was rejected; nil when it was recorded.
+	Problem *BatchProblem `json:"error,omitempty"`
 }
 
-// BatchError is the problem of one rejected event of a batch.
-type BatchError struct {
+// BatchProblem is the problem document of one rejected event of a batch (the
+// "error" member of its result). It is data, not an error value; the
+// Recorder reports it as an *APIError, which matches the sentinels.
+type BatchProblem struct {
 	Type      string `json:"type"`
 	Title     string `json:"title"`
 	Detail    string `json:"detail"`

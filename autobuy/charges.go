@@ -147,7 +147,10 @@ func NewMemoryChargeLog(retention time.Duration) *MemoryChargeLog {
 func (m *MemoryChargeLog) Claim(_ context.Context, c *Charge) (Charge, bool, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.prune(c.CreatedAt)
+	// Retention runs on this process's wall clock, never a caller's: a
+	// Gatekeeper with a clock set ahead must not prune the others' records.
+	now := time.Now()
+	m.prune(now)
 	k := [2]string{c.CustomerID, c.EventID}
 	if old, ok := m.charges[k]; ok {
 		return *old, false, nil
@@ -155,7 +158,7 @@ func (m *MemoryChargeLog) Claim(_ context.Context, c *Charge) (Charge, bool, err
 	c.Rev = 1
 	stored := *c
 	m.charges[k] = &stored
-	m.order = append(m.order, chargeAge{key: k, at: c.CreatedAt})
+	m.order = append(m.order, chargeAge{key: k, at: now})
 	return stored, true, nil
 }
 

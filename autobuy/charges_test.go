@@ -112,11 +112,12 @@ func TestLeaseChargesEveryActionOnce(t *testing.T) {
 				for i := range 10 {
 					w.gateNoted(t, g, w.cust, fmt.Sprint("m", i))
 				}
-				for i := range 10 { // every message retried: no lease is to be had now
+				// The lease is spent: m10 commits it, gets no new one, and buys a plan per action.
+				w.gateNoted(t, g, w.cust, "m10")
+				for i := range 10 { // every earlier message retried
 					d := w.gateNoted(t, g, w.cust, fmt.Sprint("m", i))
 					assert.True(t, d.Replayed, "m%d", i)
 				}
-				w.gateNoted(t, g, w.cust, "m10")
 				require.NoError(t, g.Close(context.Background()))
 				assert.Equal(t, int64(11_000), w.chargedChatMC(), "11 messages")
 				assert.Equal(t, 1, w.planGrants(), "one plan for the eleventh")
@@ -178,23 +179,32 @@ func TestLeaseChargesEveryActionOnce(t *testing.T) {
 				t.Parallel()
 				w := setup(t, 250_000, m.opts...)
 				w.grantPlanCredits(t, 50_000)
-				g := w.gate(t, leaseOf(3))
+				g := w.gate(t, leaseOf(50))
 				for i := range 3 {
 					w.gateNoted(t, g, w.cust, fmt.Sprint("m", i))
 				}
 				// The commit executes, and its answer is lost on every attempt.
 				w.srv.InjectFault(quotastacktest.Fault{Method: http.MethodPost, PathPrefix: "/v1/reserve/", Drop: true, Count: 5})
+				_ = g.Flush(context.Background()) // fails, or resends the same commit until it lands
 				for i := 3; i < 9; i++ {
-					d, err := g.Gate(context.Background(), w.cust, "chat_message", autobuy.WithEventID(fmt.Sprint("m", i)))
-					if err == nil && d.Allowed && !d.Fallback {
-						w.srv.NoteAllowed(user, "chat_message", fmt.Sprint("m", i), 1)
-					}
-				}
-				for i := 9; i < 15; i++ {
 					d := w.gateNoted(t, g, w.cust, fmt.Sprint("m", i))
 					assert.True(t, d.Allowed, "m%d: the customer still has credits", i)
 				}
 				require.NoError(t, g.Close(context.Background()))
+				assert.Equal(t, int64(9_000), w.chargedChatMC())
+			})
+			t.Run("6 a lease whose commit came after its expiry is still charged", func(t *testing.T) {
+				t.Parallel()
+				w := setup(t, 250_000, m.opts...)
+				w.grantPlanCredits(t, 50_000)
+				g := w.gate(t, autobuy.WithLease(autobuy.LeaseConfig{Actions: 50, TTL: time.Minute, Linger: time.Hour}))
+				for i := range 4 {
+					w.gateNoted(t, g, w.cust, fmt.Sprint("m", i))
+				}
+				// The commit lost the race to the gates until the reservation expired.
+				w.clock.Advance(2 * time.Minute)
+				require.NoError(t, g.Close(context.Background()))
+				assert.Equal(t, int64(4_000), w.chargedChatMC(), "the late 409 is not taken as settled")
 			})
 		})
 	}
@@ -205,11 +215,13 @@ func TestLeaseChargesEveryActionOnce(t *testing.T) {
 // same budget. Nothing allowed goes uncharged (CheckInvariants).
 func TestLeaseLongTailAtTheRateLimit(t *testing.T) {
 	t.Parallel()
-	// The wall clock: the server's rate-limit window slides in real time.
-	srv := quotastacktest.Start(t, quotastacktest.WithRateLimit(100, time.Second))
+	// The wall clock: the server's rate-limit window slides in real time. The
+	// budget is tight and leases live 2 s: commits compete with gates and some
+	// reservations expire before their commit.
+	srv := quotastacktest.Start(t, quotastacktest.WithRateLimit(25, time.Second))
 	require.NoError(t, srv.SeedRecipe())
 	t.Cleanup(func() { assert.NoError(t, srv.CheckInvariants()) })
-	const customers = 30
+	const customers = 60
 	names := make([]string, customers)
 	for i := range names {
 		names[i] = fmt.Sprintf("tail-%03d", i)
@@ -316,4 +328,25 @@ func TestTwoPhaseRetryAfterAFailedAttemptIsCharged(t *testing.T) {
 			assert.Zero(t, acct.ReservedBalance)
 		})
 	}
+}
+
+// Resume commits the idle leases a dead process left in a shared ChargeLog.
+func TestResumeSettlesADeadProcessLease(t *testing.T) {
+	t.Parallel()
+	w := setup(t, 250_000)
+	w.grantPlanCredits(t, 50_000)
+	durable := newStores()
+	dead := w.gate(t, append(durable.opts(), leaseOf(50))...)
+	t.Cleanup(func() { assert.NoError(t, dead.Close(context.Background())) })
+	for i := range 3 {
+		w.gateNoted(t, dead, w.cust, fmt.Sprint("d", i))
+	}
+	time.Sleep(30 * time.Millisecond)
+	g := w.gate(t, append(durable.opts(), autobuy.WithLease(autobuy.LeaseConfig{Actions: 50, Linger: 10 * time.Millisecond}))...)
+	t.Cleanup(func() { assert.NoError(t, g.Close(context.Background())) })
+	_, err := g.Resume(context.Background(), 0)
+	require.NoError(t, err)
+	assert.Equal(t, int64(3_000), w.chargedChatMC(), "the dead process's three actions are committed")
+	acct, _ := w.srv.Account(user)
+	assert.Zero(t, acct.ReservedBalance, "nothing left held")
 }

@@ -10,7 +10,6 @@ import (
 
 	"github.com/stretchr/testify/assert"
 
-	"github.com/quotastack/quotastack-go"
 	"github.com/quotastack/quotastack-go/autobuy"
 	"github.com/quotastack/quotastack-go/plan"
 	"github.com/quotastack/quotastack-go/quotastacktest"
@@ -76,7 +75,7 @@ func TestConcurrentGatesBuyOnePlan(t *testing.T) {
 			w := setup(t, 250_000)
 			w.srv.SetLatency(tt.latency) // widens every race window
 			var bought atomic.Int32
-			hooks := autobuy.WithHooks(autobuy.Hooks{AutoBought: func(context.Context, quotastack.Customer, *plan.Purchase) { bought.Add(1) }})
+			hooks := autobuy.WithHooks(autobuy.Hooks{AutoBought: func(context.Context, autobuy.CustomerRef, *plan.Purchase) { bought.Add(1) }})
 			shared := []autobuy.Option{hooks, autobuy.WithJournal(autobuy.NewMemoryJournal(0)), autobuy.WithLocker(autobuy.NewLocalLocker())}
 			gates := make([]*autobuy.Gatekeeper, tt.replicas)
 			for i := range gates {

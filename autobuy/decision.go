@@ -7,9 +7,9 @@ import (
 	"github.com/quotastack/quotastack-go/plan"
 )
 
-// Reason says why a gate allowed or denied an action. The README's table of
-// reasons says what an application should show for each and whether it is
-// final or worth retrying.
+// Reason says why a gate allowed or denied an action. Final, Show and
+// HTTPStatus say whether it is worth retrying, what to show and how the
+// middleware answers it (one table, reasons.go, also in the README).
 type Reason string
 
 // The reasons of a Decision.
@@ -63,23 +63,31 @@ const (
 	ReasonUnavailable Reason = "unavailable"
 )
 
-// Final reports whether retrying the same action soon can't change the answer
-// without the customer or the tenant doing something (paying, opting in,
-// fixing configuration).
-func (r Reason) Final() bool {
-	switch r {
-	case ReasonInsufficientCredits, ReasonPurchaseUnavailable, ReasonUnavailable:
-		return false
-	}
-	return true
-}
-
 // Limit describes the limit behind a purchase_limit or auto_buy_suspended denial.
 type Limit struct {
 	Kind     string // "purchases_per_period" or "suspended"
 	Max      int    // the limit's count (purchases per period), 0 for a suspension
 	Period   time.Duration
 	ResetsAt time.Time // when auto-buy is possible again (zero: until lifted)
+}
+
+// CustomerRef names a customer in both id forms.
+type CustomerRef struct {
+	// Given is the customer as the caller passed it to Gate (an external id
+	// or the QuotaStack id); for a purchase finished outside a Gate call
+	// (Resume) it is the external id the intent recorded, or the QuotaStack id.
+	Given quotastack.Customer
+	// ID is the QuotaStack id (UUID); "" when the check didn't answer.
+	ID string
+}
+
+// ExternalID returns the customer's external id, or "" when the caller used
+// the QuotaStack id.
+func (c CustomerRef) ExternalID() string {
+	if c.Given.IsExternal() {
+		return c.Given.ID()
+	}
+	return ""
 }
 
 // Decision is the answer of a gate: allowed or not, and why. Denials are
@@ -91,7 +99,9 @@ type Decision struct {
 	EventID string
 	// CustomerID is the QuotaStack id of the customer the gate resolved
 	// (whichever id form the caller used); "" when the check didn't answer.
+	// Customer is the customer as the caller passed it.
 	CustomerID string
+	Customer   quotastack.Customer
 	// Purchase is the plan bought (or finished) while gating, if any.
 	Purchase *plan.Purchase
 	// Entitlement is the last entitlement check seen.
@@ -121,3 +131,6 @@ type Decision struct {
 
 	leaseID string // the lease reservation a leased action was counted on
 }
+
+// Ref returns the decision's customer in both id forms.
+func (d Decision) Ref() CustomerRef { return CustomerRef{Given: d.Customer, ID: d.CustomerID} }

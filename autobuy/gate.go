@@ -12,11 +12,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strconv"
 	"time"
 
 	"github.com/quotastack/quotastack-go"
-	"github.com/quotastack/quotastack-go/internal/idem"
 	"github.com/quotastack/quotastack-go/plan"
 )
 
@@ -27,9 +25,10 @@ import (
 // (401/403: the key; 404 metric, 422 rule, 409 event reuse: configuration),
 // and when QuotaStack could not answer and the fallback policy is
 // ReturnError. Round trips: 2 when entitled (1 with WithRecordFirst), 2 for
-// a paywall, 5 for an auto-buy (7 on a server that debits asynchronously: a
-// wallet read confirms the debit, and the entitlement is checked again before
-// the record).
+// a paywall, 6 for an auto-buy (the recipe's check, wallet, debit, grant,
+// re-check, record) (7 on a server that debits asynchronously: a wallet
+// read confirms the debit). A replay of a charged event (WithEventID) sends
+// nothing.
 func (g *Gatekeeper) Gate(ctx context.Context, customer quotastack.Customer, metric string, opts ...GateOption) (Decision, error) {
 	ctx = quotastack.BeginOperation(ctx) // one deadline, one place in the rate budget for all its calls
 	cfg := gateConfig{units: 1}
@@ -46,8 +45,9 @@ func (g *Gatekeeper) Gate(ctx context.Context, customer quotastack.Customer, met
 			d, err = g.fallbackDecision(ctx, customer, metric, d, err)
 		}
 	}
+	d.Customer = customer // whichever path decided (lease, fallback, check)
 	if g.hooks.Decided != nil {
-		g.hooks.Decided(ctx, customer, metric, d, err)
+		g.hooks.Decided(ctx, d.Ref(), metric, d, err)
 	}
 	return d, err
 }
@@ -65,8 +65,7 @@ func (g *Gatekeeper) gate(ctx context.Context, customer quotastack.Customer, met
 // answered from it), then the lease, record-first, or the check; the
 // purchase when the customer is out of credits.
 func (g *Gatekeeper) decide(ctx context.Context, customer quotastack.Customer, metric string, cfg gateConfig, rec *eventRecord, key *usageKey) (Decision, error) {
-	var d Decision
-	started := g.now()
+	d := Decision{Customer: customer}
 	id, known := g.canonicalID(customer)
 	if !known && g.leases != nil && !cfg.reserve {
 		// Leases and records are found by the QuotaStack id: one GET, once
@@ -92,6 +91,9 @@ func (g *Gatekeeper) decide(ctx context.Context, customer quotastack.Customer, m
 		}
 		key.n = rec.c.Attempt
 	}
+	// The journal's revision before anything that stands for the check: under
+	// the lock it tells whether a purchase landed since (no clocks compared).
+	seen := g.revBeforeCheck(ctx, id, known)
 	var refused *quotastack.Entitlement // a refusal read from a 402: no check needed
 	if known && g.leases != nil && !cfg.reserve && (!rec.claimed || rec.c.Via == viaLease) {
 		ld, ok, r, err := g.leased(ctx, id, metric, cfg)
@@ -163,7 +165,7 @@ func (g *Gatekeeper) decide(ctx context.Context, customer quotastack.Customer, m
 	if cfg.autoBuy != nil {
 		enabled = *cfg.autoBuy
 	} else if g.preference != nil {
-		if enabled, err = g.preference(ctx, customer); err != nil {
+		if enabled, err = g.preference(ctx, d.Ref()); err != nil {
 			d.Err = fmt.Errorf("autobuy: reading the auto-buy preference: %w", err)
 			return g.deny(ctx, customer, d, ReasonPurchaseUnavailable), nil
 		}
@@ -171,7 +173,7 @@ func (g *Gatekeeper) decide(ctx context.Context, customer quotastack.Customer, m
 	if !enabled {
 		return g.deny(ctx, customer, d, ReasonPlanExpired), nil
 	}
-	p, ok := g.choose(ctx, customer, metric, ent)
+	p, ok := g.choose(ctx, d.Ref(), metric, ent)
 	if !ok {
 		return g.deny(ctx, customer, d, ReasonPlanExpired), nil
 	}
@@ -182,23 +184,11 @@ func (g *Gatekeeper) decide(ctx context.Context, customer quotastack.Customer, m
 		// Decided before buying: one plan can't let this action through.
 		return g.deny(ctx, customer, d, ReasonActionTooLarge), nil
 	}
-	d, err = g.purchaseAndConsume(ctx, customer, metric, cfg, p, started, d, key)
+	d, err = g.purchaseAndConsume(ctx, customer, metric, cfg, p, seen, d, key)
 	if d.Purchase != nil {
 		g.leases.allowAgain(d.CustomerID, metric)
 	}
 	return d, err
-}
-
-// refusalFrom reads a refused entitlement from a 402's figures (required and
-// available, in millicredits): enough to decide on a purchase without a check.
-func refusalFrom(err error, customerID, metric string, units int64) (*quotastack.Entitlement, bool) {
-	var apiErr *quotastack.APIError
-	if !errors.As(err, &apiErr) || !errors.Is(err, quotastack.ErrInsufficientCredits) || apiErr.Required <= 0 {
-		return nil, false
-	}
-	return &quotastack.Entitlement{Allowed: false, CustomerID: customerID, BillableMetricKey: metric, Units: units,
-		EffectiveBalance: apiErr.Available, EstimatedCost: apiErr.Required,
-		BalanceAfter: apiErr.Available - apiErr.Required}, true
 }
 
 // tooLarge reports whether the action would still be refused with one more
@@ -214,12 +204,35 @@ func tooLarge(ent *quotastack.Entitlement, p plan.Plan) bool {
 	return ent.EstimatedCost > p.CreditsMC
 }
 
+// seenRev is the customer's journal revision read before the gate's check;
+// known is false when the gate didn't know the customer's QuotaStack id then.
+type seenRev struct {
+	id    string // the QuotaStack id the revision was read for
+	rev   int64
+	known bool
+}
+
+// revBeforeCheck reads the customer's journal revision before the check,
+// when its QuotaStack id is known (a UUID caller, or an external id resolved
+// earlier in this process). A journal error leaves it unknown.
+func (g *Gatekeeper) revBeforeCheck(ctx context.Context, id string, known bool) seenRev {
+	if !known {
+		return seenRev{}
+	}
+	rev, err := g.journal.Rev(ctx, id)
+	if err != nil {
+		return seenRev{}
+	}
+	return seenRev{id: id, rev: rev, known: true}
+}
+
 // purchaseAndConsume is the not-entitled path, under the customer's lock:
-// finish the customer's open intents; if a plan was completed since this
-// gate's check (by another gate or replica), check again instead of buying;
-// otherwise check the limits and the wallet, buy, and record the action.
+// finish the customer's open intents; if anything was bought or finished
+// since this gate's check (the journal's revision moved), check again
+// instead of buying; otherwise check the limits and the wallet, buy, check
+// again and record the action.
 func (g *Gatekeeper) purchaseAndConsume(ctx context.Context, customer quotastack.Customer, metric string, cfg gateConfig,
-	p plan.Plan, started time.Time, d Decision, key *usageKey) (Decision, error) {
+	p plan.Plan, seen seenRev, d Decision, key *usageKey) (Decision, error) {
 	unlock, err := g.lock(ctx, d.CustomerID)
 	if err != nil {
 		d.Err = err
@@ -238,29 +251,14 @@ func (g *Gatekeeper) purchaseAndConsume(ctx context.Context, customer quotastack
 		// buy twice for one exhaustion. Its next attempt resumes it.
 		return g.purchaseError(ctx, customer, d, err)
 	}
-	if g.boughtSince(ctx, d.CustomerID, started, finished) {
+	rechecked := false
+	if g.boughtSince(ctx, d.CustomerID, seen, finished) {
 		// The exhaustion this gate saw may be over: check again, under the
 		// lock, so the answer includes every purchase made for this customer.
-		ent, err := g.client.Check(ctx, canonOf(d), metric, cfg.units)
-		if err != nil {
-			return d, err
+		if dd, done, err := g.recheck(ctx, customer, metric, cfg, p, &d, key, unlock, &locked); done || err != nil {
+			return dd, err
 		}
-		d.Entitlement = ent
-		if ent.Allowed {
-			unlock()
-			locked = false
-			ok, err := g.consume(ctx, &d, canonOf(d), metric, cfg, key)
-			if err != nil || ok {
-				d.Reason = ReasonEntitled
-				return d, err
-			}
-			// Spent by concurrent actions in between: the user's retry decides.
-			return g.deny(ctx, customer, d, ReasonInsufficientCredits), nil
-		}
-		// Still refused with every earlier purchase counted: a new exhaustion.
-		if tooLarge(ent, p) {
-			return g.deny(ctx, customer, d, ReasonActionTooLarge), nil
-		}
+		rechecked = true
 	}
 
 	if s, ok, err := g.journal.Suspension(ctx, d.CustomerID, metric); err != nil {
@@ -285,11 +283,20 @@ func (g *Gatekeeper) purchaseAndConsume(ctx context.Context, customer quotastack
 		return d, err
 	}
 	d.WalletMC = bal.WalletMC()
+	if !rechecked && livePlanCovers(bal, d.Entitlement) {
+		// Plan credits the check didn't count: a plan bought since the check by
+		// a gate this one doesn't share a journal with (another replica on its
+		// own store), or a first gate that couldn't read the journal's
+		// revision before its check. Check again before buying another.
+		if dd, done, err := g.recheck(ctx, customer, metric, cfg, p, &d, key, unlock, &locked); done || err != nil {
+			return dd, err
+		}
+	}
 	if d.WalletMC < p.PriceMC {
 		return g.deny(ctx, customer, d, ReasonEmptyWallet), nil
 	}
 
-	r, err := g.start(ctx, d.CustomerID, metric, p, d.WalletMC)
+	r, err := g.start(ctx, d, metric, p, bal)
 	switch {
 	case err != nil:
 		return g.purchaseError(ctx, customer, d, err)
@@ -297,12 +304,58 @@ func (g *Gatekeeper) purchaseAndConsume(ctx context.Context, customer quotastack
 		return g.deny(ctx, customer, d, ReasonEmptyWallet), nil
 	case r.failed != nil:
 		return d, r.failed // refused for good: a configuration error (metric, rule, key)
+	case r.review:
+		d.Err = &reviewError{orderID: r.intent.OrderID, note: r.intent.Note}
+		return g.deny(ctx, customer, d, ReasonPurchaseInReview), nil
 	case r.purchase == nil:
 		d.Err = errors.New("autobuy: purchase " + r.intent.OrderID + " is " + string(r.intent.State))
 		return g.deny(ctx, customer, d, ReasonPurchaseUnavailable), nil
 	}
 	d.Purchase = r.purchase
-	return g.consumeAfterPurchase(ctx, customer, metric, cfg, d, key)
+	return g.consumeAfterPurchase(ctx, customer, metric, cfg, d, key, bal.ReservedBalance)
+}
+
+// recheck checks the entitlement again under the lock. done is true when it
+// decided: allowed (the lock is released and the action recorded), or too
+// large for one more plan; otherwise the gate goes on to buy.
+func (g *Gatekeeper) recheck(ctx context.Context, customer quotastack.Customer, metric string, cfg gateConfig, p plan.Plan,
+	d *Decision, key *usageKey, unlock func(), locked *bool) (Decision, bool, error) {
+	ent, err := g.client.Check(ctx, canonOf(*d), metric, cfg.units)
+	if err != nil {
+		return *d, true, err
+	}
+	d.Entitlement = ent
+	if ent.Allowed {
+		unlock()
+		*locked = false
+		ok, err := g.consume(ctx, d, canonOf(*d), metric, cfg, key)
+		if err != nil || ok {
+			d.Reason = ReasonEntitled
+			return *d, true, err
+		}
+		// Spent by concurrent actions in between: the user's retry decides.
+		return g.deny(ctx, customer, *d, ReasonInsufficientCredits), true, nil
+	}
+	// Still refused with every earlier purchase counted: a new exhaustion.
+	if tooLarge(ent, p) {
+		return g.deny(ctx, customer, *d, ReasonActionTooLarge), true, nil
+	}
+	return *d, false, nil
+}
+
+// livePlanCovers reports whether bal lists a plan block (a positive priority
+// and an expiry) that alone holds what the refused action costs.
+func livePlanCovers(bal *quotastack.Credits, ent *quotastack.Entitlement) bool {
+	need := int64(1)
+	if ent != nil {
+		need = max(ent.EstimatedCost, 1)
+	}
+	for _, b := range bal.PlanBlocks() {
+		if b.RemainingAmount >= need {
+			return true
+		}
+	}
+	return false
 }
 
 // purchaseError answers a purchase left unfinished (its intent stays open
@@ -323,39 +376,30 @@ func (g *Gatekeeper) purchaseError(ctx context.Context, customer quotastack.Cust
 	return g.deny(ctx, customer, d, ReasonPurchaseUnavailable), nil
 }
 
-// skewMargin widens "after this gate's check began" for purchases stamped by
-// other replicas' clocks. A purchase inside it costs one more check, never a
-// wrong answer.
-const skewMargin = 5 * time.Second
-
-// boughtSince reports whether a plan of the customer may have been completed
-// after this gate's check began (or was just finished from an open intent):
-// then that check may not count it.
-func (g *Gatekeeper) boughtSince(ctx context.Context, customerID string, started time.Time, finished []runResult) bool {
+// boughtSince reports whether a plan of the customer may have been bought or
+// finished after this gate's check: an intent just finished here, or the
+// journal's revision moved since the one read before the check (or wasn't
+// read, and the customer has a history). Ordered by the journal, never by
+// the clocks of two replicas.
+func (g *Gatekeeper) boughtSince(ctx context.Context, customerID string, seen seenRev, finished []runResult) bool {
 	for _, r := range finished {
 		if r.purchase != nil {
 			return true
 		}
 	}
-	from := started.Add(-skewMargin)
-	if ds, ok := g.journal.(DoneSincer); ok {
-		done, err := ds.DoneSince(ctx, customerID, from)
-		return done || err != nil // unknown: one more check can't charge twice
-	}
-	recent, err := g.journal.Since(ctx, customerID, from)
+	rev, err := g.journal.Rev(ctx, customerID)
 	if err != nil {
 		return true // unknown: one more check can't charge twice
 	}
-	for _, in := range recent {
-		if in.State == IntentDone && !in.UpdatedAt.Before(from) {
-			return true
-		}
+	if seen.known && seen.id == customerID { // a cached id the check contradicts is no id
+		return rev != seen.rev
 	}
-	return false
+	return rev > 0
 }
 
 // limitReached counts the customer's auto-buys (intents that were not
-// refused) created in the last limit period.
+// refused) created in the last limit period. It reads the journal's window
+// only (Since from the window's start), whatever the customer's history.
 func (g *Gatekeeper) limitReached(ctx context.Context, customerID string) (*Limit, error) {
 	if g.limitMax == 0 && g.limitPeriod == 0 {
 		return nil, nil
@@ -383,22 +427,21 @@ func (g *Gatekeeper) limitReached(ctx context.Context, customerID string) (*Limi
 	return lim, nil
 }
 
-// consumeAfterPurchase records the action on the plan this gate just bought,
-// still under the lock. On a server that debits synchronously the record's
-// own answer proves the plan works (5 round trips in all); on one that
-// answers 202 the entitlement is checked first, since its record would be
-// accepted either way.
-func (g *Gatekeeper) consumeAfterPurchase(ctx context.Context, customer quotastack.Customer, metric string, cfg gateConfig, d Decision, key *usageKey) (Decision, error) {
+// consumeAfterPurchase checks the entitlement again on the plan this gate
+// just bought (the recipe's re-check: one request per purchase), still under
+// the lock, and records the action only if it is allowed. A refusal is
+// diagnosed (a misconfigured plan or rule suspends auto-buy) and never
+// followed by the record. reservedBefore is the account's reserved balance
+// read before the purchase.
+func (g *Gatekeeper) consumeAfterPurchase(ctx context.Context, customer quotastack.Customer, metric string, cfg gateConfig, d Decision, key *usageKey, reservedBefore int64) (Decision, error) {
 	canon := canonOf(d)
-	if d.Purchase.Debit != nil && d.Purchase.Debit.Accepted {
-		ent, err := g.client.Check(ctx, canon, metric, cfg.units)
-		if err != nil {
-			return d, err
-		}
-		d.Entitlement = ent
-		if !ent.Allowed {
-			return g.diagnose(ctx, customer, metric, cfg, d, key)
-		}
+	ent, err := g.client.Check(ctx, canon, metric, cfg.units)
+	if err != nil {
+		return d, err
+	}
+	d.Entitlement = ent
+	if !ent.Allowed {
+		return g.diagnose(ctx, customer, metric, d, reservedBefore)
 	}
 	ok, err := g.consume(ctx, &d, canon, metric, cfg, key)
 	if err != nil {
@@ -408,37 +451,28 @@ func (g *Gatekeeper) consumeAfterPurchase(ctx context.Context, customer quotasta
 		d.Reason = ReasonAutoBought
 		return d, nil
 	}
-	return g.diagnose(ctx, customer, metric, cfg, d, key)
+	// Allowed, then refused (402): concurrent actions used the plan first.
+	return g.deny(ctx, customer, d, ReasonInsufficientCredits), nil
 }
 
 // diagnose tells a misconfigured plan or rule from a plan that concurrent
-// actions used first, after the action was refused on the plan just bought.
-// It blames the configuration only when the plan's block is live and
-// untouched and its credits, less every hold, still cover the action while
-// the check refuses it: concurrency can't produce that.
-func (g *Gatekeeper) diagnose(ctx context.Context, customer quotastack.Customer, metric string, cfg gateConfig, d Decision, key *usageKey) (Decision, error) {
-	canon := canonOf(d)
-	ent, err := g.client.Check(ctx, canon, metric, cfg.units)
-	if err != nil {
-		return d, err
-	}
-	d.Entitlement = ent
-	if ent.Allowed {
-		// Credits came back (a released hold): one more try, no purchase.
-		if ok, err := g.consume(ctx, &d, canon, metric, cfg, key); err != nil || ok {
-			d.Reason = ReasonAutoBought
-			return d, err
-		}
-		return g.deny(ctx, customer, d, ReasonInsufficientCredits), nil
-	}
-	bal, err := g.client.BalanceWithBlocks(ctx, canon)
+// actions used first, after the re-check refused the action on the plan just
+// bought. It blames the configuration only when the plan's block is live and
+// untouched and its credits, less the holds added since the purchase began
+// (holds that existed before, on the wallet or elsewhere, can't be on the new
+// block), still cover the action while the check refuses it: concurrency
+// can't produce that.
+func (g *Gatekeeper) diagnose(ctx context.Context, customer quotastack.Customer, metric string, d Decision, reservedBefore int64) (Decision, error) {
+	ent := d.Entitlement
+	bal, err := g.client.BalanceWithBlocks(ctx, canonOf(d))
 	if err != nil {
 		return d, err
 	}
 	o := plan.Order{ID: d.Purchase.OrderID, Plan: d.Purchase.Plan}
 	blk, found := o.GrantIn(bal)
 	need := max(ent.EstimatedCost, 1)
-	if !found || blk.RemainingAmount < blk.OriginalAmount || blk.RemainingAmount-bal.ReservedBalance < need {
+	newHolds := max(0, bal.ReservedBalance-reservedBefore)
+	if !found || blk.RemainingAmount < blk.OriginalAmount || blk.RemainingAmount-newHolds < need {
 		return g.deny(ctx, customer, d, ReasonInsufficientCredits), nil
 	}
 	now := g.now()
@@ -451,7 +485,7 @@ func (g *Gatekeeper) diagnose(ctx context.Context, customer quotastack.Customer,
 	if err != nil {
 		d.Err = &journalError{err}
 	} else if created && g.hooks.Suspended != nil {
-		g.hooks.Suspended(ctx, s)
+		g.hooks.Suspended(ctx, d.Ref(), s)
 	}
 	d.Limit = &Limit{Kind: "suspended", ResetsAt: s.Until}
 	return g.deny(ctx, customer, d, ReasonEntitlementFailedAfterPurchase), nil
@@ -471,20 +505,25 @@ func (g *Gatekeeper) LiftSuspension(ctx context.Context, customerID, metric stri
 // entitlement answer carries it; a server that leaves it out costs one more
 // request.
 func (g *Gatekeeper) resolve(ctx context.Context, customer quotastack.Customer, ent *quotastack.Entitlement) (string, error) {
-	if ent.CustomerID != "" {
-		return ent.CustomerID, nil
-	}
-	if !customer.IsExternal() {
+	id := ent.CustomerID
+	switch {
+	case id != "":
+	case !customer.IsExternal():
 		return customer.ID(), nil
+	default:
+		rec, err := g.client.GetCustomer(ctx, customer)
+		if err != nil {
+			return "", err
+		}
+		if rec.CustomerID == "" {
+			return "", fmt.Errorf("%w: autobuy: the server named no customer_id for %s", quotastack.ErrUnexpectedResponse, customer)
+		}
+		id = rec.CustomerID
 	}
-	rec, err := g.client.GetCustomer(ctx, customer)
-	if err != nil {
-		return "", err
+	if customer.IsExternal() {
+		g.ids.put(customer.ID(), id) // the next gate reads the journal's revision before its check
 	}
-	if rec.CustomerID == "" {
-		return "", fmt.Errorf("%w: autobuy: the server named no customer_id for %s", quotastack.ErrUnexpectedResponse, customer)
-	}
-	return rec.CustomerID, nil
+	return id, nil
 }
 
 // lock takes the customer's purchase lock, waiting at most the purchase
@@ -516,85 +555,11 @@ func (g *Gatekeeper) lockKey(ctx context.Context, key string) (func(), error) {
 	}, nil
 }
 
-// usageKey makes the idempotency keys of one action's usage record:
-// "usage:{customer}:{event}" first, then "usage:{customer}:{event}:{n}" for
-// the n-th attempt after refused ones (a stored 402 is replayed for as long as
-// the server keeps its key). Parts are escaped, so the keys are injective.
-type usageKey struct {
-	customerID, event string // event "" means a random key per record
-	n                 int
-	hold              bool  // a reservation: "hold:{customer}:{event}:{n}"
-	refusal           error // the last 402 a record or hold met, with its figures
-}
-
-// maxUsageAttempts bounds the keys one gate walks through before giving up on
-// a server that replays a 402 for every one of them.
-const maxUsageAttempts = 1000
-
-func (k *usageKey) current() string {
-	switch {
-	case k.event == "":
-		return ""
-	case k.hold:
-		// A released hold's key is never reused: the next attempt holds anew.
-		return idem.Join("hold", k.customerID, k.event, strconv.Itoa(max(k.n, 1)))
-	case k.n <= 1:
-		return idem.Join("usage", k.customerID, k.event)
-	}
-	return idem.Join("usage", k.customerID, k.event, strconv.Itoa(k.n))
-}
-
-// consume records the usage (or holds it with a reservation) of an action the
-// check allowed. ok is false on a 402: the credits went to a concurrent action.
-func (g *Gatekeeper) consume(ctx context.Context, d *Decision, customer quotastack.Customer, metric string, cfg gateConfig, key *usageKey) (ok bool, err error) {
-	for {
-		var opts []quotastack.CallOption
-		if k := key.current(); k != "" {
-			opts = append(opts, quotastack.WithIdempotencyKey(k))
-		}
-		if cfg.reserve {
-			d.Hold, err = g.client.Reserve(ctx, quotastack.ReserveParams{Customer: customer, MetricKey: metric,
-				EstimatedUnits: cfg.units, TTL: cfg.reserveTTL, Metadata: cfg.metadata}, opts...)
-		} else {
-			d.Usage, err = g.client.Record(ctx, quotastack.UsageParams{Customer: customer, MetricKey: metric,
-				Units: cfg.units, Metadata: cfg.metadata}, opts...)
-			g.recordFirst.observe(d.Usage)
-		}
-		if err == nil {
-			d.Allowed = true
-			return true, nil
-		}
-		if !errors.Is(err, quotastack.ErrInsufficientCredits) {
-			return false, err
-		}
-		key.refusal = err
-		if key.event == "" {
-			return false, nil
-		}
-		// Not recorded, and the server keeps this 402 under the key: any later
-		// record of this event goes under the next one.
-		key.n++
-		if key.n > maxUsageAttempts {
-			return false, fmt.Errorf("autobuy: event %q refused %d times: %w", key.event, maxUsageAttempts, err)
-		}
-		var apiErr *quotastack.APIError
-		if !errors.As(err, &apiErr) || !apiErr.Replayed || apiErr.Attempts > 1 {
-			// A fresh refusal. A replay answering a retry may be this call's
-			// own first attempt, executed before its answer was lost: fresh
-			// too (walking on would spend a key per refusal, without end).
-			return false, nil
-		}
-		// A replayed 402 is an earlier gate's refusal of this event: this
-		// gate's record goes under the next key (which replays if an earlier
-		// gate recorded the event there).
-	}
-}
-
 func (g *Gatekeeper) deny(ctx context.Context, customer quotastack.Customer, d Decision, r Reason) Decision {
 	d.Allowed, d.Reason = false, r
 	g.log.InfoContext(ctx, "autobuy: denied", "customer_id", d.CustomerID, "reason", string(r))
-	if (r == ReasonEmptyWallet || r == ReasonPlanExpired || r == ReasonPurchaseLimit) && g.hooks.Paywall != nil {
-		g.hooks.Paywall(ctx, customer, d)
+	if g.hooks.Paywall != nil && rowOf(r).paywall {
+		g.hooks.Paywall(ctx, d.Ref(), d)
 	}
 	return d
 }

@@ -33,9 +33,9 @@ func TestGateBranches(t *testing.T) {
 		paywall    bool
 	}{
 		{name: "entitled: record and go", walletMC: 250_000, planMC: 5_000, allowed: true, reason: autobuy.ReasonEntitled, roundTrips: 2},
-		{name: "exhausted, wallet pays: auto-buy", walletMC: 250_000, allowed: true, reason: autobuy.ReasonAutoBought, purchased: true, roundTrips: 5},
+		{name: "exhausted, wallet pays: auto-buy", walletMC: 250_000, allowed: true, reason: autobuy.ReasonAutoBought, purchased: true, roundTrips: 6},
 		{name: "exhausted, preference off: plan picker", walletMC: 250_000, allowed: false, reason: autobuy.ReasonPlanExpired, roundTrips: 1, paywall: true,
-			gateOpts: []autobuy.Option{autobuy.WithPreference(func(context.Context, quotastack.Customer) (bool, error) { return false, nil })}},
+			gateOpts: []autobuy.Option{autobuy.WithPreference(func(context.Context, autobuy.CustomerRef) (bool, error) { return false, nil })}},
 		{name: "exhausted, per-call opt-out: plan picker", walletMC: 250_000, allowed: false, reason: autobuy.ReasonPlanExpired, roundTrips: 1, paywall: true,
 			opts: []autobuy.GateOption{autobuy.WithAutoBuy(false)}},
 		{name: "exhausted, wallet short: paywall", walletMC: 99_000, allowed: false, reason: autobuy.ReasonEmptyWallet, roundTrips: 2, paywall: true},
@@ -50,8 +50,8 @@ func TestGateBranches(t *testing.T) {
 			}
 			var paywalls, bought atomic.Int32
 			hooks := autobuy.WithHooks(autobuy.Hooks{
-				Paywall:    func(context.Context, quotastack.Customer, autobuy.Decision) { paywalls.Add(1) },
-				AutoBought: func(context.Context, quotastack.Customer, *plan.Purchase) { bought.Add(1) },
+				Paywall:    func(context.Context, autobuy.CustomerRef, autobuy.Decision) { paywalls.Add(1) },
+				AutoBought: func(context.Context, autobuy.CustomerRef, *plan.Purchase) { bought.Add(1) },
 			})
 			g := w.gate(t, append(tt.gateOpts, hooks)...)
 			w.srv.ResetRequests()

@@ -16,24 +16,24 @@ type IntentState string
 
 // The states of a purchase intent. pending → debited → done is the way of a
 // purchase; failed and review end it otherwise. The transitions are all in
-// purchase.go.
+// plan.Machine.
 const (
 	// IntentPending: written before the debit is first sent; whether the
 	// debit landed is not known yet.
-	IntentPending IntentState = "pending"
+	IntentPending = IntentState(plan.StatePending)
 	// IntentDebited: the debit is confirmed; the grant (with ExpiresAt) is owed.
-	IntentDebited IntentState = "debited"
+	IntentDebited = IntentState(plan.StateDebited)
 	// IntentDone: the plan was granted (closed).
-	IntentDone IntentState = "done"
+	IntentDone = IntentState(plan.StateDone)
 	// IntentFailed: nothing was debited (a short wallet, a refused request);
 	// closed, and a new purchase may start.
-	IntentFailed IntentState = "failed"
+	IntentFailed = IntentState(plan.StateFailed)
 	// IntentReview: the gate can't finish it safely (a debit whose outcome
 	// is still unknown after the server's 24 h idempotency window).
 	// Hooks.PurchaseNeedsReview was called; until a person decides from the
 	// ledger (Gatekeeper.ResolveReview) no auto-buy runs for the customer,
 	// since a second debit could charge twice for one plan.
-	IntentReview IntentState = "review"
+	IntentReview = IntentState(plan.StateReview)
 )
 
 // Open reports whether the intent must be dealt with before anything else is
@@ -58,9 +58,14 @@ type Intent struct {
 	Trigger    plan.Trigger
 	Metadata   map[string]string
 	State      IntentState
-	// WalletBeforeMC is the wallet read under the lock before the first debit;
-	// a debit answered 202 is confirmed against it.
+	// ExternalCustomerID is the customer's external id when the gate knew it
+	// (the caller passed it), so hooks can name the user without a request.
+	ExternalCustomerID string
+	// WalletBeforeMC and WalletBlockIDs are the wallet read under the lock
+	// before the first debit: what its blocks held, and their ids. A debit
+	// answered 202 is confirmed against these blocks only.
 	WalletBeforeMC int64
+	WalletBlockIDs []string
 	CreatedAt      time.Time // before the first debit: the key window starts no earlier
 	UpdatedAt      time.Time
 	DebitCreatedAt time.Time // the debit's created_at, when the server sent one
@@ -70,6 +75,20 @@ type Intent struct {
 	Note           string    // what went wrong, for failed and review
 	// Rev is the revision the intent was read at; Journal.Put compares it.
 	Rev int64
+}
+
+// record returns the purchase machine's record of the intent.
+func (in *Intent) record() plan.Record {
+	return plan.Record{Order: in.order(), State: plan.State(in.State),
+		Wallet:    plan.WalletSnapshot{BlockIDs: in.WalletBlockIDs, RemainingMC: in.WalletBeforeMC},
+		CreatedAt: in.CreatedAt, DebitCreatedAt: in.DebitCreatedAt, ExpiresAt: in.ExpiresAt, GrantSentAt: in.GrantSentAt,
+		BlockID: in.BlockID, Note: in.Note}
+}
+
+// apply copies what the machine advanced in r to the intent.
+func (in *Intent) apply(r *plan.Record) {
+	in.State, in.DebitCreatedAt, in.ExpiresAt, in.GrantSentAt = IntentState(r.State), r.DebitCreatedAt, r.ExpiresAt, r.GrantSentAt
+	in.BlockID, in.Note = r.BlockID, r.Note
 }
 
 // order returns the plan order the intent stands for.
@@ -104,8 +123,9 @@ var ErrJournalConflict = errors.New("autobuy: journal: intent changed since it w
 // snapshot as columns or JSON); Put is an INSERT for Rev 0 (refused while the
 // customer has an open intent: a partial unique index on customer_id where
 // the state is open does it) and otherwise "UPDATE … SET …, rev = rev+1
-// WHERE order_id = ? AND rev = ?" (zero rows: ErrJournalConflict); a table of
-// suspensions keyed by (customer_id, metric).
+// WHERE order_id = ? AND rev = ?" (zero rows: ErrJournalConflict); a row per
+// customer whose counter the same transaction bumps on every successful Put
+// (Rev; never pruned); a table of suspensions keyed by (customer_id, metric).
 // Methods must be safe for concurrent use; errors refuse the purchase (never
 // the entitled customers).
 type Journal interface {
@@ -120,7 +140,9 @@ type Journal interface {
 	Open(ctx context.Context, customerID string) ([]Intent, error)
 	// Since returns the customer's intents created or updated at or after t,
 	// in any state, oldest first. A journal may forget closed intents older
-	// than its retention (keep it longer than any purchase-limit period).
+	// than its retention (keep it longer than any purchase-limit period). The
+	// gate calls it only for a purchase limit, with t the start of the limit
+	// window: its cost should depend on the intents in the window only.
 	Since(ctx context.Context, customerID string, t time.Time) ([]Intent, error)
 	// Pending returns up to limit open intents of any customers, oldest
 	// first, for Gatekeeper.Resume.
@@ -132,14 +154,12 @@ type Journal interface {
 	Suspend(ctx context.Context, s Suspension, now time.Time) (created bool, err error)
 	// Lift removes the customer's suspension for metric.
 	Lift(ctx context.Context, customerID, metric string) error
-}
-
-// DoneSincer is an optional Journal method the gate uses, when a journal has
-// it, instead of reading every recent intent with Since: whether any of the
-// customer's intents is done and was last updated at or after t (the same
-// answer as scanning Since(t) for them).
-type DoneSincer interface {
-	DoneSince(ctx context.Context, customerID string, t time.Time) (bool, error)
+	// Rev returns the customer's journal revision: 0 for a customer never
+	// written, then strictly increased by every successful Put of one of the
+	// customer's intents (a refused Put leaves it), never decreased, and kept
+	// when intents are forgotten after the retention. The gate orders "was
+	// anything bought since my check?" by it, never by clocks.
+	Rev(ctx context.Context, customerID string) (int64, error)
 }
 
 // MemoryJournal is the in-process Journal: exactly-once purchases within one
@@ -149,11 +169,16 @@ type DoneSincer interface {
 type MemoryJournal struct {
 	mu        sync.Mutex
 	retention time.Duration
-	byCust    map[string][]*Intent // in the order they were first stored
+	byCust    map[string][]*Intent // by touched time (the later of CreatedAt and UpdatedAt)
+	revs      map[string]int64     // Rev per customer, never pruned
 	open      map[string]int       // open intents per customer
 	stored    map[[2]string]bool   // customer and order id of every intent kept
 	suspended map[[2]string]Suspension
 	lastPrune time.Time
+	// shared: the process-wide default, written by Gatekeepers on different
+	// clocks (WithClock); it prunes at no later than the wall clock, so a
+	// clock set ahead can't forget another Gatekeeper's intents early.
+	shared bool
 }
 
 // NewMemoryJournal returns an empty MemoryJournal keeping closed intents for
@@ -163,13 +188,47 @@ func NewMemoryJournal(retention time.Duration) *MemoryJournal {
 		retention = 48 * time.Hour
 	}
 	return &MemoryJournal{retention: retention, byCust: map[string][]*Intent{}, open: map[string]int{},
-		stored: map[[2]string]bool{}, suspended: map[[2]string]Suspension{}}
+		stored: map[[2]string]bool{}, suspended: map[[2]string]Suspension{}, revs: map[string]int64{}}
+}
+
+// keepAtLeast raises the retention to d (the process-wide default journal
+// serves Gatekeepers with different purchase-limit periods).
+func (j *MemoryJournal) keepAtLeast(d time.Duration) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	j.retention = max(j.retention, d)
+}
+
+// Rev implements Journal.
+func (j *MemoryJournal) Rev(_ context.Context, customerID string) (int64, error) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return j.revs[customerID], nil
+}
+
+func touched(in *Intent) time.Time {
+	if in.UpdatedAt.After(in.CreatedAt) {
+		return in.UpdatedAt
+	}
+	return in.CreatedAt
+}
+
+// insertTouched inserts c into list keeping it ordered by touched time,
+// searching from the newest end (where a write almost always goes).
+func insertTouched(list []*Intent, c *Intent) []*Intent {
+	t := touched(c)
+	i := len(list)
+	for i > 0 && touched(list[i-1]).After(t) {
+		i--
+	}
+	return slices.Insert(list, i, c)
 }
 
 func cloneIntent(in *Intent) Intent {
 	out := *in
 	out.Metadata = maps.Clone(in.Metadata)
 	out.Plan.Metadata = maps.Clone(in.Plan.Metadata)
+	out.WalletBlockIDs = slices.Clone(in.WalletBlockIDs)
 	return out
 }
 
@@ -192,11 +251,12 @@ func (j *MemoryJournal) Put(_ context.Context, in *Intent) error {
 	c := cloneIntent(in)
 	wasOpen := i >= 0 && list[i].State.Open()
 	if i >= 0 {
-		list[i] = &c
+		list = slices.Delete(list, i, i+1)
 	} else {
-		j.byCust[in.CustomerID] = append(list, &c)
 		j.stored[[2]string{in.CustomerID, in.OrderID}] = true
 	}
+	j.byCust[in.CustomerID] = insertTouched(list, &c)
+	j.revs[in.CustomerID]++
 	switch {
 	case c.State.Open() && !wasOpen:
 		j.open[in.CustomerID]++
@@ -205,7 +265,11 @@ func (j *MemoryJournal) Put(_ context.Context, in *Intent) error {
 			delete(j.open, in.CustomerID)
 		}
 	}
-	j.prune(in.UpdatedAt)
+	now := in.UpdatedAt
+	if wall := time.Now(); j.shared && now.After(wall) {
+		now = wall
+	}
+	j.prune(now)
 	return nil
 }
 
@@ -223,7 +287,7 @@ func lastIndex(list []*Intent, orderID string) int {
 // prune drops closed intents past the retention, at most once a minute of
 // journal time: the cost is amortised over the purchases in between.
 func (j *MemoryJournal) prune(now time.Time) {
-	if now.Sub(j.lastPrune) < time.Minute {
+	if d := now.Sub(j.lastPrune); d < time.Minute && d > -time.Minute {
 		return
 	}
 	j.lastPrune = now
@@ -275,23 +339,27 @@ func (j *MemoryJournal) Open(_ context.Context, customerID string) ([]Intent, er
 	return j.collect(customerID, func(in *Intent) bool { return in.State.Open() }), nil
 }
 
-// Since implements Journal.
+// Since implements Journal: a binary search on the intents ordered by
+// touched time, so it costs what the window holds, not the customer's history.
 func (j *MemoryJournal) Since(_ context.Context, customerID string, t time.Time) ([]Intent, error) {
-	return j.collect(customerID, func(in *Intent) bool { return !in.CreatedAt.Before(t) || !in.UpdatedAt.Before(t) }), nil
-}
-
-// DoneSince implements DoneSincer: a scan from the newest intent, without
-// copying any.
-func (j *MemoryJournal) DoneSince(_ context.Context, customerID string, t time.Time) (bool, error) {
 	j.mu.Lock()
-	defer j.mu.Unlock()
 	list := j.byCust[customerID]
-	for i := len(list) - 1; i >= 0; i-- {
-		if list[i].State == IntentDone && !list[i].UpdatedAt.Before(t) {
-			return true, nil
+	i, _ := slices.BinarySearchFunc(list, t, func(in *Intent, t time.Time) int {
+		if touched(in).Before(t) {
+			return -1
 		}
+		return 1
+	})
+	out := make([]Intent, 0, len(list)-i)
+	for _, in := range list[i:] {
+		out = append(out, cloneIntent(in))
 	}
-	return false, nil
+	j.mu.Unlock()
+	slices.SortStableFunc(out, func(a, b Intent) int { return a.CreatedAt.Compare(b.CreatedAt) })
+	if len(out) == 0 {
+		return nil, nil
+	}
+	return out, nil
 }
 
 // Pending implements Journal.

@@ -20,17 +20,18 @@ func TestMemoryJournalConformance(t *testing.T) {
 
 // TestMemoryJournalBusyCustomer: a customer with many closed intents (every
 // plan bought in the retention) costs the gate's reads nothing per intent:
-// Open and DoneSince copy none of them. Before, every purchase copied and
-// sorted all of them (1.15 ms and 874 KiB per in-memory auto-buy). Not
-// parallel: AllocsPerRun refuses parallel tests.
+// Open and Rev copy none of them, and Since (the purchase limit's window)
+// copies the window's intents only. Not parallel: AllocsPerRun refuses
+// parallel tests.
 func TestMemoryJournalBusyCustomer(t *testing.T) {
 	ctx := context.Background()
 	j := autobuy.NewMemoryJournal(0)
 	t0 := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
 	const n = 5000
 	for i := range n {
+		at := t0.Add(time.Duration(i) * time.Second)
 		in := autobuy.Intent{OrderID: fmt.Sprintf("ord_%d", i), CustomerID: "cus_busy", Metric: "chat",
-			State: autobuy.IntentPending, CreatedAt: t0, UpdatedAt: t0}
+			State: autobuy.IntentPending, CreatedAt: at, UpdatedAt: at}
 		require.NoError(t, j.Put(ctx, &in))
 		in.State = autobuy.IntentDone
 		require.NoError(t, j.Put(ctx, &in))
@@ -42,13 +43,43 @@ func TestMemoryJournalBusyCustomer(t *testing.T) {
 		}
 	})
 	assert.Zero(t, open, "Open with no open intent")
-	done := testing.AllocsPerRun(100, func() {
-		if ok, err := j.DoneSince(ctx, "cus_busy", t0); err != nil || !ok {
-			panic("the done intents not found")
+	rev := testing.AllocsPerRun(100, func() {
+		if r, err := j.Rev(ctx, "cus_busy"); err != nil || r != 2*n {
+			panic("Rev is not the number of writes")
 		}
 	})
-	assert.Zero(t, done, "DoneSince")
-	ok, err := j.DoneSince(ctx, "cus_busy", t0.Add(time.Nanosecond))
-	require.NoError(t, err)
-	assert.False(t, ok, "nothing done after t0")
+	assert.Zero(t, rev, "Rev")
+	window := t0.Add((n - 10) * time.Second)
+	since := testing.AllocsPerRun(100, func() {
+		if ins, err := j.Since(ctx, "cus_busy", window); err != nil || len(ins) != 10 {
+			panic("not the window's intents")
+		}
+	})
+	assert.LessOrEqual(t, since, float64(2), "Since copies the window's 10 intents in one slice")
+}
+
+// BenchmarkMemoryJournalSinceWindow: the purchase limit's read of a 10-intent
+// window, for a customer with 100 and with 10,000 intents in the retention;
+// the two should cost the same (compare them as a ratio).
+func BenchmarkMemoryJournalSinceWindow(b *testing.B) {
+	for _, n := range []int{100, 10_000} {
+		b.Run(fmt.Sprint(n), func(b *testing.B) {
+			ctx := context.Background()
+			j := autobuy.NewMemoryJournal(0)
+			t0 := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+			for i := range n {
+				at := t0.Add(time.Duration(i) * time.Second)
+				in := autobuy.Intent{OrderID: fmt.Sprintf("ord_%d", i), CustomerID: "cus", State: autobuy.IntentFailed, CreatedAt: at, UpdatedAt: at}
+				if err := j.Put(ctx, &in); err != nil {
+					b.Fatal(err)
+				}
+			}
+			from := t0.Add(time.Duration(n-10) * time.Second)
+			for b.Loop() {
+				if ins, _ := j.Since(ctx, "cus", from); len(ins) != 10 {
+					b.Fatal(len(ins))
+				}
+			}
+		})
+	}
 }

@@ -70,7 +70,7 @@ func (w *jworld) gatekeeper(t *testing.T, rt http.RoundTripper, opts ...autobuy.
 	base := []autobuy.Option{autobuy.WithPlan(hourPlan), autobuy.WithJournal(w.journal), autobuy.WithLocker(w.locker),
 		autobuy.WithClock(w.srv.Now), autobuy.WithPurchaseTimeout(5 * time.Second),
 		autobuy.WithHooks(autobuy.Hooks{
-			AutoBought:          func(context.Context, quotastack.Customer, *plan.Purchase) { w.bought.Add(1) },
+			AutoBought:          func(context.Context, autobuy.CustomerRef, *plan.Purchase) { w.bought.Add(1) },
 			PurchaseNeedsReview: func(context.Context, autobuy.Intent, string) { w.reviews.Add(1) },
 		})}
 	g, err := autobuy.New(c, append(base, opts...)...)

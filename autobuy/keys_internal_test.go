@@ -47,14 +47,17 @@ func FuzzUsageKeyInjective(f *testing.F) {
 		}
 		n1, n2 = max(n1, 1), max(n2, 1) // attempts start at 1 (0 is the first too)
 		n1, n2 = min(n1, maxUsageAttempts), min(n2, maxUsageAttempts)
-		a := (&usageKey{customerID: c1, event: e1, n: n1}).current()
-		b := (&usageKey{customerID: c2, event: e2, n: n2}).current()
-		if err := idem.Check(a); err != nil {
-			t.Fatalf("key %q of (%q, %q, %d): %v", a, c1, e1, n1, err)
-		}
-		same := c1 == c2 && e1 == e2 && n1 == n2
-		if (a == b) != same {
-			t.Fatalf("(%q, %q, %d) -> %q and (%q, %q, %d) -> %q", c1, e1, n1, a, c2, e2, n2, b)
+		// Usage keys and hold keys (hold true): one key space, no two keys alike.
+		for _, holds := range [][2]bool{{false, false}, {true, true}, {false, true}} {
+			a := (&usageKey{customerID: c1, event: e1, n: n1, hold: holds[0]}).current()
+			b := (&usageKey{customerID: c2, event: e2, n: n2, hold: holds[1]}).current()
+			if err := idem.Check(a); err != nil {
+				t.Fatalf("key %q of (%q, %q, %d): %v", a, c1, e1, n1, err)
+			}
+			same := c1 == c2 && e1 == e2 && n1 == n2 && holds[0] == holds[1]
+			if (a == b) != same {
+				t.Fatalf("(%q, %q, %d, hold %v) -> %q and (%q, %q, %d, hold %v) -> %q", c1, e1, n1, holds[0], a, c2, e2, n2, holds[1], b)
+			}
 		}
 	})
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/quotastack/quotastack-go"
 	"github.com/quotastack/quotastack-go/autobuy"
 )
 
@@ -72,6 +73,22 @@ func TestLeaseMode(t *testing.T) {
 		assert.Equal(t, 1, w.planGrants())
 		assert.Equal(t, int64(1_000), w.chargedChatMC())
 	})
+	t.Run("a refused lease costs no check: the 402 decides", func(t *testing.T) {
+		t.Parallel()
+		w := setup(t, 0) // no plan credits, no wallet
+		g := w.gate(t, autobuy.WithLease(autobuy.LeaseConfig{Actions: 50, Linger: time.Hour}))
+		uuid := quotastack.CustomerID(w.uuid(t))
+		w.srv.ResetRequests()
+		d, err := g.Gate(context.Background(), uuid, "chat_message", autobuy.WithEventID("m1"))
+		require.NoError(t, err)
+		assert.Equal(t, autobuy.ReasonEmptyWallet, d.Reason)
+		var paths []string
+		for _, r := range w.srv.Requests() {
+			paths = append(paths, r.Method+" "+r.Path)
+		}
+		assert.Len(t, paths, 2, "reserve 402, wallet: %v", paths)
+		require.NoError(t, g.Close(context.Background()))
+	})
 	t.Run("an idle lease is committed after the linger", func(t *testing.T) {
 		t.Parallel()
 		w := setup(t, 250_000)
@@ -87,7 +104,7 @@ func TestLeaseMode(t *testing.T) {
 			return acct.ReservedBalance == 0 && w.chargedChatMC() == 3_000
 		}, 5*time.Second, 10*time.Millisecond, "committed without a Flush")
 	})
-	t.Run("a crash costs the tenant the uncommitted units, never the customer", func(t *testing.T) {
+	t.Run("a lease settled after its reservation expired is charged, not free", func(t *testing.T) {
 		t.Parallel()
 		w := setup(t, 250_000)
 		w.grantPlanCredits(t, 50_000)
@@ -96,13 +113,11 @@ func TestLeaseMode(t *testing.T) {
 			_, err := g.Gate(context.Background(), w.cust, "chat_message", autobuy.WithEventID(fmt.Sprintf("m%d", i)))
 			require.NoError(t, err)
 		}
-		// The process dies: no Close. The reservation expires with its TTL.
-		w.clock.Advance(2 * time.Minute)
+		w.clock.Advance(2 * time.Minute) // the reservation expires before anything commits it
 		acct, _ := w.srv.Account(user)
 		assert.Zero(t, acct.ReservedBalance, "the server returned the hold")
-		assert.Zero(t, w.chargedChatMC(), "the 4 actions were free")
-		assert.Equal(t, int64(250_000+50_000), acct.Balance, "the customer paid nothing for them")
-		require.NoError(t, g.Close(context.Background()), "a late commit of an expired lease is not an error")
+		require.NoError(t, g.Close(context.Background()))
+		assert.Equal(t, int64(4_000), w.chargedChatMC(), "the 4 actions counted in the ChargeLog are charged by a usage record")
 	})
 	t.Run("concurrent actions never overspend", func(t *testing.T) {
 		t.Parallel()

@@ -18,13 +18,26 @@ import (
 type Action struct {
 	Customer quotastack.Customer
 	Metric   string
-	Units    int64  // 0 means 1
-	EventID  string // e.g. the message id; "" = a new event per request
+	// Units is the action's size. 0 (the field's zero value) means 1, as for
+	// a gate called without WithUnits; a negative count is refused 400, as
+	// WithUnits(n) with n < 1 is an error.
+	Units   int64
+	EventID string // e.g. the message id; "" = a new event per request
+	// Options are this request's own gate options (e.g. WithMetadata,
+	// WithAutoBuy(false)). They are applied after the ones the middleware
+	// makes from Units, EventID and TwoPhase, so they win over them.
+	Options []GateOption
 }
 
 // ActionFunc extracts the Action from a request. An error is answered 400
 // with the error's text as the body's detail (write it for the API's
 // caller), or with the status of an error that has a method HTTPStatus() int.
+//
+// It may read the request body: the handler still gets the whole body (what
+// the ActionFunc read is given back to it, then the unread rest). Closing the
+// body in the ActionFunc does not close it for the handler. The bytes read
+// are kept in memory until the handler reads them: bound the body
+// (http.MaxBytesReader) before this middleware if it can be large.
 type ActionFunc func(r *http.Request) (Action, error)
 
 type decisionKey struct{}
@@ -111,13 +124,16 @@ func OnSettle(fn func(r *http.Request, d Decision, committed bool, err error)) M
 // Middleware gates every request through g before next runs. An allowed
 // request reaches next with the Decision in its context (DecisionFrom); by
 // default its usage is recorded before next runs (see TwoPhase to charge only
-// when next succeeds). Other requests are refused (see OnRefusal):
+// when next succeeds). Other requests are refused (see OnRefusal); a denial
+// gets its reason's Reason.HTTPStatus and Reason.Show (one table, reasons.go):
 //
-//   - 402: denials the customer can lift by paying or choosing a plan:
-//     empty_wallet, plan_expired, purchase_limit, auto_buy_suspended,
-//     action_too_large, no_account (a topup creates the account).
+//   - 402: denials the customer can lift by paying or choosing a plan (the
+//     ones that fire Hooks.Paywall): empty_wallet, plan_expired,
+//     purchase_limit, auto_buy_suspended, action_too_large, no_account (a
+//     topup creates the account).
 //   - 429 with Retry-After: denials worth retrying soon: insufficient_credits,
 //     purchase_unavailable.
+//   - 409: purchase_in_review (support is checking the last purchase).
 //   - 503 (Retry-After when QuotaStack sent one, capped at MaxRetryAfter):
 //     QuotaStack could not answer (quotastack.IsOutage: the unavailable
 //     reason of a FailClosed gate, or the error of a ReturnError gate:
@@ -134,13 +150,13 @@ func Middleware(g *Gatekeeper, action ActionFunc, opts ...MiddlewareOption) func
 	}
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			a, err := action(r)
+			a, err := readAction(action, r)
 			if err != nil {
 				cfg.refuse(w, r, actionRefusal(err))
 				return
 			}
-			var gopts []GateOption
-			if a.Units > 0 {
+			gopts := make([]GateOption, 0, 3+len(a.Options))
+			if a.Units != 0 { // 0 means 1; a negative count is the gate's input error (400)
 				gopts = append(gopts, WithUnits(a.Units))
 			}
 			if a.EventID != "" {
@@ -149,6 +165,7 @@ func Middleware(g *Gatekeeper, action ActionFunc, opts ...MiddlewareOption) func
 			if cfg.twoPhase {
 				gopts = append(gopts, WithReservation(cfg.holdTTL))
 			}
+			gopts = append(gopts, a.Options...)
 			d, err := cfg.gate(r.Context(), a.Customer, a.Metric, gopts...)
 			if err != nil {
 				cfg.refuse(w, r, errorRefusal(r.Context(), err))
@@ -267,35 +284,13 @@ func errorRefusal(ctx context.Context, err error) Refusal {
 	return ref
 }
 
-// retrySoon is the Retry-After of denials worth retrying.
-const retrySoon = time.Second
-
+// denialRefusal answers a denial as the table of reasons says (reasons.go).
 func denialRefusal(d Decision) Refusal {
-	ref := Refusal{Decision: d, Body: Denial{Reason: d.Reason}}
-	switch d.Reason {
-	case ReasonEmptyWallet, ReasonPurchaseLimit, ReasonNoAccount:
-		ref.Status, ref.Body.Show = http.StatusPaymentRequired, "paywall"
-	case ReasonPlanExpired, ReasonAutoBuySuspended, ReasonActionTooLarge:
-		ref.Status, ref.Body.Show = http.StatusPaymentRequired, "plan_picker"
-	case ReasonInsufficientCredits, ReasonPurchaseUnavailable:
-		ref.Status, ref.Body.Show, ref.RetryAfter = http.StatusTooManyRequests, "retry", retrySoon
-	case ReasonUnavailable:
-		ref.Status, ref.Body.Show = http.StatusServiceUnavailable, "retry"
-		var apiErr *quotastack.APIError
-		if errors.As(d.Err, &apiErr) {
-			ref.RetryAfter = capRetryAfter(apiErr.RetryAfter)
-		}
-	case ReasonEntitlementFailedAfterPurchase:
-		ref.Status, ref.Body.Show = http.StatusInternalServerError, "error"
-	case ReasonPurchaseInReview:
-		// Not the customer's to fix, not an outage: support has the case.
-		ref.Status, ref.Body.Show = http.StatusConflict, "purchase_review"
-	default: // a reason newer than this code
-		if d.Reason.Final() {
-			ref.Status, ref.Body.Show = http.StatusPaymentRequired, "paywall"
-		} else {
-			ref.Status, ref.Body.Show, ref.RetryAfter = http.StatusTooManyRequests, "retry", retrySoon
-		}
+	row := rowOf(d.Reason)
+	ref := Refusal{Decision: d, Status: row.status, RetryAfter: row.retryAfter, Body: Denial{Reason: d.Reason, Show: row.show}}
+	var apiErr *quotastack.APIError
+	if row.status == http.StatusServiceUnavailable && errors.As(d.Err, &apiErr) {
+		ref.RetryAfter = capRetryAfter(apiErr.RetryAfter) // QuotaStack's own, when it sent one
 	}
 	return ref
 }

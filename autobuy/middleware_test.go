@@ -157,7 +157,7 @@ func TestMiddlewareAnswers(t *testing.T) {
 			body: autobuy.Denial{Reason: autobuy.ReasonEmptyWallet, Show: "paywall"}},
 		{name: "auto-buy off", wallet: 250_000, status: 402,
 			prepare: func(t *testing.T, w *world) (*autobuy.Gatekeeper, autobuy.ActionFunc) {
-				return w.gate(t, autobuy.WithPreference(func(context.Context, quotastack.Customer) (bool, error) { return false, nil })), chatAction
+				return w.gate(t, autobuy.WithPreference(func(context.Context, autobuy.CustomerRef) (bool, error) { return false, nil })), chatAction
 			},
 			body: autobuy.Denial{Reason: autobuy.ReasonPlanExpired, Show: "plan_picker"}},
 		{name: "unknown customer", wallet: 250_000, status: 402,

@@ -3,6 +3,7 @@ package autobuy
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"sync/atomic"
 	"time"
@@ -12,18 +13,20 @@ import (
 )
 
 // Hooks are called after the gate's notable outcomes; each may be nil. They
-// run on the gating goroutine and should return quickly.
+// run on the gating goroutine and should return quickly. Every hook that
+// names a customer gets both id forms (CustomerRef).
 type Hooks struct {
 	// AutoBought is called once per plan bought, by the gate that completed
-	// its intent (whatever number of gates or replicas raced). customer is
-	// the QuotaStack id (quotastack.CustomerID).
-	AutoBought func(ctx context.Context, customer quotastack.Customer, p *plan.Purchase)
-	// Paywall is called for a denial that needs the customer to act
-	// (ReasonEmptyWallet, ReasonPlanExpired, ReasonPurchaseLimit).
-	Paywall func(ctx context.Context, customer quotastack.Customer, d Decision)
+	// its intent (whatever number of gates or replicas raced).
+	AutoBought func(ctx context.Context, customer CustomerRef, p *plan.Purchase)
+	// Paywall is called for a denial the customer can lift by paying or
+	// choosing a plan: the reasons whose HTTPStatus is 402 (empty_wallet,
+	// purchase_limit, no_account, plan_expired, auto_buy_suspended,
+	// action_too_large).
+	Paywall func(ctx context.Context, customer CustomerRef, d Decision)
 	// PurchaseFailed is called when a purchase step's outcome is unknown; the
 	// intent stays open and the next gate of the customer resumes it.
-	PurchaseFailed func(ctx context.Context, customer quotastack.Customer, err error)
+	PurchaseFailed func(ctx context.Context, customer CustomerRef, err error)
 	// PurchaseNeedsReview is called once when a purchase needs a person: an
 	// intent the gate can't finish safely (IntentReview: look at order
 	// in.OrderID in the ledger, then grant or refund), or a plan granted
@@ -32,24 +35,64 @@ type Hooks struct {
 	PurchaseNeedsReview func(ctx context.Context, in Intent, why string)
 	// Suspended is called once when auto-buy is suspended for a customer and
 	// metric after entitlement_failed_after_purchase.
-	Suspended func(ctx context.Context, s Suspension)
+	Suspended func(ctx context.Context, customer CustomerRef, s Suspension)
 	// Decided is called once per Gate call with its outcome (the decision, or
 	// the error returned), for tracing and metrics; metric is the gated metric.
-	Decided func(ctx context.Context, customer quotastack.Customer, metric string, d Decision, err error)
+	Decided func(ctx context.Context, customer CustomerRef, metric string, d Decision, err error)
+}
+
+// add returns h with the hooks of next added: where both are set, both run,
+// h's first.
+func (h Hooks) add(next Hooks) Hooks {
+	if a, b := h.AutoBought, next.AutoBought; a == nil {
+		h.AutoBought = b
+	} else if b != nil {
+		h.AutoBought = func(ctx context.Context, c CustomerRef, p *plan.Purchase) { a(ctx, c, p); b(ctx, c, p) }
+	}
+	if a, b := h.Paywall, next.Paywall; a == nil {
+		h.Paywall = b
+	} else if b != nil {
+		h.Paywall = func(ctx context.Context, c CustomerRef, d Decision) { a(ctx, c, d); b(ctx, c, d) }
+	}
+	if a, b := h.PurchaseFailed, next.PurchaseFailed; a == nil {
+		h.PurchaseFailed = b
+	} else if b != nil {
+		h.PurchaseFailed = func(ctx context.Context, c CustomerRef, err error) { a(ctx, c, err); b(ctx, c, err) }
+	}
+	if a, b := h.PurchaseNeedsReview, next.PurchaseNeedsReview; a == nil {
+		h.PurchaseNeedsReview = b
+	} else if b != nil {
+		h.PurchaseNeedsReview = func(ctx context.Context, in Intent, why string) { a(ctx, in, why); b(ctx, in, why) }
+	}
+	if a, b := h.Suspended, next.Suspended; a == nil {
+		h.Suspended = b
+	} else if b != nil {
+		h.Suspended = func(ctx context.Context, c CustomerRef, s Suspension) { a(ctx, c, s); b(ctx, c, s) }
+	}
+	if a, b := h.Decided, next.Decided; a == nil {
+		h.Decided = b
+	} else if b != nil {
+		h.Decided = func(ctx context.Context, c CustomerRef, m string, d Decision, err error) {
+			a(ctx, c, m, d, err)
+			b(ctx, c, m, d, err)
+		}
+	}
+	return h
 }
 
 // PlanChooser picks the plan to auto-buy for a customer whose entitlement to
 // metric failed. ok false means no plan: a plan_expired denial.
-type PlanChooser func(ctx context.Context, customer quotastack.Customer, metric string, ent *quotastack.Entitlement) (p plan.Plan, ok bool)
+type PlanChooser func(ctx context.Context, customer CustomerRef, metric string, ent *quotastack.Entitlement) (p plan.Plan, ok bool)
 
 // Preference tells whether the customer opted in to auto-buy.
-type Preference func(ctx context.Context, customer quotastack.Customer) (bool, error)
+type Preference func(ctx context.Context, customer CustomerRef) (bool, error)
 
 // Gatekeeper gates paid actions for one QuotaStack client. Build it once with
 // New and share it; it is safe for concurrent use.
 type Gatekeeper struct {
 	client          *quotastack.Client
 	choose          PlanChooser
+	fixedPlan       *plan.Plan // WithPlan's, validated by New
 	preference      Preference
 	locker          Locker
 	journal         Journal
@@ -71,17 +114,21 @@ type Gatekeeper struct {
 // Option configures a Gatekeeper.
 type Option func(*Gatekeeper)
 
-// WithPlan auto-buys p whenever a customer runs out.
+// WithPlan auto-buys p whenever a customer runs out; New validates it.
 func WithPlan(p plan.Plan) Option {
 	return func(g *Gatekeeper) {
-		g.choose = func(context.Context, quotastack.Customer, string, *quotastack.Entitlement) (plan.Plan, bool) {
+		g.fixedPlan = &p
+		g.choose = func(context.Context, CustomerRef, string, *quotastack.Entitlement) (plan.Plan, bool) {
 			return p, true
 		}
 	}
 }
 
-// WithPlanChooser picks the plan per customer and metric.
-func WithPlanChooser(c PlanChooser) Option { return func(g *Gatekeeper) { g.choose = c } }
+// WithPlanChooser picks the plan per customer and metric (the chosen plan
+// is validated when chosen: an invalid one is an ErrInvalidInput error).
+func WithPlanChooser(c PlanChooser) Option {
+	return func(g *Gatekeeper) { g.choose, g.fixedPlan = c, nil }
+}
 
 // WithPreference consults the customer's auto-buy preference before buying
 // (default: everyone opted in). An error refuses the purchase
@@ -97,14 +144,16 @@ func WithLocker(l Locker) Option { return func(g *Gatekeeper) { g.locker = l } }
 func WithJournal(j Journal) Option { return func(g *Gatekeeper) { g.journal = j } }
 
 // WithChargeLog sets the record of charged events and leases (default: one
-// MemoryChargeLog shared by every Gatekeeper of the process). Replicas share
-// one (autobuy/redislock, autobuy/pgstore), with a shared Journal and Locker:
-// then a replayed event is answered from it on any replica, and leases are
-// shared.
+// MemoryChargeLog shared by every Gatekeeper of the process on the same
+// tenant). Replicas share one (autobuy/redislock, autobuy/pgstore), with a
+// shared Journal and Locker: then a replayed event is answered from it on
+// any replica, and leases are shared.
 func WithChargeLog(c ChargeLog) Option { return func(g *Gatekeeper) { g.charges = c } }
 
-// WithHooks sets the outcome hooks.
-func WithHooks(h Hooks) Option { return func(g *Gatekeeper) { g.hooks = h } }
+// WithHooks adds outcome hooks. Options compose: hooks given by several
+// WithHooks all run, in the order the options were given (yours, then e.g.
+// otelquotastack's).
+func WithHooks(h Hooks) Option { return func(g *Gatekeeper) { g.hooks = g.hooks.add(h) } }
 
 // WithLogger logs decisions and purchases to l (silent by default).
 func WithLogger(l *slog.Logger) Option { return func(g *Gatekeeper) { g.log = l } }
@@ -131,7 +180,10 @@ func WithClock(now func() time.Time) Option { return func(g *Gatekeeper) { g.now
 
 // WithPurchaseLimit allows at most max auto-buys per customer in any window
 // of period (counted in the Journal, so across replicas when it is shared);
-// past it the gate denies purchase_limit. Default: no limit.
+// past it the gate denies purchase_limit. Default: no limit. The count reads
+// the journal's last period only (its cost doesn't grow with older history);
+// the journal must keep intents at least that long (the default one keeps
+// twice the longest period of the process's Gatekeepers).
 func WithPurchaseLimit(max int, period time.Duration) Option {
 	return func(g *Gatekeeper) { g.limitMax, g.limitPeriod = max, period }
 }
@@ -141,7 +193,20 @@ func WithPurchaseLimit(max int, period time.Duration) Option {
 // until LiftSuspension).
 func WithSuspension(d time.Duration) Option { return func(g *Gatekeeper) { g.suspendFor = d } }
 
-// New returns a Gatekeeper for client. A plan (WithPlan or WithPlanChooser) is required.
+// New returns a Gatekeeper for client. A plan (WithPlan or WithPlanChooser)
+// is required; everything that can be checked without a request is checked
+// here (the plan, the plan options, the limits and timeouts).
+//
+// Without WithJournal and WithLocker the Gatekeeper uses the process-wide
+// in-process journal and locker, shared by every Gatekeeper of the process:
+// exactly one plan per exhaustion within the process. Replicas of a service
+// must share a Journal and a Locker (autobuy/redislock); without them the
+// gate's protection across replicas is what the server's idempotency keys
+// give: an auto-buy's order id derives from the customer and its
+// lifetime_earned, so replicas buying for one exhaustion send the same order
+// (one debit, one grant) as long as neither the wallet nor the plan changes
+// in between. New logs a warning about it once per process (through the
+// first such Gatekeeper given a logger).
 func New(client *quotastack.Client, opts ...Option) (*Gatekeeper, error) {
 	g := &Gatekeeper{client: client, purchaseTimeout: 30 * time.Second, now: time.Now, suspendFor: 24 * time.Hour}
 	for _, o := range opts {
@@ -149,22 +214,34 @@ func New(client *quotastack.Client, opts ...Option) (*Gatekeeper, error) {
 	}
 	switch {
 	case client == nil:
-		return nil, errors.New("autobuy: nil client")
+		return nil, fmt.Errorf("%w: autobuy: nil client", quotastack.ErrInvalidInput)
 	case g.choose == nil:
-		return nil, errors.New("autobuy: no plan (use WithPlan or WithPlanChooser)")
+		return nil, fmt.Errorf("%w: autobuy: no plan (use WithPlan or WithPlanChooser)", quotastack.ErrInvalidInput)
 	case g.purchaseTimeout <= 0:
-		return nil, errors.New("autobuy: the purchase timeout must be positive")
-	case g.limitMax < 0 || g.limitMax > 0 && g.limitPeriod <= 0:
-		return nil, errors.New("autobuy: a purchase limit needs max >= 0 and a positive period")
+		return nil, fmt.Errorf("%w: autobuy: the purchase timeout must be positive", quotastack.ErrInvalidInput)
+	case g.limitMax < 0 || g.limitMax > 0 && g.limitPeriod <= 0 || g.limitPeriod < 0:
+		return nil, fmt.Errorf("%w: autobuy: a purchase limit needs max >= 0 and a positive period", quotastack.ErrInvalidInput)
 	case g.suspendFor < 0:
-		return nil, errors.New("autobuy: the suspension must not be negative")
+		return nil, fmt.Errorf("%w: autobuy: the suspension must not be negative", quotastack.ErrInvalidInput)
+	case g.fallback < ReturnError || g.fallback > FailOpen:
+		return nil, fmt.Errorf("%w: autobuy: unknown fallback policy %s", quotastack.ErrInvalidInput, g.fallback)
+	case g.now == nil:
+		return nil, fmt.Errorf("%w: autobuy: nil clock", quotastack.ErrInvalidInput)
 	}
-	if g.locker == nil {
-		g.locker = NewLocalLocker()
+	if g.fixedPlan != nil {
+		if err := g.fixedPlan.Validate(); err != nil {
+			return nil, fmt.Errorf("%w: autobuy: %w", quotastack.ErrInvalidInput, err)
+		}
 	}
-	if g.journal == nil {
-		g.journal = NewMemoryJournal(max(48*time.Hour, 2*g.limitPeriod))
+	// The plan options and metadata, on a stand-in order.
+	probe := plan.Plan{Type: "probe", PriceMC: 1, CreditsMC: 1, Duration: time.Hour}
+	if g.fixedPlan != nil {
+		probe = *g.fixedPlan
 	}
+	if err := plan.NewOrder(plan.NewOrderID(), probe, customerOf("probe"), g.planOpts...).Validate(); err != nil {
+		return nil, fmt.Errorf("autobuy: the plan options: %w", err)
+	}
+	userLog := g.log != nil
 	if g.log == nil {
 		g.log = slog.New(slog.DiscardHandler)
 	}
@@ -173,6 +250,24 @@ func New(client *quotastack.Client, opts ...Option) (*Gatekeeper, error) {
 		g.charges = defaults.charges
 	}
 	g.ids = defaults.ids
+	local := g.journal == nil || g.locker == nil
+	if g.locker == nil {
+		g.locker = defaultLocker()
+	}
+	if g.journal == nil {
+		j := defaultJournal()
+		j.keepAtLeast(2 * g.limitPeriod)
+		g.journal = j
+	}
+	if _, ok := g.journal.(*MemoryJournal); ok {
+		local = true
+	}
+	if _, ok := g.locker.(*LocalLocker); ok {
+		local = true
+	}
+	if local && userLog {
+		warnLocalStores(g.log)
+	}
 	return g, nil
 }
 

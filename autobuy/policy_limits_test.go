@@ -112,8 +112,8 @@ func TestNoFalseDiagnosisUnderLoad(t *testing.T) {
 				var errs []error
 				var suspended atomic.Int32
 				hooks := autobuy.WithHooks(autobuy.Hooks{
-					Suspended: func(context.Context, autobuy.Suspension) { suspended.Add(1) },
-					Decided: func(_ context.Context, c quotastack.Customer, _ string, d autobuy.Decision, err error) {
+					Suspended: func(context.Context, autobuy.CustomerRef, autobuy.Suspension) { suspended.Add(1) },
+					Decided: func(_ context.Context, c autobuy.CustomerRef, _ string, d autobuy.Decision, err error) {
 						mu.Lock()
 						defer mu.Unlock()
 						if err != nil {
@@ -122,7 +122,7 @@ func TestNoFalseDiagnosisUnderLoad(t *testing.T) {
 						}
 						reasons[d.Reason]++
 						if d.Allowed {
-							allowed[extOf[c.ID()]]++
+							allowed[extOf[c.Given.ID()]]++
 						}
 					},
 				})
@@ -198,7 +198,7 @@ func TestMisconfiguredPlanSuspendsAutoBuy(t *testing.T) {
 				require.NoError(t, w.srv.SeedRecipe(fixedPlan.Metric()))
 				cid := w.customerID(t, user)
 				var fixed atomic.Bool
-				choose := func(context.Context, quotastack.Customer, string, *quotastack.Entitlement) (plan.Plan, bool) {
+				choose := func(context.Context, autobuy.CustomerRef, string, *quotastack.Entitlement) (plan.Plan, bool) {
 					if fixed.Load() {
 						return fixedPlan, true
 					}
@@ -207,7 +207,7 @@ func TestMisconfiguredPlanSuspendsAutoBuy(t *testing.T) {
 				var mu sync.Mutex
 				var suspensions []autobuy.Suspension
 				g, err := autobuy.New(w.client(t), autobuy.WithPlanChooser(choose), autobuy.WithClock(w.srv.Now),
-					autobuy.WithSuspension(suspendFor), autobuy.WithHooks(autobuy.Hooks{Suspended: func(_ context.Context, s autobuy.Suspension) {
+					autobuy.WithSuspension(suspendFor), autobuy.WithHooks(autobuy.Hooks{Suspended: func(_ context.Context, _ autobuy.CustomerRef, s autobuy.Suspension) {
 						mu.Lock()
 						suspensions = append(suspensions, s)
 						mu.Unlock()
@@ -299,7 +299,7 @@ func TestPurchaseLimitPerPeriod(t *testing.T) {
 		var paywalls atomic.Int32
 		shared := []autobuy.Option{autobuy.WithPurchaseLimit(3, 24*time.Hour), autobuy.WithClock(w.srv.Now),
 			autobuy.WithJournal(autobuy.NewMemoryJournal(0)), autobuy.WithLocker(autobuy.NewLocalLocker()),
-			autobuy.WithHooks(autobuy.Hooks{Paywall: func(_ context.Context, _ quotastack.Customer, d autobuy.Decision) {
+			autobuy.WithHooks(autobuy.Hooks{Paywall: func(_ context.Context, _ autobuy.CustomerRef, d autobuy.Decision) {
 				if d.Reason == autobuy.ReasonPurchaseLimit {
 					paywalls.Add(1)
 				}
@@ -474,14 +474,14 @@ func TestBlockMetadataOfAnyJSON(t *testing.T) {
 }
 
 // The gate's round trips on each mode of the fake: 2 when entitled, 2 for a
-// paywall, 5 for an auto-buy (7 where usage is answered 202: a wallet read
-// confirms the debit, and the entitlement is checked before the record). On
+// paywall, 6 for an auto-buy (the recipe's re-check after buying; 7 where
+// usage is answered 202: a wallet read confirms the debit). On
 // execute-then-5xx the retries that fetch a lost answer's replay are not
 // counted; rate-limited counts like kind.
 func TestGateRoundTrips(t *testing.T) {
 	t.Parallel()
 	want := map[string][3]int{ // entitled, paywall, auto-buy
-		"kind": {2, 2, 5}, "usage202": {2, 2, 7}, "sparse": {2, 2, 5}, "execute-then-5xx": {2, 2, 5}, "rate-limited": {2, 2, 5},
+		"kind": {2, 2, 6}, "usage202": {2, 2, 7}, "sparse": {2, 2, 6}, "execute-then-5xx": {2, 2, 6}, "rate-limited": {2, 2, 6},
 	}
 	runModes(t, func(t *testing.T, mode quotastacktest.Mode) {
 		t.Parallel()

@@ -241,7 +241,7 @@ func TestFallbackNeverFreesADefiniteAnswer(t *testing.T) {
 		{"unknown customer (404): no_account", func(t *testing.T, w *world, base []autobuy.Option) {
 			var paywalls atomic.Int32
 			g := w.gate(t, append(base, autobuy.WithHooks(autobuy.Hooks{
-				Paywall: func(context.Context, quotastack.Customer, autobuy.Decision) { paywalls.Add(1) }}))...)
+				Paywall: func(context.Context, autobuy.CustomerRef, autobuy.Decision) { paywalls.Add(1) }}))...)
 			for _, c := range []quotastack.Customer{quotastack.ExternalID("nobody"), quotastack.CustomerID("cus_nobody")} {
 				w.srv.ResetRequests()
 				d, err := g.Gate(context.Background(), c, "chat_message", autobuy.WithEventID("m1"))
@@ -253,7 +253,7 @@ func TestFallbackNeverFreesADefiniteAnswer(t *testing.T) {
 				assert.NoError(t, d.Err)
 				assert.Len(t, w.srv.Requests(), 1, "one check, nothing bought")
 			}
-			assert.Zero(t, paywalls.Load())
+			assert.Equal(t, int32(2), paywalls.Load(), "no_account is a 402 paywall: the Paywall hook fires (a topup creates the account)")
 			_, ok := w.srv.Account("nobody")
 			assert.False(t, ok, "no customer was created")
 		}},
@@ -310,7 +310,7 @@ func TestFallbackNeverFreesADefiniteAnswer(t *testing.T) {
 		{"preference callback fails: purchase_unavailable", func(t *testing.T, w *world, base []autobuy.Option) {
 			errPrefs := errors.New("prefs service: 500")
 			g := w.gate(t, append(base,
-				autobuy.WithPreference(func(context.Context, quotastack.Customer) (bool, error) { return false, errPrefs }))...)
+				autobuy.WithPreference(func(context.Context, autobuy.CustomerRef) (bool, error) { return false, errPrefs }))...)
 			d, err := g.Gate(context.Background(), w.cust, "chat_message", autobuy.WithEventID("m1"))
 			require.NoError(t, err)
 			assert.False(t, d.Allowed)
@@ -422,7 +422,7 @@ func TestTwoMetricsOneExhaustionBuyOnePlan(t *testing.T) {
 					Eligible: &quotastacktest.Eligibility{MinPriority: quotastacktest.Ptr(10)}})
 				require.NoError(t, err)
 				require.NoError(t, w.srv.SeedRecipe(voicePlan.Metric()))
-				perMetric := func(_ context.Context, _ quotastack.Customer, metric string, _ *quotastack.Entitlement) (plan.Plan, bool) {
+				perMetric := func(_ context.Context, _ autobuy.CustomerRef, metric string, _ *quotastack.Entitlement) (plan.Plan, bool) {
 					if metric == "voice_message" {
 						return voicePlan, true
 					}

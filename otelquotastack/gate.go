@@ -96,7 +96,7 @@ func decisionAttrs(d autobuy.Decision, err error) []attribute.KeyValue {
 }
 
 func replayed(d autobuy.Decision) bool {
-	return (d.Usage != nil && d.Usage.Meta.Replayed) || (d.Hold != nil && d.Hold.Meta.Replayed)
+	return d.Replayed || (d.Usage != nil && d.Usage.Meta.Replayed) || (d.Hold != nil && d.Hold.Meta.Replayed)
 }
 
 // Attempts is the number of HTTP attempts of the calls a decision reports

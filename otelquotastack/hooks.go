@@ -7,7 +7,6 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
 
-	"github.com/quotastack/quotastack-go"
 	"github.com/quotastack/quotastack-go/autobuy"
 )
 
@@ -41,7 +40,7 @@ func Hooks(next autobuy.Hooks, opts ...Option) (autobuy.Hooks, error) {
 		return next, err
 	}
 	prev := next.Decided
-	next.Decided = func(ctx context.Context, customer quotastack.Customer, metricKey string, d autobuy.Decision, err error) {
+	next.Decided = func(ctx context.Context, customer autobuy.CustomerRef, metricKey string, d autobuy.Decision, err error) {
 		if prev != nil {
 			prev(ctx, customer, metricKey, d, err)
 		}

@@ -178,7 +178,7 @@ func gateWorld(t *testing.T, tm *telemetry, walletMC int64, gateOpts ...autobuy.
 	}
 	client := srv.Client(otelquotastack.ClientOption(tm.opts...), quotastack.WithRetry(4, time.Millisecond, 10*time.Millisecond))
 	var decidedByUser int
-	hooks, err := otelquotastack.Hooks(autobuy.Hooks{Decided: func(context.Context, quotastack.Customer, string, autobuy.Decision, error) {
+	hooks, err := otelquotastack.Hooks(autobuy.Hooks{Decided: func(context.Context, autobuy.CustomerRef, string, autobuy.Decision, error) {
 		decidedByUser++
 	}}, tm.opts...)
 	require.NoError(t, err)
@@ -241,13 +241,15 @@ func TestGateSpanAndCountersOfAnAutoBuy(t *testing.T) {
 	assert.Equal(t, int64(1), tm.counter(t, "quotastack.gate.purchases", otelquotastack.AttrPlanType.String("1hr"), otelquotastack.AttrPurchaseReplay.Bool(false)))
 	assert.Zero(t, tm.counter(t, "quotastack.gate.retries"))
 
-	// The same event again: the usage record is a replay.
+	// The same event again: answered from the record of charged events, with
+	// the original decision and no request.
 	tm.spans.Reset()
 	d, err = tracer.Gate(ctx, quotastack.ExternalID(user), "chat_message", autobuy.WithEventID("msg_1"))
 	require.NoError(t, err)
-	assert.True(t, d.Usage.Meta.Replayed)
+	assert.True(t, d.Replayed)
+	assert.Equal(t, autobuy.ReasonAutoBought, d.Reason)
 	assert.True(t, attrs(gateSpan(t, tm.spans.GetSpans()))[otelquotastack.AttrReplayed].AsBool())
-	assert.Equal(t, int64(1), tm.counter(t, "quotastack.gate.decisions", otelquotastack.AttrReason.String("entitled")))
+	assert.Equal(t, int64(2), tm.counter(t, "quotastack.gate.decisions", otelquotastack.AttrReason.String("auto_bought"), otelquotastack.AttrAllowed.Bool(true)))
 }
 
 func TestGateSpanWithCustomerIDs(t *testing.T) {

@@ -32,15 +32,19 @@ const (
 
 // Purchase is a completed plan purchase.
 type Purchase struct {
-	OrderID   string
-	Plan      Plan
-	Customer  quotastack.Customer
-	Trigger   Trigger
-	Debit     *quotastack.UsageEvent
-	Block     quotastack.Block // the granted plan credit block
-	ExpiresAt time.Time        // when the plan credits expire
-	DebitKey  string           // Idempotency-Key of the debit
-	GrantKey  string           // Idempotency-Key of the grant
+	OrderID string
+	Plan    Plan
+	// Customer is the QuotaStack id (quotastack.CustomerID) the order was
+	// sent for, whichever form the caller passed; ExternalCustomerID is the
+	// customer's external id when known ("" otherwise).
+	Customer           quotastack.Customer
+	ExternalCustomerID string
+	Trigger            Trigger
+	Debit              *quotastack.UsageEvent
+	Block              quotastack.Block // the granted plan credit block
+	ExpiresAt          time.Time        // when the plan credits expire
+	DebitKey           string           // Idempotency-Key of the debit
+	GrantKey           string           // Idempotency-Key of the grant
 	// DebitReplayed and GrantReplayed are true when that step had already
 	// executed (an earlier attempt of the same order) and was not repeated.
 	DebitReplayed, GrantReplayed bool
@@ -54,7 +58,7 @@ type buyConfig struct {
 	activation Activation
 	metadata   map[string]string
 	now        func() time.Time
-	wallet     *int64
+	wallet     *WalletSnapshot
 }
 
 // WithClock sets the clock Buy compares the server's debit time with
@@ -70,10 +74,11 @@ func WithActivation(a Activation) Option { return func(c *buyConfig) { c.activat
 // WithMetadata adds metadata to both steps (the purchase's own keys win).
 func WithMetadata(m map[string]string) Option { return func(c *buyConfig) { c.metadata = m } }
 
-// WithWalletBefore tells Buy the wallet balance (in millicredits) read just
-// before this order's first debit, so Buy need not read it itself. Buy uses
-// it only to confirm a debit the server answered 202 Accepted.
-func WithWalletBefore(mc int64) Option { return func(c *buyConfig) { c.wallet = &mc } }
+// WithWalletBefore gives Buy the wallet as read before this order's first
+// debit (SnapshotWallet), for a retry of the order: a debit the server
+// answered 202 Accepted is confirmed against it. Without it Buy reads the
+// wallet itself before the debit.
+func WithWalletBefore(s WalletSnapshot) Option { return func(c *buyConfig) { c.wallet = &s } }
 
 // Buy buys plan p for customer from its wallet: it debits p.PriceMC with key
 // "plan-debit:{type}:{order}", then grants p.CreditsMC with key
@@ -86,9 +91,11 @@ func WithWalletBefore(mc int64) Option { return func(c *buyConfig) { c.wallet = 
 // ErrWalletShort is one such case); or ErrUnknownOutcome, the debit may have
 // landed: retry with the same order id, never a new one (ErrHalfDone is the
 // case where the debit is known to have landed). A plan is granted only after
-// a confirmed debit: a debit answered 202 Accepted is confirmed by the wallet
-// balance dropping by the price, read before the debit (see WithWalletBefore)
-// and after it.
+// a confirmed debit: a debit answered 200/201 names its event; one answered
+// 202 Accepted is confirmed when the wallet blocks read before the debit
+// (see WithWalletBefore) hold at least the price less (a topup's new block
+// doesn't count). The order is sent for the customer's QuotaStack id, so
+// retrying with the other id form finishes it.
 //
 // Every attempt of one order must use the same plan, trigger and metadata
 // (they are part of the debit's body).
@@ -104,45 +111,55 @@ func Buy(ctx context.Context, c *quotastack.Client, customer quotastack.Customer
 	if err := o.Validate(); err != nil {
 		return nil, err
 	}
-	if cfg.wallet == nil {
-		bal, err := c.BalanceWithBlocks(ctx, customer)
+	// The read before the debit names the customer's QuotaStack id: the
+	// order is sent for it, so a retry with the other id form sends the same
+	// bodies under the same keys.
+	bal, err := c.BalanceWithBlocks(ctx, customer)
+	if err != nil {
+		return nil, o.fail(StageDebit, OutcomeFailed, nil, fmt.Errorf("reading the wallet before the debit: %w", err))
+	}
+	ext := bal.ExternalCustomerID
+	if customer.IsExternal() {
+		ext = customer.ID()
+	}
+	switch {
+	case bal.CustomerID != "":
+		o.Customer = quotastack.CustomerID(bal.CustomerID)
+	case customer.IsExternal():
+		rec, err := c.GetCustomer(ctx, customer)
 		if err != nil {
-			return nil, o.fail(StageDebit, OutcomeFailed, nil, fmt.Errorf("reading the wallet before the debit: %w", err))
+			return nil, o.fail(StageDebit, OutcomeFailed, nil, fmt.Errorf("resolving the customer id: %w", err))
 		}
-		w := bal.WalletMC()
+		if rec.CustomerID == "" {
+			return nil, o.fail(StageDebit, OutcomeFailed, nil, fmt.Errorf("%w: the server named no customer_id for %s", quotastack.ErrUnexpectedResponse, customer))
+		}
+		o.Customer = quotastack.CustomerID(rec.CustomerID)
+	}
+	if cfg.wallet == nil {
+		w := SnapshotWallet(bal)
 		cfg.wallet = &w
 	}
-	pur := o.purchase()
-	debit, err := o.Debit(ctx, c)
-	if err != nil {
+	// The same machine as the autobuy gate's, with nothing stored between
+	// calls: a retry with the same order id resumes it from the server's
+	// idempotency keys.
+	r := Record{Order: o, State: StatePending, Wallet: *cfg.wallet, CreatedAt: cfg.now()}
+	res, err := Machine{Client: c, Now: cfg.now}.Run(ctx, &r)
+	switch {
+	case err != nil:
 		return nil, err
+	case res.Failed != nil:
+		return nil, res.Failed
+	case res.Review != "":
+		return nil, o.fail(StageGrant, OutcomeUnknown, nil, fmt.Errorf("%w: %s", ErrGrantRefused, res.Review))
 	}
-	pur.Debit, pur.DebitReplayed = debit, debit.Meta.Replayed
-	if !debit.Confirmed() {
-		if err := o.Confirm(ctx, c, *cfg.wallet); err != nil {
-			return nil, err
-		}
-	}
-	now := cfg.now()
-	start := o.Start(debit, now)
-	if o.Activation == Queued {
-		if start, err = o.QueuedStart(ctx, c, debit, start); err != nil {
-			return nil, o.fail(StageGrant, OutcomeUnknown, debit, err)
-		}
-	}
-	pur.ExpiresAt = start.Add(p.Duration)
-	blk, replayed, err := o.Grant(ctx, c, debit, pur.ExpiresAt)
-	if err != nil {
-		return nil, err
-	}
-	pur.Block, pur.GrantReplayed, pur.ExpiresAt = blk, replayed, *blk.ExpiresAt
-	return pur, nil
+	res.Purchase.ExternalCustomerID = ext
+	return res.Purchase, nil
 }
 
 // Order is one purchase of one plan for one customer: everything its two
-// requests send. Buy runs its steps in one call; a caller that records each
-// step before the next (the autobuy purchase journal does) runs Debit,
-// Confirm (for a 202), Start/QueuedStart and Grant itself, from a stored Order.
+// requests send. Buy runs it in one call; a caller that records each step
+// before the next (the autobuy purchase journal does) runs it with a Machine
+// whose Save stores the Record.
 type Order struct {
 	ID         string
 	Plan       Plan
@@ -189,12 +206,12 @@ func (o Order) meta(extra ...string) map[string]string {
 	return m
 }
 
-// Debit sends the order's wallet debit (idempotent under DebitKey). The
+// debit sends the order's wallet debit (idempotent under DebitKey). The
 // answer may be unconfirmed (202 Accepted): check UsageEvent.Confirmed and
-// call Confirm before granting. Errors are *Error values matching
+// call confirm before granting. Errors are *Error values matching
 // ErrNotBought (nothing was debited: a wallet short of the price, or a
 // request the server refused) or ErrUnknownOutcome (retry the same order).
-func (o Order) Debit(ctx context.Context, c *quotastack.Client) (*quotastack.UsageEvent, error) {
+func (o Order) debit(ctx context.Context, c *quotastack.Client) (*quotastack.UsageEvent, error) {
 	if err := o.Validate(); err != nil {
 		return nil, err
 	}
@@ -233,12 +250,53 @@ func debitOutcome(err error) Outcome {
 	return OutcomeFailed
 }
 
-// Confirm confirms a debit the server only accepted (202): it reads the
-// wallet until it shows the price gone compared with walletBefore (the
-// wallet read before the debit was first sent), a few times within ctx. An
-// unconfirmed debit is an *Error matching ErrUnknownOutcome: nothing is
-// granted on it.
-func (o Order) Confirm(ctx context.Context, c *quotastack.Client, walletBefore int64) error {
+// WalletSnapshot is the customer's wallet as read before an order's first
+// debit: the ids of its blocks and what they held, in millicredits. A debit
+// answered 202 is confirmed against these blocks only, so a topup in the
+// meantime (a new block) can't hide the debit.
+type WalletSnapshot struct {
+	BlockIDs    []string
+	RemainingMC int64
+}
+
+// SnapshotWallet returns the wallet part of bal (read with BalanceWithBlocks).
+func SnapshotWallet(bal *quotastack.Credits) WalletSnapshot {
+	var s WalletSnapshot
+	for _, b := range bal.WalletBlocks() {
+		s.BlockIDs = append(s.BlockIDs, b.ID)
+		s.RemainingMC += b.RemainingAmount
+	}
+	return s
+}
+
+// heldBy returns what the snapshot's blocks hold in bal (a spent block is not
+// listed: it holds 0). ok is false when the snapshot names no blocks or a
+// block without an id: then the whole wallet is compared.
+func (s WalletSnapshot) heldBy(bal *quotastack.Credits) (mc int64, ok bool) {
+	if len(s.BlockIDs) == 0 {
+		return bal.WalletMC(), false
+	}
+	ids := make(map[string]bool, len(s.BlockIDs))
+	for _, id := range s.BlockIDs {
+		if id == "" {
+			return bal.WalletMC(), false
+		}
+		ids[id] = true
+	}
+	for _, b := range bal.WalletBlocks() {
+		if ids[b.ID] {
+			mc += b.RemainingAmount
+		}
+	}
+	return mc, true
+}
+
+// confirm confirms a debit the server only accepted (202): it reads the
+// wallet until the blocks of before (the wallet read before the debit was
+// first sent) hold at least the price less than they did, a few times within
+// ctx. Blocks created since (a topup) don't count. An unconfirmed debit is an
+// *Error matching ErrUnknownOutcome: nothing is granted on it.
+func (o Order) confirm(ctx context.Context, c *quotastack.Client, before WalletSnapshot) error {
 	var last int64
 	for i, wait := range []time.Duration{0, 100 * time.Millisecond, 300 * time.Millisecond, time.Second, 2 * time.Second} {
 		if i > 0 {
@@ -254,19 +312,20 @@ func (o Order) Confirm(ctx context.Context, c *quotastack.Client, walletBefore i
 		if err != nil {
 			return o.fail(StageDebit, OutcomeUnknown, nil, fmt.Errorf("%w: %w", ErrUnconfirmed, err))
 		}
-		if last = bal.WalletMC(); last <= walletBefore-o.Plan.PriceMC {
+		if last, _ = before.heldBy(bal); last <= before.RemainingMC-o.Plan.PriceMC {
 			return nil
 		}
 	}
-	return o.fail(StageDebit, OutcomeUnknown, nil, fmt.Errorf("%w: the wallet holds %d mc, was %d mc before a %d mc debit", ErrUnconfirmed, last, walletBefore, o.Plan.PriceMC))
+	return o.fail(StageDebit, OutcomeUnknown, nil, fmt.Errorf("%w: the wallet blocks read before the debit hold %d mc, held %d mc before a %d mc debit",
+		ErrUnconfirmed, last, before.RemainingMC, o.Plan.PriceMC))
 }
 
-// Start returns when the plan starts for an immediate activation: the debit's
+// start returns when the plan starts for an immediate activation: the debit's
 // created_at, which a replayed debit returns unchanged, so every attempt
 // sends the same grant body. A debit without created_at, or a replayed one
 // finished more than half a plan late, starts at now (the customer gets what
-// they paid for; an earlier late grant is then found by Grant).
-func (o Order) Start(debit *quotastack.UsageEvent, now time.Time) time.Time {
+// they paid for; an earlier late grant is then found by FindGrant).
+func (o Order) start(debit *quotastack.UsageEvent, now time.Time) time.Time {
 	start := debit.CreatedAt.UTC().Truncate(time.Second)
 	now = now.UTC().Truncate(time.Second)
 	if start.IsZero() || debit.Meta.Replayed && now.After(start.Add(o.Plan.Duration/2)) {
@@ -275,11 +334,11 @@ func (o Order) Start(debit *quotastack.UsageEvent, now time.Time) time.Time {
 	return start
 }
 
-// QueuedStart returns when a queued plan starts: the latest expiry among the
+// queuedStart returns when a queued plan starts: the latest expiry among the
 // live blocks of the same plan that existed before this order's debit, or
 // start if none ends later. Blocks created after the debit (including this
 // order's own grant) are ignored, so a retry computes the same start.
-func (o Order) QueuedStart(ctx context.Context, c *quotastack.Client, debit *quotastack.UsageEvent, start time.Time) (time.Time, error) {
+func (o Order) queuedStart(ctx context.Context, c *quotastack.Client, debit *quotastack.UsageEvent, start time.Time) (time.Time, error) {
 	bal, err := c.BalanceWithBlocks(ctx, o.Customer)
 	if err != nil {
 		return time.Time{}, err
@@ -301,33 +360,58 @@ func (o Order) QueuedStart(ctx context.Context, c *quotastack.Client, debit *quo
 	return start, nil
 }
 
-// Grant grants the plan's credits expiring at expiresAt (idempotent under
-// GrantKey: every attempt of one order must send the same expiresAt). An
-// idempotency conflict means an earlier attempt granted with another expiry:
-// that block is looked up and returned as replayed (with only ExpiresAt set
-// when it is no longer listed). Errors are *Error values matching ErrHalfDone
-// and ErrUnknownOutcome.
-func (o Order) Grant(ctx context.Context, c *quotastack.Client, debit *quotastack.UsageEvent, expiresAt time.Time) (blk quotastack.Block, replayed bool, err error) {
+// grant grants the plan's credits expiring at expiresAt (idempotent under
+// GrantKey: every attempt of one order must send the same expiresAt). It
+// decides from what the server stored under the key: a 201 (or its replay)
+// is the grant; a stored 4xx refusal is ErrGrantRefused; a 409 (the key holds
+// another body) is the grant only if the order's block is listed, and
+// ErrGrantRefused otherwise (the stored answer can't be read: a person looks
+// at the ledger). Other errors are *Error values matching ErrHalfDone and
+// ErrUnknownOutcome.
+func (o Order) grant(ctx context.Context, c *quotastack.Client, debit *quotastack.UsageEvent, expiresAt time.Time) (blk quotastack.Block, replayed bool, err error) {
 	grant, err := c.Topup(ctx, quotastack.TopupParams{
 		Customer: o.Customer, Credits: o.Plan.CreditsMC, PricePaid: 0, Currency: "mc",
 		Priority: o.Plan.BlockPriority(), ExpiresAt: &expiresAt, Metadata: o.meta("source", "plan_grant"),
 	}, quotastack.WithIdempotencyKey(GrantKey(o.Plan, o.ID)))
 	if errors.Is(err, quotastack.ErrIdempotencyConflict) {
-		// Only this order sends this key, so the conflict proves an earlier
-		// attempt granted (with another expiry). Its block may be spent or
-		// expired, and then it isn't listed.
-		if b, ok, ferr := o.FindGrant(ctx, c); ferr == nil && ok {
+		// The key holds another request (another expiry, another id form).
+		// Only a listed block proves that it was a grant: its stored answer
+		// may as well be a refusal.
+		b, ok, ferr := o.FindGrant(ctx, c)
+		switch {
+		case ferr != nil:
+			return quotastack.Block{}, false, o.fail(StageGrant, OutcomeUnknown, debit, ferr)
+		case ok:
 			return b, true, nil
 		}
-		return quotastack.Block{ExpiresAt: &expiresAt}, true, nil
+		return quotastack.Block{}, false, o.fail(StageGrant, OutcomeUnknown, debit,
+			fmt.Errorf("%w: the grant key holds another request and no block of order %s is listed: %w", ErrGrantRefused, o.ID, err))
 	}
 	if err != nil {
+		if storedRefusal(err) {
+			return quotastack.Block{}, false, o.fail(StageGrant, OutcomeUnknown, debit, fmt.Errorf("%w: %w", ErrGrantRefused, err))
+		}
 		return quotastack.Block{}, false, o.fail(StageGrant, OutcomeUnknown, debit, err)
 	}
 	if grant.Block.ExpiresAt == nil {
 		grant.Block.ExpiresAt = &expiresAt
 	}
 	return grant.Block, grant.Meta.Replayed, nil
+}
+
+// storedRefusal reports whether err is a 4xx the server keeps under the key
+// (so every retry of the same request gets it again): not 401, 403 or 429,
+// answered before the idempotency store, and not an unreadable answer.
+func storedRefusal(err error) bool {
+	var apiErr *quotastack.APIError
+	if !errors.As(err, &apiErr) || apiErr.StatusCode < 400 || apiErr.StatusCode >= 500 || errors.Is(err, quotastack.ErrUnexpectedResponse) {
+		return false
+	}
+	switch apiErr.StatusCode {
+	case 401, 403, 408, 429:
+		return false
+	}
+	return true
 }
 
 // FindGrant looks for this order's plan block among the customer's live

@@ -58,6 +58,12 @@ var (
 	// didn't show it within the call; nothing was granted. Such errors also
 	// match ErrUnknownOutcome.
 	ErrUnconfirmed = errors.New("plan: debit accepted but not confirmed")
+	// ErrGrantRefused: the wallet was debited and the server refused the
+	// grant for good under its key (a stored 4xx, or a key holding another
+	// request while the order's block is not listed). Retrying can't grant
+	// it: a person grants the plan by hand or refunds the debit. Such errors
+	// also match ErrHalfDone and ErrUnknownOutcome.
+	ErrGrantRefused = errors.New("plan: grant refused under its key")
 )
 
 // Error is a purchase that did not complete. OrderID is what a later Buy

@@ -193,9 +193,12 @@ func TestHalfDonePurchaseIsFinishedByTheNextBuy(t *testing.T) {
 func TestCrashAfterDebitIsFinishedWithOneDebitAndOneGrant(t *testing.T) {
 	t.Parallel()
 	w := setup(t, 250_000)
-	// The process "crashed" right after its debit: only the first step ran.
+	// The process "crashed" right after its debit: only the first step ran
+	// (sent, as every order is, for the customer's QuotaStack id).
+	acct, ok := w.srv.Account(user)
+	require.True(t, ok)
 	_, err := w.client.Record(context.Background(), quotastack.UsageParams{
-		Customer: w.cust, MetricKey: "plan_purchase_1hr", Units: hourPlan.PriceMC,
+		Customer: quotastack.CustomerID(acct.CustomerID), MetricKey: "plan_purchase_1hr", Units: hourPlan.PriceMC,
 		Metadata: map[string]string{"plan_type": "1hr", "order_id": "ord_crash", "trigger": "manual"},
 	}, quotastack.WithIdempotencyKey(plan.DebitKey(hourPlan, "ord_crash")))
 	require.NoError(t, err)

@@ -332,7 +332,7 @@ func runRawGate(t *testing.T, tc rawCase) {
 	gate, err := autobuy.New(client, autobuy.WithPlan(soakPlan), autobuy.WithFallback(autobuy.FailClosed),
 		autobuy.WithPurchaseTimeout(rawCall),
 		autobuy.WithLogger(slog.New(slog.NewJSONHandler(&gateLogs, &slog.HandlerOptions{Level: slog.LevelDebug}))),
-		autobuy.WithHooks(autobuy.Hooks{PurchaseFailed: func(_ context.Context, _ quotastack.Customer, err error) {
+		autobuy.WithHooks(autobuy.Hooks{PurchaseFailed: func(_ context.Context, _ autobuy.CustomerRef, err error) {
 			hookMu.Lock()
 			defer hookMu.Unlock()
 			hookTexts = append(hookTexts, errorTexts(err)...)

@@ -27,7 +27,7 @@ import (
 
 // Environment variables of the soak.
 const (
-	envSoak       = "QUOTASTACK_SOAK"        // a Go duration; default 25s, 3s with -short
+	envSoak       = "QUOTASTACK_SOAK"        // a Go duration; default 20s, 3s with -short
 	envSoakSeed   = "QUOTASTACK_SOAK_SEED"   // the fault and workload seed
 	envSoakReport = "QUOTASTACK_SOAK_REPORT" // a file to write the figures to
 )
@@ -77,19 +77,24 @@ func soakCustomerList(dur time.Duration) []soakCustomer {
 }
 
 // replica is one process of the service under test: its own client (with
-// counted attempts and calls) and its own gate. Replicas share the server and
-// one purchase journal and locker (in-process stand-ins for the Redis ones,
-// which the nested module's soak uses). A replica may crash in the middle of
-// a purchase; the worker that sees it replaces it with a new process.
+// counted attempts and calls), its own clock (skewed from the others' by up
+// to a minute) and two Gatekeepers, as an application with two gated
+// handlers has. Replicas share the server and one purchase journal and
+// locker (in-process stand-ins for the Redis ones, which the nested module's
+// soak uses). A replica may crash in the middle of a purchase; the worker
+// that sees it replaces it with a new process.
 type replica struct {
 	client    *quotastack.Client
-	gate      *autobuy.Gatekeeper
+	gates     [2]*autobuy.Gatekeeper
 	transport *countingTransport
 	crash     *crashingTransport
 	calls     *callCounter
 }
 
-func newReplica(srv *quotastacktest.Server, waitMax time.Duration, pCrash float64, shared ...autobuy.Option) (*replica, error) {
+// soakSkews are the replicas' clock offsets, by slot: up to a minute either way.
+var soakSkews = []time.Duration{-time.Minute, 40 * time.Second, -15 * time.Second, time.Minute}
+
+func newReplica(srv *quotastacktest.Server, waitMax, skew time.Duration, pCrash float64, shared ...autobuy.Option) (*replica, error) {
 	r := &replica{transport: newCountingTransport(), calls: &callCounter{}}
 	r.crash = &crashingTransport{next: r.transport.base, p: pCrash}
 	r.transport.next = r.crash
@@ -100,8 +105,14 @@ func newReplica(srv *quotastacktest.Server, waitMax time.Duration, pCrash float6
 	if err != nil {
 		return nil, err
 	}
-	r.gate, err = autobuy.New(r.client, append([]autobuy.Option{autobuy.WithPlan(soakPlan)}, shared...)...)
-	return r, err
+	clock := func() time.Time { return time.Now().Add(skew) }
+	for i := range r.gates {
+		r.gates[i], err = autobuy.New(r.client, append([]autobuy.Option{autobuy.WithPlan(soakPlan), autobuy.WithClock(clock)}, shared...)...)
+		if err != nil {
+			return nil, err
+		}
+	}
+	return r, nil
 }
 
 // crashingTransport kills its process on a plan purchase request with
@@ -192,7 +203,7 @@ func soakDuration(t *testing.T) time.Duration {
 	if testing.Short() {
 		return 3 * time.Second
 	}
-	return 25 * time.Second
+	return 20 * time.Second
 }
 
 func soakSeed(t *testing.T) int64 {
@@ -205,8 +216,9 @@ func soakSeed(t *testing.T) int64 {
 	return 20261125
 }
 
-// TestSoak runs concurrent gated actions through four replicas sharing one
-// purchase journal and locker against a fake with random faults (500s,
+// TestSoak runs concurrent gated actions through four replicas (clocks up to
+// a minute apart, two Gatekeepers each) sharing one purchase journal and
+// locker against a fake with random faults (500s,
 // 503s, 429s with Retry-After 0 or 1, connections dropped after the server
 // executed the request, requests executed and then answered 500, latency),
 // its rate limit on, and replicas that die in the middle of purchases; then
@@ -219,25 +231,39 @@ func TestSoak(t *testing.T) {
 	runSoak(t, soakConfig{name: "replicas", replicas: soakReplicas, pCrash: 0.1, rateLimit: true})
 }
 
-// TestSoakOneProcess is the same soak in one process with the default
-// in-process journal and locker (no crashes: the memory journal dies with
-// the process).
+// TestSoakOneProcess is the same soak in one process, its clock a minute
+// off, with two Gatekeepers on the process-wide default journal and locker
+// (no crashes: the memory journal dies with the process).
 func TestSoakOneProcess(t *testing.T) {
 	t.Parallel()
 	runSoak(t, soakConfig{name: "one process", replicas: 1, oneProcess: true})
 }
 
+// TestSoakReplicasOwnStores is the replicas' soak without a shared store:
+// each process on its own journal and locker (its two Gatekeepers share
+// them), as replicas left on the defaults are, with clocks up to a minute
+// apart. Their protection is the derived order id and the re-check of plan
+// credits a stale check didn't count: still one plan per exhaustion. No
+// crashes: a replica that dies after its debit leaves that purchase in its
+// lost memory, and another replica finishes it only if the wallet can still
+// pay a plan (the wallet guard sends no debit otherwise).
+func TestSoakReplicasOwnStores(t *testing.T) {
+	t.Parallel()
+	runSoak(t, soakConfig{name: "replicas, own stores", replicas: 3, ownStores: true})
+}
+
 type soakConfig struct {
+	ownStores  bool // each process its own journal and locker
 	name       string
 	replicas   int
 	pCrash     float64
 	rateLimit  bool
-	oneProcess bool // the Gatekeeper's own default journal and locker
+	oneProcess bool // the process-wide default journal and locker
 }
 
 func runSoak(t *testing.T, cfg soakConfig) {
 	dur, seed := soakDuration(t), soakSeed(t)
-	if cfg.oneProcess {
+	if cfg.oneProcess || cfg.ownStores {
 		dur = max(dur/3, time.Second)
 	}
 	customers := soakCustomerList(dur)
@@ -265,7 +291,11 @@ func runSoak(t *testing.T, cfg soakConfig) {
 		if i%2 == 1 {
 			waitMax = 1500 * time.Millisecond
 		}
-		return newReplica(srv, waitMax, cfg.pCrash, shared...)
+		opts := shared
+		if cfg.ownStores {
+			opts = []autobuy.Option{autobuy.WithJournal(autobuy.NewMemoryJournal(0)), autobuy.WithLocker(autobuy.NewLocalLocker())}
+		}
+		return newReplica(srv, waitMax, soakSkews[i%len(soakSkews)], cfg.pCrash, opts...)
 	}}
 	for i := range cfg.replicas {
 		r, err := fl.make(i)
@@ -303,7 +333,7 @@ func runSoak(t *testing.T, cfg soakConfig) {
 	finisher.crash.p = 0
 	resumed := 0
 	if !cfg.oneProcess {
-		resumed, err = finisher.gate.Resume(context.Background(), 0)
+		resumed, err = finisher.gates[0].Resume(context.Background(), 0)
 		require.NoError(t, err)
 	}
 
@@ -420,7 +450,7 @@ func runWorker(w int, seed int64, deadline time.Time, customers []soakCustomer, 
 			slot, r := fl.pick(rng) // a repeat may land on another replica
 			a.calls++
 			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-			d, err := r.gate.Gate(ctx, quotastack.ExternalID(c.id), chatMetric, autobuy.WithEventID(a.event))
+			d, err := r.gates[rng.IntN(len(r.gates))].Gate(ctx, quotastack.ExternalID(c.id), chatMetric, autobuy.WithEventID(a.event))
 			cancel()
 			if r.crash.dead.Load() {
 				// The process died during this gate: whatever it answered is

@@ -10,7 +10,8 @@
 // revisions (Rev 0 creates, a stale Rev or an existing order id is
 // autobuy.ErrJournalConflict, exactly one of concurrent writers wins), open
 // intents oldest first, Since by created-or-updated time, Pending across
-// customers, suspensions stored once while active, deep copies, and the plan
+// customers, the customer's revision (Rev), suspensions stored once while
+// active, deep copies, and the plan
 // snapshot round-tripping exactly (times by their instant). Retention is the
 // journal's own business and is not checked.
 package journaltest
@@ -50,7 +51,7 @@ func Run(t *testing.T, newJournal func(t *testing.T) autobuy.Journal) {
 		{"OpenOnlyOpen", testOpen},
 		{"OneOpenIntentPerCustomer", testOneOpenPerCustomer},
 		{"SinceCreatedOrUpdated", testSince},
-		{"DoneSinceAgreesWithSince", testDoneSince},
+		{"RevIncreasesOnEveryPut", testRev},
 		{"PendingAcrossCustomersWithLimit", testPending},
 		{"SuspendOnceWhileActive", testSuspend},
 		{"SuspendUntilLifted", testSuspendForever},
@@ -78,7 +79,8 @@ func newIntent(customer, orderID string, created time.Time) autobuy.Intent {
 		Plan: plan.Plan{Type: "1hr", PriceMC: 100_000, CreditsMC: 50_000, Duration: time.Hour, Priority: 12,
 			PurchaseMetric: "plan_purchase_1hr", Metadata: map[string]string{"tier": "gold"}},
 		Activation: plan.Queued, Trigger: plan.TriggerAutoBuy, Metadata: map[string]string{"app": "chat"},
-		State: autobuy.IntentPending, WalletBeforeMC: 250_000, CreatedAt: created, UpdatedAt: created,
+		State: autobuy.IntentPending, WalletBeforeMC: 250_000, WalletBlockIDs: []string{"blk_w1", "blk_w2"},
+		ExternalCustomerID: "user:" + customer, CreatedAt: created, UpdatedAt: created,
 	}
 }
 
@@ -284,41 +286,65 @@ func testSince(t *testing.T, j autobuy.Journal) {
 	assert.Empty(t, got)
 }
 
-// testDoneSince checks, for a journal with the optional DoneSince, that it
-// answers what scanning Since for done intents answers.
-func testDoneSince(t *testing.T, j autobuy.Journal) {
-	ds, ok := j.(autobuy.DoneSincer)
-	if !ok {
-		t.Skip("the journal has no DoneSince")
+// testRev checks the customer's revision: 0 before any write, strictly
+// increased by every successful Put of the customer's intents (creates,
+// every transition, a failed intent closed as done by hand), unchanged by a
+// refused Put and by other customers' writes.
+func testRev(t *testing.T, j autobuy.Journal) {
+	rev := func(cust string) int64 {
+		t.Helper()
+		r, err := j.Rev(ctx, cust)
+		require.NoError(t, err)
+		return r
 	}
-	done := put(t, j, newIntent("cus_a", "ord_done", t0.Add(-time.Hour)))
-	done.State, done.UpdatedAt = autobuy.IntentDone, t0.Add(10*time.Second)
-	put(t, j, done)
-	failed := put(t, j, newIntent("cus_a", "ord_failed", t0))
-	failed.State, failed.UpdatedAt = autobuy.IntentFailed, t0.Add(time.Minute)
-	put(t, j, failed)
-	put(t, j, newIntent("cus_a", "ord_open", t0.Add(2*time.Minute)))
-	other := put(t, j, newIntent("cus_b", "ord_b", t0.Add(time.Hour)))
-	other.State, other.UpdatedAt = autobuy.IntentDone, t0.Add(time.Hour)
-	put(t, j, other)
+	assert.Equal(t, int64(0), rev("cus_a"), "a customer never written")
+	last := rev("cus_a")
+	step := func(what string, in autobuy.Intent) autobuy.Intent {
+		t.Helper()
+		in = put(t, j, in)
+		now := rev("cus_a")
+		assert.Greater(t, now, last, "Rev after %s", what)
+		last = now
+		return in
+	}
+	a := step("a create", newIntent("cus_a", "ord_1", t0))
+	stale := a
+	a.State, a.UpdatedAt = autobuy.IntentDebited, t0.Add(time.Second)
+	a = step("pending → debited", a)
+	require.ErrorIs(t, j.Put(ctx, &stale), autobuy.ErrJournalConflict)
+	assert.Equal(t, last, rev("cus_a"), "a conflict leaves Rev")
+	second := newIntent("cus_a", "ord_2", t0.Add(time.Minute))
+	require.ErrorIs(t, j.Put(ctx, &second), autobuy.ErrJournalConflict, "one open intent per customer")
+	assert.Equal(t, last, rev("cus_a"), "a refused create leaves Rev")
+	a.State, a.UpdatedAt = autobuy.IntentFailed, t0.Add(2*time.Second)
+	a = step("debited → failed", a)
+	a.State, a.UpdatedAt = autobuy.IntentDone, t0.Add(3*time.Second)
+	a = step("failed → done", a)
+	b := step("another create", second)
+	b.State, b.UpdatedAt = autobuy.IntentReview, t0.Add(2*time.Minute)
+	step("pending → review", b)
 
-	for _, from := range []time.Time{t0.Add(-2 * time.Hour), t0, t0.Add(10 * time.Second),
-		t0.Add(10*time.Second + time.Nanosecond), t0.Add(30 * time.Minute), t0.Add(2 * time.Hour)} {
-		for _, cust := range []string{"cus_a", "cus_b", "cus_none"} {
-			ins, err := j.Since(ctx, cust, from)
-			require.NoError(t, err)
-			want := false
-			for _, in := range ins {
-				want = want || (in.State == autobuy.IntentDone && !in.UpdatedAt.Before(from))
-			}
-			got, err := ds.DoneSince(ctx, cust, from)
-			require.NoError(t, err)
-			assert.Equal(t, want, got, "DoneSince(%s, t0%+v)", cust, from.Sub(t0))
-		}
-	}
-	got, err := ds.DoneSince(ctx, "cus_a", t0.Add(10*time.Second))
-	require.NoError(t, err)
-	assert.True(t, got, "the done intent updated at the bound counts")
+	before := rev("cus_a")
+	put(t, j, newIntent("cus_b", "ord_b", t0))
+	assert.Equal(t, before, rev("cus_a"), "another customer's write")
+	assert.Positive(t, rev("cus_b"))
+	assert.Equal(t, int64(0), rev("cus_none"))
+
+	// Concurrent writes: Rev moves once per successful Put.
+	const n = 8
+	base := rev("cus_c")
+	won := race(t, n, func(i int) error {
+		in := newIntent("cus_c", fmt.Sprintf("ord_c%d", i), t0)
+		return j.Put(ctx, &in)
+	})
+	require.Equal(t, 1, won)
+	assert.Greater(t, rev("cus_c"), base)
+	after := rev("cus_c")
+	open := openOf(t, j, "cus_c")
+	require.Len(t, open, 1)
+	open[0].State, open[0].UpdatedAt = autobuy.IntentDone, t0.Add(time.Second)
+	put(t, j, open[0])
+	assert.Greater(t, rev("cus_c"), after)
 }
 
 func nilIfEmpty(s []string) []string {
@@ -536,12 +562,13 @@ func testSnapshot(t *testing.T, j autobuy.Journal) {
 		Activation: plan.Queued, Trigger: plan.TriggerManual,
 		Metadata:       map[string]string{"a": "1", "b": "two words"},
 		State:          autobuy.IntentPending,
-		WalletBeforeMC: -5,
-		CreatedAt:      time.Date(2026, 2, 28, 23, 59, 59, 999999999, loc),
-		UpdatedAt:      time.Now(), // with a monotonic reading
+		WalletBeforeMC: -5, WalletBlockIDs: []string{"blk_{a}:1", "blk é"}, ExternalCustomerID: "user42:companion7/ü",
+		CreatedAt: time.Date(2026, 2, 28, 23, 59, 59, 999999999, loc),
+		UpdatedAt: time.Now(), // with a monotonic reading
 	}
 	want := in
 	want.Plan.Metadata, want.Metadata = clone(in.Plan.Metadata), clone(in.Metadata)
+	want.WalletBlockIDs = append([]string(nil), in.WalletBlockIDs...)
 	require.NoError(t, j.Put(ctx, &in))
 	want.Rev = in.Rev
 	got := openOf(t, j, in.CustomerID)

@@ -129,7 +129,7 @@ func (c *guardedConn) Read(p []byte) (int, error) {
 	}
 	if n > 0 {
 		if ferr := c.g.feed(p[:n]); ferr != nil {
-			_ = c.Conn.Close()
+			_ = c.Close()
 			return 0, ferr
 		}
 	}

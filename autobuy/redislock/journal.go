@@ -26,6 +26,8 @@ import (
 //	P qs:cust:{c}:touched     sorted set of the customer's order ids, scored by
 //	                          max(CreatedAt, UpdatedAt) in µs (for Since)
 //	P qs:cust:{c}:open        sorted set of the customer's open order ids, by CreatedAt µs
+//	P qs:cust:{c}:rev         the customer's revision (Journal.Rev): INCR by every
+//	                          successful Put, in the same script; no TTL
 //	P qs:pending              sorted set of customers that may have open intents
 //	                          (a hint for Pending; scored by the wall clock, ms)
 //	P qs:susp:{c}:<metric>    hash {until, data}: a suspension, expiring at its Until
@@ -38,6 +40,7 @@ type Journal struct {
 	store
 	prefix    string
 	retention time.Duration
+	check     serverCheck // check.go
 }
 
 // JournalOption configures a Journal.
@@ -56,6 +59,9 @@ func WithRetention(d time.Duration) JournalOption { return func(j *Journal) { j.
 func WithTimeout(d time.Duration) JournalOption { return func(j *Journal) { j.timeout = d } }
 
 // NewJournal returns a Journal on rdb (a *redis.Client, *redis.ClusterClient, ...).
+// It reads the server's INFO once (check.go): ErrEvictionRisk if the
+// maxmemory-policy may evict the journal's keys (WithEvictionRiskAccepted
+// overrides it), a logged warning if AOF persistence is off.
 func NewJournal(rdb redis.UniversalClient, opts ...JournalOption) (*Journal, error) {
 	j := &Journal{store: newStore(rdb, DefaultCallTimeout), retention: 48 * time.Hour}
 	for _, o := range opts {
@@ -70,6 +76,9 @@ func NewJournal(rdb redis.UniversalClient, opts ...JournalOption) (*Journal, err
 		return nil, errors.New("redislock: the journal retention must be at least a millisecond")
 	case j.timeout <= 0:
 		return nil, errors.New("redislock: the journal timeout must be positive")
+	}
+	if err := j.checkServer(); err != nil { // check.go: maxmemory-policy and persistence
+		return nil, err
 	}
 	return j, nil
 }
@@ -92,6 +101,9 @@ func (j *Journal) touchedKey(customerID string) string {
 func (j *Journal) openKey(customerID string) string {
 	return j.prefix + "qs:cust:" + j.tag(customerID) + ":open"
 }
+func (j *Journal) revKey(customerID string) string {
+	return j.prefix + "qs:cust:" + j.tag(customerID) + ":rev"
+}
 func (j *Journal) pendingKey() string { return j.prefix + "qs:pending" }
 func (j *Journal) suspKey(customerID, metric string) string {
 	return j.prefix + "qs:susp:" + j.tag(customerID) + ":" + esc(metric)
@@ -99,7 +111,7 @@ func (j *Journal) suspKey(customerID, metric string) string {
 
 func micros(t time.Time) string { return strconv.FormatInt(t.UnixMicro(), 10) }
 
-// putScript: KEYS intent, touched, open; ARGV expected rev, data, order id,
+// putScript: KEYS intent, touched, open, customer rev; ARGV expected rev, data, order id,
 // open score, touched score, "1" if open, retention ms. Returns the new
 // revision, or 0 on a conflict (a stale revision, or a new intent while the
 // customer has an open one).
@@ -126,6 +138,7 @@ if redis.call('ZCARD', KEYS[3]) == 0 then
 else
   redis.call('PERSIST', KEYS[2])
 end
+redis.call('INCR', KEYS[4])
 return rev
 `)
 
@@ -152,7 +165,7 @@ func (j *Journal) Put(ctx context.Context, in *autobuy.Intent) error {
 	var rev int64
 	err = j.call(ctx, func(ctx context.Context) (err error) {
 		rev, err = putScript.Run(ctx, j.rdb,
-			[]string{j.intentKey(in.CustomerID, in.OrderID), j.touchedKey(in.CustomerID), j.openKey(in.CustomerID)},
+			[]string{j.intentKey(in.CustomerID, in.OrderID), j.touchedKey(in.CustomerID), j.openKey(in.CustomerID), j.revKey(in.CustomerID)},
 			in.Rev, data, in.OrderID, micros(in.CreatedAt), micros(touched), open, j.retention.Milliseconds()).Int64()
 		return err
 	})
@@ -164,6 +177,24 @@ func (j *Journal) Put(ctx context.Context, in *autobuy.Intent) error {
 	}
 	in.Rev = rev
 	return nil
+}
+
+// Rev implements autobuy.Journal: the customer's counter, bumped by every
+// successful Put in the same script as the write (0 when never written).
+// It carries no TTL, so it outlives the retention of the intents.
+func (j *Journal) Rev(ctx context.Context, customerID string) (int64, error) {
+	var rev int64
+	err := j.call(ctx, func(ctx context.Context) (err error) {
+		rev, err = j.rdb.Get(ctx, j.revKey(customerID)).Int64()
+		if errors.Is(err, redis.Nil) {
+			rev, err = 0, nil
+		}
+		return err
+	})
+	if err != nil {
+		return 0, fmt.Errorf("redislock: journal rev: %w", err)
+	}
+	return rev, nil
 }
 
 // hint marks the customer as maybe having open intents, for Pending.

@@ -94,7 +94,11 @@ func TestJournalRetention(t *testing.T) {
 	open.State = autobuy.IntentFailed
 	require.NoError(t, j.Put(ctx, &open))
 	mr.FastForward(61 * time.Minute)
-	assert.Equal(t, []string{"qs:pending"}, mr.Keys(), "everything of the customer expired (the pending hint goes at a Pending a minute later)")
+	assert.ElementsMatch(t, []string{"qs:pending", "qs:cust:{cus_a}:rev"}, mr.Keys(),
+		"every intent of the customer expired (the pending hint goes at a Pending a minute later); its revision stays")
+	rev, err := j.Rev(ctx, "cus_a")
+	require.NoError(t, err)
+	assert.Equal(t, int64(4), rev, "Rev survives the retention: 4 writes")
 }
 
 // Suspension keys expire at their Until, measured from the Suspend's now;
@@ -140,7 +144,7 @@ func TestJournalKeysShareTheCustomersHashTag(t *testing.T) {
 		assert.Equal(t, tag, k[open:close+1], "the hash tag of %s", k)
 	}
 	assert.ElementsMatch(t, []string{"app:qs:pending", "app:qs:intent:" + tag + ":ord%3A1", "app:qs:cust:" + tag + ":touched",
-		"app:qs:cust:" + tag + ":open", "app:qs:susp:" + tag + ":chat%3Amessage"}, mr.Keys())
+		"app:qs:cust:" + tag + ":open", "app:qs:cust:" + tag + ":rev", "app:qs:susp:" + tag + ":chat%3Amessage"}, mr.Keys())
 }
 
 // A Redis that accepts connections and never answers: every method returns

@@ -184,7 +184,7 @@ func TestReplicaSoak(t *testing.T) {
 		shared[i] = []autobuy.Option{autobuy.WithPlan(soakPlan), autobuy.WithJournal(j),
 			autobuy.WithLocker(redislock.New(rdb, redislock.WithPrefix(prefix), redislock.WithRetryInterval(5*time.Millisecond))),
 			autobuy.WithHooks(autobuy.Hooks{
-				AutoBought:          func(context.Context, quotastack.Customer, *plan.Purchase) { hooks.Add(1) },
+				AutoBought:          func(context.Context, autobuy.CustomerRef, *plan.Purchase) { hooks.Add(1) },
 				PurchaseNeedsReview: func(context.Context, autobuy.Intent, string) { reviews.Add(1) },
 			})}
 	}
@@ -380,7 +380,7 @@ func TestCrashedPurchaseResumedByAnotherReplica(t *testing.T) {
 					require.NoError(t, err)
 					g, err := autobuy.New(c, autobuy.WithPlan(hourPlan), autobuy.WithJournal(newJournal(t, rdb)),
 						autobuy.WithLocker(redislock.New(rdb)), autobuy.WithHooks(autobuy.Hooks{
-							AutoBought: func(context.Context, quotastack.Customer, *plan.Purchase) { hooks.Add(1) }}))
+							AutoBought: func(context.Context, autobuy.CustomerRef, *plan.Purchase) { hooks.Add(1) }}))
 					require.NoError(t, err)
 					return g, tr
 				}

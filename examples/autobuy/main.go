@@ -57,10 +57,10 @@ func run(ctx context.Context, out io.Writer, getenv func(string) string, replace
 	var autoBuys, paywalls int // what the product team's hooks would send to analytics
 	gate, err := autobuy.New(env.Client,
 		autobuy.WithPlan(hourPlan),
-		autobuy.WithPreference(func(_ context.Context, c quotastack.Customer) (bool, error) { return !optedOut[c.ID()], nil }),
+		autobuy.WithPreference(func(_ context.Context, c autobuy.CustomerRef) (bool, error) { return !optedOut[c.Given.ID()], nil }),
 		autobuy.WithHooks(autobuy.Hooks{
-			AutoBought: func(context.Context, quotastack.Customer, *plan.Purchase) { autoBuys++ },
-			Paywall:    func(context.Context, quotastack.Customer, autobuy.Decision) { paywalls++ },
+			AutoBought: func(context.Context, autobuy.CustomerRef, *plan.Purchase) { autoBuys++ },
+			Paywall:    func(context.Context, autobuy.CustomerRef, autobuy.Decision) { paywalls++ },
 		}))
 	if err != nil {
 		return err
@@ -128,12 +128,14 @@ func describe(d autobuy.Decision) string {
 	return fmt.Sprintf("denied (%s): %s", d.Reason, screen(d.Reason))
 }
 
+// screen says what the app shows for a denial: Reason.Show, the table the
+// HTTP middleware answers from too.
 func screen(r autobuy.Reason) string {
-	switch r {
-	case autobuy.ReasonEmptyWallet:
-		return "show the PAYWALL"
-	case autobuy.ReasonPlanExpired:
-		return "show the PLAN PICKER"
+	switch show := r.Show(); show {
+	case "paywall", "plan_picker":
+		return "show the " + strings.ToUpper(strings.ReplaceAll(show, "_", " "))
+	case "retry":
+		return "ask to try again"
 	}
 	return "show an error"
 }
@@ -190,7 +192,7 @@ func start(out io.Writer, getenv func(string) string) (*env, error) {
 	if key == "" {
 		e.Fake = quotastacktest.NewServer()
 		e.Client = e.Fake.Client()
-		e.Printf("Using the embedded fake QuotaStack at %s (set QUOTASTACK_API_KEY to use a real one).\n", e.Fake.URL)
+		e.Printf("Using the embedded fake QuotaStack at %s (to use a real one, set QUOTASTACK_API_KEY and, for another host than https://api.quotastack.io, QUOTASTACK_BASE_URL).\n", e.Fake.URL)
 		return e, nil
 	}
 	if strings.HasPrefix(key, quotastack.LiveKeyPrefix) {

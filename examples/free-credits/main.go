@@ -1,6 +1,7 @@
 // Command free-credits grants free credits with deterministic idempotency
-// keys: a signup bonus keyed by the user (SignupGrantKey) and per-action
-// bonuses keyed by user and action (ActionGrantKey). Sending a grant again
+// keys: a signup bonus (GrantSignupBonus: the customer first, then the grant
+// keyed by the customer) and per-action bonuses keyed by user and action
+// (ActionGrantKey). Sending a grant again
 // (a retried request, a redelivered webhook) replays the first answer and
 // never grants twice. It runs on an embedded fake QuotaStack, or on a real
 // one when QUOTASTACK_API_KEY is set (a qs_test_
@@ -43,21 +44,24 @@ func run(ctx context.Context, out io.Writer, getenv func(string) string) error {
 	mia := env.customer("user_81")
 
 	env.Printf("\n== %s signs up ==\n", mia.ID())
-	// A credit grant needs an existing customer (only a topup creates one).
-	rec, err := env.Client.CreateCustomer(ctx, mia.ID(), "Mia")
-	if err != nil && !errors.Is(err, quotastack.ErrConflict) {
+	// A credit grant needs an existing customer (only a topup creates one),
+	// and a grant sent before it exists keeps its 404 under its key for 24 h.
+	// EnsureCustomer gets or creates it, safe to repeat.
+	rec, err := env.Client.EnsureCustomer(ctx, mia.ID(), "Mia")
+	if err != nil {
 		return err
 	}
-	if rec != nil {
-		env.Printf("Customer %s created (QuotaStack id %s).\n", mia.ID(), rec.CustomerID)
-	}
-	// The signup handler may run twice (a double submit, a retried job): the
-	// key, derived from the user id, makes the bonus a one-time grant.
+	env.Printf("Customer %s ready (QuotaStack id %s).\n", mia.ID(), rec.CustomerID)
+	// The signup handler may run twice (a double submit, a retried job):
+	// GrantSignupBonus makes sure of the customer, then grants under a key
+	// derived from the customer's QuotaStack id, so the second run replays the
+	// first grant. Its expiry counts from the customer's creation (a time the
+	// server stores): a retry sends the same body.
 	for attempt := 1; attempt <= 2; attempt++ {
-		g, err := env.Client.GrantCredits(ctx, mia, quotastack.CreditGrantParams{
-			Credits: signupBonusMC, Source: "promotional", Reason: "signup bonus",
+		g, err := env.Client.GrantSignupBonus(ctx, mia.ID(), quotastack.SignupBonus{
+			Credits: signupBonusMC, ValidFor: 30 * 24 * time.Hour, Reason: "signup bonus",
 			Metadata: map[string]string{"bonus": "signup"},
-		}, quotastack.WithIdempotencyKey(quotastack.SignupGrantKey(mia.ID())))
+		})
 		if err != nil {
 			return err
 		}
@@ -72,10 +76,11 @@ func run(ctx context.Context, out io.Writer, getenv func(string) string) error {
 	// Webhook deliveries from the product; "invite_friend" arrives twice.
 	deliveries := []string{"first_chat", "profile_complete", "invite_friend", "invite_friend"}
 	for _, action := range deliveries {
-		g, err := env.Client.GrantCredits(ctx, mia, quotastack.CreditGrantParams{
+		// Keyed by the customer's QuotaStack id (one id form for every key).
+		g, err := env.Client.GrantCredits(ctx, quotastack.CustomerID(rec.CustomerID), quotastack.CreditGrantParams{
 			Credits: actionBonusMC, Source: "promotional", Reason: "action bonus: " + action,
 			Metadata: map[string]string{"action": action},
-		}, quotastack.WithIdempotencyKey(quotastack.ActionGrantKey(mia.ID(), action)))
+		}, quotastack.WithIdempotencyKey(quotastack.ActionGrantKey(rec.CustomerID, action)))
 		if err != nil {
 			return err
 		}
@@ -123,7 +128,7 @@ func start(out io.Writer, getenv func(string) string) (*env, error) {
 	if key == "" {
 		e.Fake = quotastacktest.NewServer()
 		e.Client = e.Fake.Client()
-		e.Printf("Using the embedded fake QuotaStack at %s (set QUOTASTACK_API_KEY to use a real one).\n", e.Fake.URL)
+		e.Printf("Using the embedded fake QuotaStack at %s (to use a real one, set QUOTASTACK_API_KEY and, for another host than https://api.quotastack.io, QUOTASTACK_BASE_URL).\n", e.Fake.URL)
 		return e, nil
 	}
 	if strings.HasPrefix(key, quotastack.LiveKeyPrefix) {

@@ -59,7 +59,7 @@ func run(ctx context.Context, out io.Writer, getenv func(string) string, replace
 	optedOut := map[string]bool{env.customer("dave").ID(): true}
 	gate, err := autobuy.New(env.Client,
 		autobuy.WithPlan(hourPlan),
-		autobuy.WithPreference(func(_ context.Context, c quotastack.Customer) (bool, error) { return !optedOut[c.ID()], nil }))
+		autobuy.WithPreference(func(_ context.Context, c autobuy.CustomerRef) (bool, error) { return !optedOut[c.Given.ID()], nil }))
 	if err != nil {
 		return err
 	}
@@ -195,7 +195,7 @@ func start(out io.Writer, getenv func(string) string) (*env, error) {
 	if key == "" {
 		e.Fake = quotastacktest.NewServer()
 		e.Client = e.Fake.Client()
-		e.Printf("Using the embedded fake QuotaStack at %s (set QUOTASTACK_API_KEY to use a real one).\n", e.Fake.URL)
+		e.Printf("Using the embedded fake QuotaStack at %s (to use a real one, set QUOTASTACK_API_KEY and, for another host than https://api.quotastack.io, QUOTASTACK_BASE_URL).\n", e.Fake.URL)
 		return e, nil
 	}
 	if strings.HasPrefix(key, quotastack.LiveKeyPrefix) {

@@ -68,7 +68,9 @@ func run(ctx context.Context, out io.Writer, getenv func(string) string, replace
 		if p == nil {
 			continue
 		}
-		if err := env.printLedger(ctx, p.Customer); err != nil {
+		// p.Customer is the QuotaStack id the order was sent for; the ledger is
+		// printed under the external id the purchase was made with.
+		if err := env.printLedger(ctx, quotastack.ExternalID(p.ExternalCustomerID)); err != nil {
 			return err
 		}
 		env.printPurchase(p)
@@ -117,8 +119,13 @@ func crash(ctx context.Context, env *env, c quotastack.Customer) (*plan.Purchase
 		return nil, err
 	}
 	order := plan.DeriveOrderID("checkout", c.ID(), "1")
+	// plan.Buy sends every order for the customer's QuotaStack id.
+	rec, err := env.Client.GetCustomer(ctx, c)
+	if err != nil {
+		return nil, err
+	}
 	debit, err := env.Client.Record(ctx, quotastack.UsageParams{
-		Customer: c, MetricKey: p.Metric(), Units: p.PriceMC,
+		Customer: quotastack.CustomerID(rec.CustomerID), MetricKey: p.Metric(), Units: p.PriceMC,
 		Metadata: map[string]string{"plan_type": p.Type, "order_id": order, "trigger": string(plan.TriggerManual)},
 	}, quotastack.WithIdempotencyKey(plan.DebitKey(p, order)))
 	if err != nil {
@@ -189,7 +196,7 @@ func start(out io.Writer, getenv func(string) string) (*env, error) {
 	if key == "" {
 		e.Fake = quotastacktest.NewServer()
 		e.Client = e.Fake.Client()
-		e.Printf("Using the embedded fake QuotaStack at %s (set QUOTASTACK_API_KEY to use a real one).\n", e.Fake.URL)
+		e.Printf("Using the embedded fake QuotaStack at %s (to use a real one, set QUOTASTACK_API_KEY and, for another host than https://api.quotastack.io, QUOTASTACK_BASE_URL).\n", e.Fake.URL)
 		return e, nil
 	}
 	if strings.HasPrefix(key, quotastack.LiveKeyPrefix) {

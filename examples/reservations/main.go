@@ -1,5 +1,5 @@
 // Command reservations holds credits for an expensive action while it runs:
-// client.WithReservation reserves the estimated cost, runs the action, then
+// client.RunReserved reserves the estimated cost, runs the action, then
 // commits the units actually used (returning the rest of the hold), or
 // releases everything when the action fails. It runs on an embedded fake
 // QuotaStack, or on a real one when QUOTASTACK_API_KEY is set (a qs_test_
@@ -58,7 +58,7 @@ func run(ctx context.Context, out io.Writer, getenv func(string) string, replace
 	}
 
 	env.Printf("\n== Generation 1: 10 images estimated, 7 made ==\n")
-	res, err := env.Client.WithReservation(ctx, quotastack.ReserveParams{
+	res, err := env.Client.RunReserved(ctx, quotastack.ReserveParams{
 		Customer: ivy, MetricKey: metric, EstimatedUnits: 10, TTL: time.Minute,
 		Metadata: map[string]string{"job": "gen_1"},
 	}, func(ctx context.Context, r *quotastack.Reservation) (int64, error) {
@@ -81,7 +81,7 @@ func run(ctx context.Context, out io.Writer, getenv func(string) string, replace
 		res.ID, res.Status, res.ActualUnits, mc(before-after), mc(res.ReservedAmount-(before-after)))
 
 	env.Printf("\n== Generation 2: the model fails ==\n")
-	res, err = env.Client.WithReservation(ctx, quotastack.ReserveParams{
+	res, err = env.Client.RunReserved(ctx, quotastack.ReserveParams{
 		Customer: ivy, MetricKey: metric, EstimatedUnits: 10, TTL: time.Minute,
 		Metadata: map[string]string{"job": "gen_2"},
 	}, func(ctx context.Context, r *quotastack.Reservation) (int64, error) {
@@ -94,7 +94,7 @@ func run(ctx context.Context, out io.Writer, getenv func(string) string, replace
 	if !errors.Is(err, errModel) {
 		return fmt.Errorf("expected the model's error, got %w", err)
 	}
-	env.Printf("WithReservation returned the action's error (%q) and released reservation %s.\n", err, res.ID)
+	env.Printf("RunReserved returned the action's error (%q) and released reservation %s.\n", err, res.ID)
 	final, err := printBalance(ctx, env, ivy, "after the release")
 	if err != nil {
 		return err
@@ -169,7 +169,7 @@ func start(out io.Writer, getenv func(string) string) (*env, error) {
 	if key == "" {
 		e.Fake = quotastacktest.NewServer()
 		e.Client = e.Fake.Client()
-		e.Printf("Using the embedded fake QuotaStack at %s (set QUOTASTACK_API_KEY to use a real one).\n", e.Fake.URL)
+		e.Printf("Using the embedded fake QuotaStack at %s (to use a real one, set QUOTASTACK_API_KEY and, for another host than https://api.quotastack.io, QUOTASTACK_BASE_URL).\n", e.Fake.URL)
 		return e, nil
 	}
 	if strings.HasPrefix(key, quotastack.LiveKeyPrefix) {

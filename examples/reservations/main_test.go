@@ -22,7 +22,7 @@ func TestStory(t *testing.T) {
 		"committed with 7 units: 14,000 mc debited, the other 6,000 mc of the hold returned.",
 		"balance after the commit: 36,000 mc, reserved 0 mc, effective 36,000 mc",
 		"balance while generating: 36,000 mc, reserved 20,000 mc, effective 16,000 mc",
-		`WithReservation returned the action's error ("the image model timed out") and released reservation rsv_`,
+		`RunReserved returned the action's error ("the image model timed out") and released reservation rsv_`,
 		"balance after the release: 36,000 mc, reserved 0 mc, effective 36,000 mc",
 		"Debited by the failed generation: 0 mc.",
 		"ivy: balance 36,000 mc, reserved 0 mc, effective 36,000 mc, lifetime earned 50,000 mc",

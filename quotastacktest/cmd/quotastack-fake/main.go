@@ -20,6 +20,7 @@ package main
 import (
 	"flag"
 	"fmt"
+	"io"
 	"log"
 	"os"
 	"os/signal"
@@ -27,6 +28,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/quotastack/quotastack-go"
 	"github.com/quotastack/quotastack-go/quotastacktest"
 )
 
@@ -77,16 +79,24 @@ func main() {
 		}
 	}
 
-	fmt.Printf("quotastack-fake listening on %s\n", srv.URL)
-	fmt.Printf("API key: %s\n", srv.APIKey)
-	fmt.Printf("clock:   %s\n", srv.Now().Format(time.RFC3339))
-	fmt.Printf("modes:   %s\n\n", *modes)
-	fmt.Printf("Try:\n  export API_KEY=%s\n  curl -s -H \"X-API-Key: $API_KEY\" \\\n    \"%s/v1/customer-by-external-id/user42%%3Acompanion7/entitlements/chat_message\"\n\n", srv.APIKey, srv.URL)
-	fmt.Println("(external ids go under /v1/customer-by-external-id/; Ctrl-C stops)")
+	banner(os.Stdout, srv, *modes)
 
 	stop := make(chan os.Signal, 1)
 	signal.Notify(stop, os.Interrupt, syscall.SIGTERM)
 	<-stop
+}
+
+// banner prints where the fake listens and the environment variables the
+// SDK reads (quotastack.NewClientFromEnv), as lines to paste into a shell.
+func banner(w io.Writer, srv *quotastacktest.Server, modes string) {
+	var b strings.Builder
+	fmt.Fprintf(&b, "quotastack-fake listening on %s (clock %s, modes %s)\n\n", srv.URL, srv.Now().Format(time.RFC3339), modes)
+	b.WriteString("Paste these into the shell that runs your program (quotastack.NewClientFromEnv reads them):\n\n")
+	fmt.Fprintf(&b, "export %s=%s\nexport %s=%s\n\n", quotastack.EnvAPIKey, srv.APIKey, quotastack.EnvBaseURL, srv.URL)
+	fmt.Fprintf(&b, "Then try: curl -s -H \"X-API-Key: $%s\" \"$%s/v1/customer-by-external-id/user42%%3Acompanion7/entitlements/chat_message\"\n",
+		quotastack.EnvAPIKey, quotastack.EnvBaseURL)
+	b.WriteString("(external ids go under /v1/customer-by-external-id/, path-escaped; Ctrl-C stops)\n")
+	_, _ = io.WriteString(w, b.String())
 }
 
 // listen starts the server; NewServer panics when it can't listen (a port

@@ -123,3 +123,13 @@ func TestModeFlag(t *testing.T) {
 	require.NoError(t, err)
 	require.Len(t, opts, 1)
 }
+
+// The banner prints the environment variables the SDK reads, ready to paste.
+func TestBannerPrintsTheSDKsVariables(t *testing.T) {
+	srv := quotastacktest.Start(t)
+	var out bytes.Buffer
+	banner(&out, srv, "kind")
+	require.Contains(t, out.String(), "\nexport QUOTASTACK_API_KEY="+srv.APIKey+"\n")
+	require.Contains(t, out.String(), "\nexport QUOTASTACK_BASE_URL="+srv.URL+"\n")
+	require.NotContains(t, out.String(), "export API_KEY")
+}

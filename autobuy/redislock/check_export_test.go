@@ -1,0 +1,4 @@
+package redislock
+
+// AssessInfo exposes assessInfo to the tests.
+var AssessInfo = assessInfo
