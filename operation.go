@@ -6,18 +6,13 @@ import (
 	"time"
 )
 
-// BeginOperation groups the client calls made with the returned context (and
-// contexts derived from it) into one operation, such as a gate's check and
-// usage record. The operation has one deadline: ctx's, or, when ctx has none,
-// the client's default timeout (WithTimeout) counted once from this call
-// instead of once per call. And it has one place in the client's rate budget
-// (LocalPacer): once it has sent a request, its remaining calls go ahead of
-// the first calls of operations that have not, so what was started finishes,
-// and a new operation the budget can't serve in time is refused at once with
-// ErrRateLimited before it sends anything. Calls made without an operation
-// are each an operation of one call. A ctx that already carries an operation
-// is returned as it is (the calls join the outer operation; OperationStarted
-// still marks it started). Nothing to cancel; safe for concurrent use.
+// BeginOperation groups the client calls made with the returned context into
+// one operation (a gate's check and record, say) with one deadline (ctx's, or
+// the client's WithTimeout counted once from now) and one place in the rate
+// budget: once it has sent a request, its other calls go ahead of new
+// operations' first calls, and a new operation the budget can't serve in time
+// is refused at once with ErrRateLimited. A ctx already in an operation is
+// returned as is (its calls join it); there is nothing to cancel.
 func BeginOperation(ctx context.Context, opts ...OperationOption) context.Context {
 	if op, ok := ctx.Value(operationKey{}).(*operation); ok {
 		var oc operationConfig
@@ -47,18 +42,16 @@ type operationConfig struct {
 	started bool
 }
 
-// OperationStarted marks the operation as the continuation of work already
-// begun, e.g. committing the usage of actions a lease has allowed, or
-// settling a held action: its first call already goes ahead of new
-// operations' first calls. Use it from a background goroutine with
-// context.Background() for work that must not be starved by new requests.
+// OperationStarted marks the operation as continuing work already allowed
+// (committing a lease's units, settling a held action), so that even its
+// first call goes ahead of new operations'; use it with context.Background()
+// in a background goroutine.
 func OperationStarted() OperationOption {
 	return func(c *operationConfig) { c.started = true }
 }
 
 // OperationTimeout sets the operation's deadline, counted from
-// BeginOperation, when ctx has none (instead of the client's WithTimeout).
-// d <= 0 keeps the client's.
+// BeginOperation, when ctx has none; d <= 0 keeps the client's WithTimeout.
 func OperationTimeout(d time.Duration) OperationOption {
 	return func(c *operationConfig) { c.timeout = d }
 }
