@@ -58,6 +58,10 @@ func (g *Gatekeeper) canonicalID(customer quotastack.Customer) (string, bool) {
 type eventRecord struct {
 	c       Charge
 	claimed bool // this gate holds the claim (created it, took over a pending one, or reclaimed a void one)
+	// resend: the claim was taken over pending on a usage record or a hold
+	// whose request may have executed (its answer lost): it is sent again
+	// under the same key before anything else.
+	resend bool
 }
 
 // chargeLogError is a failure of the ChargeLog itself.
@@ -93,6 +97,13 @@ func (g *Gatekeeper) claimEvent(ctx context.Context, rec *eventRecord, customerI
 			// server answers a key reused with another body.
 			return nil, fmt.Errorf("%w: autobuy: event %q was charged for %d units of %s, not %d of %s",
 				quotastack.ErrIdempotencyConflict, cfg.eventID, stored.Units, stored.Metric, cfg.units, metric)
+		case stored.State == ChargeHeld && cfg.reserve && g.holdExpired(stored, cfg):
+			// Its hold outlived its TTL: find out whether it was committed
+			// (an answer lost) before holding anew, never both.
+			taken, d, err := g.takeOverExpiredHold(ctx, rec, stored, cfg)
+			if err != nil || d != nil || taken {
+				return d, err
+			}
 		case stored.State.Final(), stored.State == ChargeHeld:
 			d := replayDecision(stored)
 			return &d, nil
@@ -125,7 +136,7 @@ func (g *Gatekeeper) claimEvent(ctx context.Context, rec *eventRecord, customerI
 		default:
 			// Pending on a usage record or a hold: this gate sends it again
 			// under the same keys, which the server deduplicates.
-			rec.c, rec.claimed = stored, true
+			rec.c, rec.claimed, rec.resend = stored, true, true
 			return nil, nil
 		}
 		if tries >= 8 {
@@ -157,6 +168,28 @@ func replayDecision(c Charge) Decision {
 			BillableMetricKey: c.Metric, EstimatedUnits: c.Units}
 	}
 	return d
+}
+
+// resendPending sends a pending event's usage record (or hold) again under
+// its key, before any check: if its earlier request executed, the server's
+// stored answer says so, and no check that counts its own charge against it
+// may buy a plan or serve it from a lease. A usage record is resent so only
+// to a server seen to debit synchronously (a 402 when the credits are short;
+// a 202 could accept a record the server rejects later). done is true when
+// it decided (allowed, or an error); a 402 leaves the gate to decide anew,
+// under the next key.
+func (g *Gatekeeper) resendPending(ctx context.Context, rec *eventRecord, d *Decision, customerID, metric string, cfg gateConfig, key *usageKey) (done bool, err error) {
+	if !rec.resend || (!cfg.reserve && !g.recordFirst.synchronous()) {
+		return false, nil
+	}
+	rec.resend = false
+	d.CustomerID, key.customerID = customerID, customerID
+	ok, err := g.consume(ctx, d, customerOf(customerID), metric, cfg, key)
+	if err != nil || ok {
+		d.Reason = ReasonEntitled
+		return true, err
+	}
+	return false, nil
 }
 
 // switchVia moves a claimed event to another way of charging (a lease that
@@ -231,7 +264,8 @@ func (g *Gatekeeper) putCharge(ctx context.Context, c Charge) {
 // Settle ends the hold of an allowed decision made WithReservation: commit
 // true debits units (0 means the units held), false releases it. It is
 // idempotent (keyed by the reservation), records the event as charged (or
-// frees it for a later attempt under new keys), and a commit that finds the
+// frees it for a later attempt under new keys; not when the release finds the
+// hold inactive, maybe committed already), and a commit that finds the
 // hold expired charges the units with a usage record instead: work done is
 // never free. Safe for concurrent use.
 func (g *Gatekeeper) Settle(ctx context.Context, d Decision, commit bool, units int64) error {
@@ -247,15 +281,28 @@ func (g *Gatekeeper) Settle(ctx context.Context, d Decision, commit bool, units 
 		_, err = g.client.Commit(ctx, h.ID, units, quotastack.WithIdempotencyKey(idem.Join("commit", h.ID)))
 		if isNotActive(err) {
 			// Expired (or released) before this commit: the action was done, so
-			// charge its units with a usage record keyed by the hold.
+			// charge its units with a usage record keyed by the hold, unless a
+			// retry of the event holds anew (it charges the event then).
+			if !g.claimHoldSettle(ctx, d, h) {
+				return nil
+			}
 			_, err = g.client.Record(ctx, quotastack.UsageParams{Customer: customerOf(h.CustomerID),
 				MetricKey: h.BillableMetricKey, Units: units, Metadata: eventMeta(nil, d.EventID)},
 				quotastack.WithIdempotencyKey(idem.Join("hold-settle", h.ID)))
+			if err != nil {
+				g.log.ErrorContext(ctx, "autobuy: work done on an expired hold could not be charged",
+					"customer_id", h.CustomerID, "event_id", d.EventID, "reservation", h.ID, "error", err)
+			}
+			return err
 		}
 	} else {
 		_, err = g.client.Release(ctx, h.ID, quotastack.WithIdempotencyKey(idem.Join("release", h.ID)))
 		if isNotActive(err) {
-			err = nil // expired: released by the server
+			// Expired, or committed by an earlier attempt whose answer was
+			// lost: which, the answer doesn't say. The record stays held; a
+			// later attempt's commit, under the same key, settles it (and a
+			// hold that expired is charged then, for work done).
+			return nil
 		}
 	}
 	if err != nil || d.EventID == "" || d.CustomerID == "" {
@@ -295,4 +342,64 @@ func eventMeta(m map[string]string, eventID string) map[string]string {
 	}
 	out["event_id"] = eventID
 	return out
+}
+
+// holdGrace is how long past its TTL a hold is taken for expired: the
+// server's clock and ours may differ a little.
+const holdGrace = 5 * time.Second
+
+// holdExpired reports whether a held event's hold has outlived its TTL (the
+// gate's, or the server's default of 5 min), by this replica's clock.
+func (g *Gatekeeper) holdExpired(c Charge, cfg gateConfig) bool {
+	ttl := cfg.reserveTTL
+	if ttl <= 0 {
+		ttl = 5 * time.Minute
+	}
+	return g.now().After(c.UpdatedAt.Add(ttl + holdGrace))
+}
+
+// takeOverExpiredHold settles what an expired hold's event became: a commit
+// of it that landed (its answer lost) is found by resending it under its key
+// (the event is charged: replayed); a hold that was never committed is taken
+// over, and the event held anew under the next attempt's key (taken).
+func (g *Gatekeeper) takeOverExpiredHold(ctx context.Context, rec *eventRecord, c Charge, cfg gateConfig) (taken bool, d *Decision, err error) {
+	_, err = g.client.Commit(ctx, c.Ref, c.Units, quotastack.WithIdempotencyKey(idem.Join("commit", c.Ref)))
+	switch {
+	case err == nil || errors.Is(err, quotastack.ErrIdempotencyConflict):
+		// Committed (now, or earlier with other units): charged once.
+		c.State, c.UpdatedAt = ChargeCharged, g.now()
+		g.putCharge(ctx, c)
+		out := replayDecision(c)
+		return false, &out, nil
+	case !isNotActive(err):
+		return false, nil, err
+	}
+	next := c
+	next.State, next.Ref, next.Attempt, next.UpdatedAt = ChargePending, "", c.Attempt+1, g.now()
+	if err := g.charges.PutCharge(ctx, &next); err != nil {
+		if errors.Is(err, ErrChargeConflict) {
+			return false, nil, nil // it moved (its first gate settled it): look again
+		}
+		return false, nil, &chargeLogError{err}
+	}
+	rec.c, rec.claimed = next, true
+	return true, nil, nil
+}
+
+// claimHoldSettle moves a held event whose hold expired before its commit
+// to charged, before the usage record that charges it is sent; false when a
+// retry of the event has taken it over (it holds, and charges, anew).
+func (g *Gatekeeper) claimHoldSettle(ctx context.Context, d Decision, h *quotastack.Reservation) bool {
+	if d.EventID == "" || d.CustomerID == "" {
+		return true
+	}
+	ctx = context.WithoutCancel(ctx)
+	probe := Charge{CustomerID: d.CustomerID, EventID: d.EventID}
+	c, _, err := g.charges.Claim(ctx, &probe)
+	if err != nil || c.State != ChargeHeld || c.Ref != h.ID {
+		return err != nil // a store failure: charge it (the usage key keeps it once)
+	}
+	c.State, c.UpdatedAt = ChargeCharged, g.now()
+	err = g.charges.PutCharge(ctx, &c)
+	return err == nil || !errors.Is(err, ErrChargeConflict)
 }

@@ -350,3 +350,39 @@ func TestResumeSettlesADeadProcessLease(t *testing.T) {
 	acct, _ := w.srv.Account(user)
 	assert.Zero(t, acct.ReservedBalance, "nothing left held")
 }
+
+// A held event whose hold outlived its TTL: a retry holds anew when the hold
+// was never committed, and is answered as charged when its commit landed
+// with its answer lost. Never both, never neither.
+func TestExpiredHoldIsTakenOverOnce(t *testing.T) {
+	t.Parallel()
+	for _, committed := range []bool{false, true} {
+		t.Run(fmt.Sprint("committed ", committed), func(t *testing.T) {
+			t.Parallel()
+			w := setup(t, 250_000)
+			w.grantPlanCredits(t, 50_000)
+			g := w.gate(t, autobuy.WithClock(w.clock.Now))
+			hold := []autobuy.GateOption{autobuy.WithReservation(time.Minute)}
+			first := w.gateNoted(t, g, w.cust, "m1", hold...)
+			require.NotNil(t, first.Hold)
+			if committed {
+				// The commit executes; its answer is lost on every attempt.
+				w.srv.InjectFault(quotastacktest.Fault{Method: http.MethodPost, PathPrefix: "/v1/reserve/", Drop: true, Count: 10})
+				require.Error(t, g.Settle(context.Background(), first, true, 0))
+				w.srv.ClearFaults()
+			}
+			w.clock.Advance(2 * time.Minute) // the first process died; its hold expired
+			again := w.gateNoted(t, g, w.cust, "m1", hold...)
+			require.True(t, again.Allowed)
+			if committed {
+				assert.True(t, again.Replayed, "its commit landed: charged, answered from the record")
+				assert.Nil(t, again.Hold)
+			} else {
+				require.NotNil(t, again.Hold)
+				assert.NotEqual(t, first.Hold.ID, again.Hold.ID, "held anew")
+				require.NoError(t, g.Settle(context.Background(), again, true, 0))
+			}
+			assert.Equal(t, int64(1_000), w.chargedChatMC(), "charged once")
+		})
+	}
+}

@@ -90,6 +90,9 @@ func (g *Gatekeeper) decide(ctx context.Context, customer quotastack.Customer, m
 			return d, err
 		}
 		key.n = rec.c.Attempt
+		if done, err := g.resendPending(ctx, rec, &d, id, metric, cfg, key); done || err != nil {
+			return d, err
+		}
 	}
 	// The journal's revision before anything that stands for the check: under
 	// the lock it tells whether a purchase landed since (no clocks compared).
@@ -97,8 +100,16 @@ func (g *Gatekeeper) decide(ctx context.Context, customer quotastack.Customer, m
 	var refused *quotastack.Entitlement // a refusal read from a 402: no check needed
 	if known && g.leases != nil && !cfg.reserve && (!rec.claimed || rec.c.Via == viaLease) {
 		ld, ok, r, err := g.leased(ctx, id, metric, cfg)
-		if ok || err != nil {
+		if err != nil {
+			// Nothing was counted on a lease for it: the event's retry must
+			// charge it, not take it as let through on one.
+			if serr := g.switchVia(ctx, rec, viaUsage); serr != nil {
+				g.log.WarnContext(ctx, "autobuy: un-marking an event's lease claim failed", "event_id", cfg.eventID, "error", serr)
+			}
 			return ld, err
+		}
+		if ok {
+			return ld, nil
 		}
 		refused = r
 		if err := g.switchVia(ctx, rec, viaUsage); err != nil {
@@ -143,6 +154,9 @@ func (g *Gatekeeper) decide(ctx context.Context, customer quotastack.Customer, m
 			return d, err
 		}
 		key.n = rec.c.Attempt
+		if done, err := g.resendPending(ctx, rec, &d, d.CustomerID, metric, cfg, key); done || err != nil {
+			return d, err
+		}
 	}
 	canon := customerOf(d.CustomerID)
 	key.customerID = d.CustomerID
@@ -255,6 +269,26 @@ func (g *Gatekeeper) purchaseAndConsume(ctx context.Context, customer quotastack
 	if g.boughtSince(ctx, d.CustomerID, seen, finished) {
 		// The exhaustion this gate saw may be over: check again, under the
 		// lock, so the answer includes every purchase made for this customer.
+		if dd, done, err := g.recheck(ctx, customer, metric, cfg, p, &d, key, unlock, &locked); done || err != nil {
+			return dd, err
+		}
+		rechecked = true
+	}
+
+	_, leased, err := g.charges.Lease(ctx, d.CustomerID, metric)
+	if err != nil {
+		d.Err = &chargeLogError{err}
+		return g.deny(ctx, customer, d, ReasonPurchaseUnavailable), nil
+	}
+	held := d.Entitlement != nil && d.Entitlement.ReservedBalance > 0
+	if leased || (held && !rechecked) {
+		// Credits held by one of our leases are never the reason to buy: a
+		// lease is settled and the customer checked again, under the lock
+		// (no lease is reserved or settled in between). A check that saw
+		// held credits may have seen a lease settled since: checked again too.
+		if err := g.settleLeasesLocked(ctx, d.CustomerID, metric); err != nil {
+			return d, err
+		}
 		if dd, done, err := g.recheck(ctx, customer, metric, cfg, p, &d, key, unlock, &locked); done || err != nil {
 			return dd, err
 		}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -174,16 +175,24 @@ type leaseRefusal struct{ ent *quotastack.Entitlement }
 func (e *leaseRefusal) Error() string { return "autobuy: no lease: the credits can't cover an action" }
 
 // leaseDue reports whether a lease must be committed before it serves more:
-// half its TTL has passed (by this replica's clock against the server's expiry).
+// half its TTL has passed (by this replica's clock against the server's
+// expiry). A Gatekeeper without lease mode meeting another's lease (a shared
+// ChargeLog) takes half the lease's own lifetime as stored.
 func (g *Gatekeeper) leaseDue(l Lease) bool {
-	return !g.now().Before(l.ExpiresAt.Add(-g.leases.cfg.TTL / 2))
+	half := l.ExpiresAt.Sub(l.CreatedAt) / 2
+	if g.leases != nil {
+		half = g.leases.cfg.TTL / 2
+	}
+	return !g.now().Before(l.ExpiresAt.Add(-half))
 }
 
-// renewLease, under the customer's lease lock, settles the customer's lease
+// renewLease, under the customer's lock, settles the customer's lease
 // if it is full, due or being committed, and (reserve true) reserves a new
 // one sized to what the customer acts and can afford.
 func (g *Gatekeeper) renewLease(ctx context.Context, customerID, metric string, cfg gateConfig, reserve bool) error {
-	unlock, err := g.lockKey(ctx, "quotastack:lease:"+idem.Join("l", customerID, metric))
+	// The customer's purchase lock: a lease is never reserved or settled
+	// while a purchase for the customer is being decided, and the reverse.
+	unlock, err := g.lock(ctx, customerID)
 	if err != nil {
 		return err
 	}
@@ -191,6 +200,21 @@ func (g *Gatekeeper) renewLease(ctx context.Context, customerID, metric string, 
 	l, found, err := g.charges.Lease(ctx, customerID, metric)
 	if err != nil {
 		return &chargeLogError{err}
+	}
+	if found && strings.HasPrefix(l.ReservationID, reservingPrefix) {
+		// A reserve whose answer never came (or whose gate died): resend it
+		// under its key; the server replays it, and the lease serves.
+		res, err := g.sendReserve(ctx, l)
+		if err == nil {
+			return g.activateLease(ctx, l, res)
+		}
+		if quotastack.IsOutage(ctx, err) {
+			return err
+		}
+		if derr := g.charges.DeleteLease(ctx, l); derr != nil && !errors.Is(derr, ErrChargeConflict) {
+			return &chargeLogError{derr}
+		}
+		found = false // nothing was reserved under it: reserve anew
 	}
 	if found {
 		full := l.Used+cfg.units > l.Held
@@ -207,17 +231,35 @@ func (g *Gatekeeper) renewLease(ctx context.Context, customerID, metric string, 
 	return g.reserveLease(ctx, customerID, metric, cfg)
 }
 
+// reservingPrefix marks a lease whose reserve is in flight: its
+// ReservationID is the prefix and the reserve's idempotency key, Held the
+// units asked for, and it is Committing (it serves nothing). Written before
+// the reserve is sent, so a reserve whose answer was lost, or whose gate
+// died, is found and resolved with the same key: its credits are never held
+// by a reservation nobody knows about.
+const reservingPrefix = "reserving:"
+
 // reserveLease reserves a new lease; a 402 resizes it to what the customer
 // can afford, from the 402's figures, or refuses it (leaseRefusal).
 func (g *Gatekeeper) reserveLease(ctx context.Context, customerID, metric string, cfg gateConfig) error {
 	ls := g.leases
 	k := [2]string{customerID, metric}
 	actions := ls.nextSize(k)
-	leaseKey := "lease_" + strconv.FormatInt(time.Now().UnixMilli(), 36) + "_" + strconv.FormatUint(rand.Uint64(), 36)
+	nonce := strconv.FormatInt(time.Now().UnixMilli(), 36) + "_" + strconv.FormatUint(rand.Uint64(), 36)
+	now := g.now()
+	l := Lease{CustomerID: customerID, Metric: metric, UnitsPerEvent: cfg.units, Committing: true,
+		ExpiresAt: now.Add(ls.cfg.TTL), CreatedAt: now, LastUsed: now}
 	for try := 0; ; try++ {
-		res, err := g.client.Reserve(ctx, quotastack.ReserveParams{Customer: customerOf(customerID), MetricKey: metric,
-			EstimatedUnits: actions * cfg.units, TTL: ls.cfg.TTL, Metadata: map[string]string{"quotastack_lease": leaseKey}},
-			quotastack.WithIdempotencyKey(idem.Join("lease", customerID, metric, leaseKey, strconv.Itoa(try))))
+		l.ReservationID = reservingPrefix + idem.Join("lease", customerID, metric, nonce, strconv.Itoa(try))
+		l.Held = actions * cfg.units
+		err := g.charges.PutLease(ctx, &l) // this attempt's key, before it is sent
+		if errors.Is(err, ErrChargeConflict) {
+			return nil // another gate's lease got there first: take from it
+		}
+		if err != nil {
+			return &chargeLogError{err}
+		}
+		res, err := g.sendReserve(ctx, l)
 		if errors.Is(err, quotastack.ErrInsufficientCredits) {
 			var apiErr *quotastack.APIError
 			fit := int64(0)
@@ -227,6 +269,9 @@ func (g *Gatekeeper) reserveLease(ctx context.Context, customerID, metric string
 			if fit >= 1 && fit < actions && try == 0 {
 				actions = fit // a partly used plan: a lease of what is left
 				continue
+			}
+			if derr := g.charges.DeleteLease(ctx, l); derr != nil && !errors.Is(derr, ErrChargeConflict) {
+				return &chargeLogError{derr}
 			}
 			ls.block(k)
 			ent, _ := refusalFrom(err, customerID, metric, cfg.units)
@@ -241,29 +286,38 @@ func (g *Gatekeeper) reserveLease(ctx context.Context, customerID, metric string
 			return &leaseRefusal{ent: ent}
 		}
 		if err != nil {
-			return err
+			return err // the record stays: the next gate or the linger resolves it with the same key
 		}
-		now := g.now()
-		l := Lease{CustomerID: customerID, Metric: metric, ReservationID: res.ID, UnitsPerEvent: cfg.units,
-			Held: res.EstimatedUnits, ExpiresAt: res.ExpiresAt, CreatedAt: now, LastUsed: now}
-		if l.Held <= 0 {
-			l.Held = actions * cfg.units
-		}
-		if l.ExpiresAt.IsZero() {
-			l.ExpiresAt = now.Add(ls.cfg.TTL) // a server that leaves it out: our clock, our TTL
-		}
-		if err := g.charges.PutLease(ctx, &l); err != nil {
-			// Another replica's lease got there first (our lock lapsed): give this one back.
-			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), g.purchaseTimeout)
-			defer cancel()
-			_, _ = g.client.Release(rctx, res.ID, quotastack.WithIdempotencyKey(idem.Join("lease-release", res.ID)))
-			if errors.Is(err, ErrChargeConflict) {
-				return nil
-			}
-			return &chargeLogError{err}
-		}
-		return nil
+		return g.activateLease(ctx, l, res)
 	}
+}
+
+// sendReserve sends the reserve of a reserving lease, under its key and
+// with the body every resend of it carries.
+func (g *Gatekeeper) sendReserve(ctx context.Context, l Lease) (*quotastack.Reservation, error) {
+	key := strings.TrimPrefix(l.ReservationID, reservingPrefix)
+	return g.client.Reserve(ctx, quotastack.ReserveParams{Customer: customerOf(l.CustomerID), MetricKey: l.Metric,
+		EstimatedUnits: l.Held, TTL: l.ExpiresAt.Sub(l.CreatedAt), Metadata: map[string]string{"quotastack_lease": key}},
+		quotastack.WithIdempotencyKey(key))
+}
+
+// activateLease turns a reserving lease into the reservation res: it serves
+// from now on.
+func (g *Gatekeeper) activateLease(ctx context.Context, l Lease, res *quotastack.Reservation) error {
+	l.ReservationID, l.Committing = res.ID, false
+	if res.EstimatedUnits > 0 {
+		l.Held = res.EstimatedUnits
+	}
+	if !res.ExpiresAt.IsZero() {
+		l.ExpiresAt = res.ExpiresAt // the server's; without it, our clock and our TTL
+	}
+	if err := g.charges.PutLease(ctx, &l); err != nil {
+		if errors.Is(err, ErrChargeConflict) {
+			return nil // moved meanwhile (another gate resolved it): the caller looks again
+		}
+		return &chargeLogError{err}
+	}
+	return nil
 }
 
 // settleLease commits what l counted (or releases an unused one) and
@@ -274,6 +328,23 @@ func (g *Gatekeeper) reserveLease(ctx context.Context, customerID, metric string
 func (g *Gatekeeper) settleLease(ctx context.Context, l Lease) error {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), g.purchaseTimeout)
 	defer cancel()
+	if strings.HasPrefix(l.ReservationID, reservingPrefix) {
+		// A reserve whose answer never came: resend it (the server replays
+		// it), so its reservation is known, then settle that (nothing was
+		// counted on it, so it is released).
+		res, err := g.sendReserve(ctx, l)
+		switch {
+		case errors.Is(err, quotastack.ErrInsufficientCredits) || (err != nil && !quotastack.IsOutage(ctx, err)):
+			// Nothing was reserved (or can be known under this key): drop it.
+			if derr := g.charges.DeleteLease(ctx, l); derr != nil && !errors.Is(derr, ErrChargeConflict) {
+				return &chargeLogError{derr}
+			}
+			return nil
+		case err != nil:
+			return fmt.Errorf("autobuy: resolving a lease reserve: %w", err)
+		}
+		l.ReservationID = res.ID // Used is 0: released below
+	}
 	if !l.Committing {
 		l.Committing = true
 		if err := g.charges.PutLease(ctx, &l); err != nil {
@@ -323,45 +394,81 @@ func (g *Gatekeeper) settleLease(ctx context.Context, l Lease) error {
 
 // leaseBeforeBuying applies the lease rule on the purchase path: credits
 // held by one of our leases are never the reason a plan is bought. If the
-// customer has a lease on metric it serves the action; a full or due one is
-// settled and the customer checked again: allowed, the action is recorded
-// (served); refused, the caller goes on to buy with the new check in d.
+// customer has a lease on metric it serves the action (a hold, WithReservation,
+// can't be served from it); a full or due one, or one a hold or a gate
+// without lease mode meets, is settled and the customer checked again:
+// allowed, the action is recorded (served); refused, the caller goes on to
+// buy with the new check in d.
 func (g *Gatekeeper) leaseBeforeBuying(ctx context.Context, d Decision, metric string, cfg gateConfig, key *usageKey) (Decision, bool, error) {
-	if cfg.reserve || d.CustomerID == "" {
+	if d.CustomerID == "" {
 		return d, false, nil
 	}
 	l, found, err := g.charges.Lease(ctx, d.CustomerID, metric)
 	if err != nil || !found {
 		return d, false, nil
 	}
-	if !l.Committing && !g.leaseDue(l) {
+	if !cfg.reserve && !l.Committing && !g.leaseDue(l) {
 		if got, took, err := g.charges.TakeLease(ctx, d.CustomerID, metric, cfg.units, g.now()); err == nil && took {
 			d.Allowed, d.Reason, d.Leased, d.leaseID = true, ReasonEntitled, true, got.ReservationID
 			return d, true, nil
 		}
 	}
-	if g.leases != nil {
-		err = g.renewLease(ctx, d.CustomerID, metric, cfg, false)
-	} else {
-		err = g.settleLease(ctx, l)
-	}
-	if err != nil {
-		return d, false, err
-	}
-	ent, err := g.client.Check(ctx, customerOf(d.CustomerID), metric, cfg.units)
+	// Settled, and checked under the lease lock: no lease of ours takes the
+	// credits back between the settle and the check.
+	var ent *quotastack.Entitlement
+	var ok bool
+	err = g.settleForCheck(ctx, d.CustomerID, metric, func() error {
+		var err error
+		if ent, err = g.client.Check(ctx, customerOf(d.CustomerID), metric, cfg.units); err != nil || !ent.Allowed {
+			return err
+		}
+		ok, err = g.consume(ctx, &d, customerOf(d.CustomerID), metric, cfg, key)
+		return err
+	})
 	if err != nil {
 		return d, false, err
 	}
 	d.Entitlement = ent
-	if !ent.Allowed {
-		return d, false, nil
-	}
-	ok, err := g.consume(ctx, &d, customerOf(d.CustomerID), metric, cfg, key)
-	if err != nil || ok {
+	if ok {
 		d.Reason = ReasonEntitled
-		return d, true, err
+		return d, true, nil
 	}
-	return d, false, nil // spent by a concurrent action: a new exhaustion
+	return d, false, nil // refused, or spent by a concurrent action: a new exhaustion
+}
+
+// settleForCheck settles the customer's lease on metric and then runs check
+// (the check that decides on a purchase), both under the customer's lock:
+// no lease of ours holds the credits when it runs, and none is reserved
+// before it ends.
+func (g *Gatekeeper) settleForCheck(ctx context.Context, customerID, metric string, check func() error) error {
+	unlock, err := g.lock(ctx, customerID)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	if err := g.settleLeasesLocked(ctx, customerID, metric); err != nil {
+		return err
+	}
+	return check()
+}
+
+// settleLeasesLocked settles the customer's lease on metric; the caller
+// holds the customer's lock. A lease that moved while being settled (an
+// action taken from it) is read and settled again.
+func (g *Gatekeeper) settleLeasesLocked(ctx context.Context, customerID, metric string) error {
+	for range 5 {
+		l, found, err := g.charges.Lease(ctx, customerID, metric)
+		if err != nil {
+			return &chargeLogError{err}
+		}
+		if !found {
+			return nil
+		}
+		if err := g.settleLease(ctx, l); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // startLinger starts, once, the goroutine that commits idle and due leases.
@@ -408,7 +515,7 @@ func (g *Gatekeeper) flushLeases(ctx context.Context, all bool) error {
 		if !all && !l.Committing && !g.leaseDue(l) && !l.LastUsed.Before(idle) {
 			continue
 		}
-		unlock, err := g.lockKey(ctx, "quotastack:lease:"+idem.Join("l", l.CustomerID, l.Metric))
+		unlock, err := g.lock(ctx, l.CustomerID)
 		if err != nil {
 			errs = append(errs, err)
 			continue

@@ -98,6 +98,17 @@ func TwoPhase(ttl time.Duration) MiddlewareOption {
 	return func(c *middlewareConfig) { c.twoPhase, c.holdTTL = true, ttl }
 }
 
+// SettleTimeout bounds how long the two-phase middleware keeps settling a
+// hold QuotaStack could not answer (default quotastack.DefaultTimeout); the
+// request's own context may be done by then. d <= 0 keeps the default.
+func SettleTimeout(d time.Duration) MiddlewareOption {
+	return func(c *middlewareConfig) {
+		if d > 0 {
+			c.settleTime = d
+		}
+	}
+}
+
 // GateFunc has the signature of Gatekeeper.Gate.
 type GateFunc func(ctx context.Context, customer quotastack.Customer, metric string, opts ...GateOption) (Decision, error)
 
@@ -116,7 +127,9 @@ func OnRefusal(fn func(w http.ResponseWriter, r *http.Request, ref Refusal)) Mid
 
 // OnSettle is called in two-phase mode after the hold of an allowed request
 // was committed (committed true) or released, with the error of that call.
-// A failed commit leaves the hold to expire: the action was not charged.
+// A settle QuotaStack could not answer is retried until the settle time
+// (SettleTimeout) runs out; a commit that still failed leaves the hold to
+// expire: the action was not charged.
 func OnSettle(fn func(r *http.Request, d Decision, committed bool, err error)) MiddlewareOption {
 	return func(c *middlewareConfig) { c.onSettle = fn }
 }
@@ -197,6 +210,15 @@ func serveHeld(w http.ResponseWriter, r *http.Request, next http.Handler, g *Gat
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), cfg.settleTime)
 		defer cancel()
 		err := g.Settle(ctx, d, commit, 0)
+		// QuotaStack could not answer: the work is done (or failed), so the
+		// hold is settled again (Settle is idempotent) until the settle time
+		// runs out, rather than left to expire uncharged.
+		for wait := 50 * time.Millisecond; err != nil && quotastack.IsOutage(ctx, err) && ctx.Err() == nil; wait = min(2*wait, time.Second) {
+			if sleepCtx(ctx, wait) != nil {
+				break
+			}
+			err = g.Settle(ctx, d, commit, 0)
+		}
 		if cfg.onSettle != nil {
 			cfg.onSettle(r, d, commit, err)
 		}

@@ -85,7 +85,7 @@ func TestMiddlewareActionUnitsAndOptions(t *testing.T) {
 		{name: "units 3", action: autobuy.Action{Units: 3}, status: http.StatusOK, units: 3},
 		{name: "negative units: 400", action: autobuy.Action{Units: -2}, status: http.StatusBadRequest},
 		{name: "per-request metadata", status: http.StatusOK, units: 1, metadata: map[string]string{"model": "small"},
-			action: autobuy.Action{Options: []autobuy.GateOption{autobuy.WithMetadata(map[string]string{"model": "small"})}}},
+			action: autobuy.Action{Options: []autobuy.GateOption{autobuy.WithUsageMetadata(map[string]string{"model": "small"})}}},
 		{name: "per-request options win over the fields", status: http.StatusOK, units: 2,
 			action: autobuy.Action{Units: 5, Options: []autobuy.GateOption{autobuy.WithUnits(2)}}},
 		{name: "per-request auto-buy off: plan picker", status: http.StatusPaymentRequired, noAutoBuy: true,

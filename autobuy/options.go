@@ -315,8 +315,9 @@ func WithUnits(n int64) GateOption { return func(c *gateConfig) { c.units = n } 
 // new event.
 func WithEventID(id string) GateOption { return func(c *gateConfig) { c.eventID = id } }
 
-// WithMetadata attaches metadata to the usage record.
-func WithMetadata(m map[string]string) GateOption { return func(c *gateConfig) { c.metadata = m } }
+// WithUsageMetadata attaches metadata to the usage record (plan.WithMetadata is
+// the purchase's).
+func WithUsageMetadata(m map[string]string) GateOption { return func(c *gateConfig) { c.metadata = m } }
 
 // WithAutoBuy overrides the gate's preference for this call.
 func WithAutoBuy(enabled bool) GateOption { return func(c *gateConfig) { c.autoBuy = &enabled } }

@@ -34,16 +34,22 @@ type recordFirst struct {
 	on, armed, off atomic.Bool
 }
 
-// observe arms or disarms the mode from a usage answer of any gate.
+// observe arms or disarms the mode from a usage answer of any gate (tracked
+// with the mode off too: a pending event is resent before its check only on
+// a server seen to debit synchronously).
 func (rf *recordFirst) observe(ev *quotastack.UsageEvent) {
 	switch {
-	case !rf.on.Load() || ev == nil:
+	case ev == nil:
 	case ev.Accepted:
 		rf.off.Store(true)
 	case ev.Confirmed():
 		rf.armed.Store(true)
 	}
 }
+
+// synchronous reports whether the server was seen answering a usage record
+// 200/201 (debited, or refused with 402, before answering) and never 202.
+func (rf *recordFirst) synchronous() bool { return rf.armed.Load() && !rf.off.Load() }
 
 // idCache maps external ids to QuotaStack ids, bounded: past max entries a
 // random half is dropped (a dropped customer costs one check again).

@@ -30,6 +30,7 @@ const (
 	envSoak       = "QUOTASTACK_SOAK"        // a Go duration; default 20s, 3s with -short
 	envSoakSeed   = "QUOTASTACK_SOAK_SEED"   // the fault and workload seed
 	envSoakReport = "QUOTASTACK_SOAK_REPORT" // a file to write the figures to
+	envSoakDebug  = "QUOTASTACK_SOAK_DEBUG"  // set: log the ledger around a plan bought too early
 )
 
 const (
@@ -79,13 +80,19 @@ func soakCustomerList(dur time.Duration) []soakCustomer {
 // replica is one process of the service under test: its own client (with
 // counted attempts and calls), its own clock (skewed from the others' by up
 // to a minute) and two Gatekeepers, as an application with two gated
-// handlers has. Replicas share the server and one purchase journal and
-// locker (in-process stand-ins for the Redis ones, which the nested module's
-// soak uses). A replica may crash in the middle of a purchase; the worker
-// that sees it replaces it with a new process.
+// handlers has; with modes, three (the per-action gate, record-first and
+// lease mode) and a two-phase HTTP endpoint over the first. Replicas share
+// the server and one purchase journal, locker and record of charged events
+// (in-process stand-ins for the Redis ones, which the nested module's soak
+// uses). A replica may crash in the middle of a purchase or a commit; the
+// worker that sees it replaces it with a new process, and the dead one is
+// dropped without Close: what it wrote to the shared stores (its leases
+// included) stays there for the others.
 type replica struct {
 	client    *quotastack.Client
-	gates     [2]*autobuy.Gatekeeper
+	gates     []*autobuy.Gatekeeper
+	modes     []gateMode   // modes[i] is the mode of gates[i]
+	twoPhase  http.Handler // the two-phase endpoint over gates[0]; nil without modes
 	transport *countingTransport
 	crash     *crashingTransport
 	calls     *callCounter
@@ -94,7 +101,12 @@ type replica struct {
 // soakSkews are the replicas' clock offsets, by slot: up to a minute either way.
 var soakSkews = []time.Duration{-time.Minute, 40 * time.Second, -15 * time.Second, time.Minute}
 
-func newReplica(srv *quotastacktest.Server, waitMax, skew time.Duration, pCrash float64, shared ...autobuy.Option) (*replica, error) {
+// newReplica starts a process on srv. log is the shared record of charged
+// events (nil: the process-wide default); with modes the replica gates in
+// every gateMode.
+func newReplica(srv *quotastacktest.Server, waitMax, skew time.Duration, pCrash float64, log autobuy.ChargeLog, modes bool,
+	shared ...autobuy.Option,
+) (*replica, error) {
 	r := &replica{transport: newCountingTransport(), calls: &callCounter{}}
 	r.crash = &crashingTransport{next: r.transport.base, p: pCrash}
 	r.transport.next = r.crash
@@ -106,22 +118,55 @@ func newReplica(srv *quotastacktest.Server, waitMax, skew time.Duration, pCrash 
 		return nil, err
 	}
 	clock := func() time.Time { return time.Now().Add(skew) }
-	for i := range r.gates {
-		r.gates[i], err = autobuy.New(r.client, append([]autobuy.Option{autobuy.WithPlan(soakPlan), autobuy.WithClock(clock)}, shared...)...)
+	base := append([]autobuy.Option{autobuy.WithPlan(soakPlan), autobuy.WithClock(clock)}, shared...)
+	if log != nil {
+		base = append(base, autobuy.WithChargeLog(crashLog{ChargeLog: log, dead: &r.crash.dead}))
+	}
+	r.modes = []gateMode{modeGate, modeGate}
+	if modes {
+		r.modes = []gateMode{modeGate, modeRecordFirst, modeLease}
+	}
+	for _, m := range r.modes {
+		opts := slices.Clone(base)
+		switch m {
+		case modeRecordFirst:
+			opts = append(opts, autobuy.WithRecordFirst())
+		case modeLease:
+			opts = append(opts, autobuy.WithLease(soakLease))
+		}
+		g, err := autobuy.New(r.client, opts...)
 		if err != nil {
 			return nil, err
 		}
+		r.gates = append(r.gates, g)
+	}
+	if modes {
+		r.twoPhase = newTwoPhase(r.gates[0])
 	}
 	return r, nil
 }
 
-// crashingTransport kills its process on a plan purchase request with
-// probability p: the request executes or not (even odds), the answer never
-// comes, and every later request of this process fails.
+// close stops the replica's Gatekeepers (lease mode's committer), committing
+// what its leases counted; a dead replica's fail on the log and are ignored.
+func (r *replica) close(ctx context.Context) error {
+	var errs []error
+	for _, g := range r.gates {
+		if err := g.Close(ctx); err != nil && !r.crash.dead.Load() {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// crashingTransport kills its process on a plan purchase request or a
+// reservation commit (a lease's or a two-phase hold's) with probability p:
+// the request executes or not (even odds), the answer never comes, and every
+// later request of this process fails. quiet turns the crashes off.
 type crashingTransport struct {
-	next http.RoundTripper
-	p    float64
-	dead atomic.Bool
+	next  http.RoundTripper
+	p     float64
+	quiet atomic.Bool
+	dead  atomic.Bool
 }
 
 var errProcessDied = errors.New("soak: the process died")
@@ -132,7 +177,11 @@ func (c *crashingTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	}
 	purchase := r.Method == http.MethodPost && (r.URL.Path == "/v1/topup/grant" ||
 		strings.HasPrefix(r.Header.Get("Idempotency-Key"), "plan-debit:"))
-	if purchase && c.p > 0 && rand.Float64() < c.p && c.dead.CompareAndSwap(false, true) {
+	p := c.p
+	if r.Method == http.MethodPost && strings.HasSuffix(r.URL.Path, "/commit") {
+		purchase, p = true, c.p/4 // commits are many more than purchases
+	}
+	if purchase && p > 0 && !c.quiet.Load() && rand.Float64() < p && c.dead.CompareAndSwap(false, true) {
 		if rand.IntN(2) == 0 {
 			if resp, err := c.next.RoundTrip(r); err == nil {
 				_ = resp.Body.Close()
@@ -145,6 +194,7 @@ func (c *crashingTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 
 // fleet is the soak's set of replicas; a crashed one is replaced in its slot.
 type fleet struct {
+	modes   bool // replicas gate in every mode
 	mu      sync.Mutex
 	slots   []*replica
 	all     []*replica // every process that ever ran, for the figures
@@ -182,7 +232,9 @@ type action struct {
 	event, customer string
 	decision        autobuy.Decision
 	decided         bool
-	calls           int // Gate calls it took: 1 + the repeats after errors
+	mode            gateMode // the mode of the gate that decided it
+	calls           int      // Gate calls it took: 1 + the repeats after errors
+	replayAsked     bool     // the soak sent the allowed event again on purpose
 }
 
 // workerStats is what one worker saw, merged after the run.
@@ -190,6 +242,10 @@ type workerStats struct {
 	actions  []action
 	errKinds map[string]int
 	problems []string
+	// two-phase: handler failures (hold released, event retried) and settle errors
+	handlerFailures, settleErrors int
+	notes                         []string      // logged, not failures
+	replays                       [numModes]int // answers with Decision.Replayed, by the mode that gave them
 }
 
 func soakDuration(t *testing.T) time.Duration {
@@ -221,22 +277,33 @@ func soakSeed(t *testing.T) int64 {
 // locker against a fake with random faults (500s,
 // 503s, 429s with Retry-After 0 or 1, connections dropped after the server
 // executed the request, requests executed and then answered 500, latency),
-// its rate limit on, and replicas that die in the middle of purchases; then
-// it proves from the server's ledger that nothing was lost or charged twice.
-// A gate that returns an error leaves its action unknown; the worker repeats
-// the same gate with the same event id until it decides, as a real caller
-// would.
+// its rate limit on, and replicas that die in the middle of purchases and
+// commits; then it proves from the server's ledger that nothing was lost or
+// charged twice. A gate that returns an error leaves its action unknown; the
+// worker repeats the same gate with the same event id until it decides, as a
+// real caller would.
+//
+// Each replica gates in every mode on one ChargeLog shared by all: the
+// per-action gate, record-first and lease mode (a message retried by any of
+// them), and a two-phase middleware endpoint whose handler fails now and then
+// (the hold is released, the client retries the same message there). Some
+// allowed messages are sent again on purpose, with either id form: the
+// answer must be the original, from the record. Every allowed action is
+// noted with the fake (NoteAllowed), whose CheckInvariants then finds an
+// action charged twice or allowed and never charged, lease-served ones
+// included. A crashed replica is dropped without Close: its leases stay in
+// the shared log for the others to settle.
 func TestSoak(t *testing.T) {
 	t.Parallel() // after the serial goroutine-leak tests of this package
-	runSoak(t, soakConfig{name: "replicas", replicas: soakReplicas, pCrash: 0.1, rateLimit: true})
+	runSoak(t, soakConfig{name: "replicas", replicas: soakReplicas, pCrash: 0.1, rateLimit: true, modes: true})
 }
 
 // TestSoakOneProcess is the same soak in one process, its clock a minute
-// off, with two Gatekeepers on the process-wide default journal and locker
-// (no crashes: the memory journal dies with the process).
+// off, with its Gatekeepers (every mode) on the process-wide default journal,
+// locker and ChargeLog (no crashes: the memory stores die with the process).
 func TestSoakOneProcess(t *testing.T) {
 	t.Parallel()
-	runSoak(t, soakConfig{name: "one process", replicas: 1, oneProcess: true})
+	runSoak(t, soakConfig{name: "one process", replicas: 1, oneProcess: true, modes: true})
 }
 
 // TestSoakReplicasOwnStores is the replicas' soak without a shared store:
@@ -259,6 +326,10 @@ type soakConfig struct {
 	pCrash     float64
 	rateLimit  bool
 	oneProcess bool // the process-wide default journal and locker
+	// modes gates in every gateMode (per action, record-first, lease,
+	// two-phase middleware) on one record of charged events: the replicas'
+	// shared ChargeLog, or the process-wide default in one process.
+	modes bool
 }
 
 func runSoak(t *testing.T, cfg soakConfig) {
@@ -283,10 +354,15 @@ func runSoak(t *testing.T, cfg soakConfig) {
 	// Retry-After of 1 s ends their call with an error (and the caller
 	// repeats the gate); the other half honour it.
 	var shared []autobuy.Option
+	var log autobuy.ChargeLog
+	lt := &letThrough{}
 	if !cfg.oneProcess {
 		shared = []autobuy.Option{autobuy.WithJournal(autobuy.NewMemoryJournal(0)), autobuy.WithLocker(autobuy.NewLocalLocker())}
+		if cfg.modes {
+			log = autobuy.NewMemoryChargeLog(0)
+		}
 	}
-	fl := &fleet{make: func(i int) (*replica, error) {
+	fl := &fleet{modes: cfg.modes, make: func(i int) (*replica, error) {
 		waitMax := 20 * time.Millisecond
 		if i%2 == 1 {
 			waitMax = 1500 * time.Millisecond
@@ -295,7 +371,8 @@ func runSoak(t *testing.T, cfg soakConfig) {
 		if cfg.ownStores {
 			opts = []autobuy.Option{autobuy.WithJournal(autobuy.NewMemoryJournal(0)), autobuy.WithLocker(autobuy.NewLocalLocker())}
 		}
-		return newReplica(srv, waitMax, soakSkews[i%len(soakSkews)], cfg.pCrash, opts...)
+		opts = append(slices.Clone(opts), autobuy.WithLogger(slog.New(lt)))
+		return newReplica(srv, waitMax, soakSkews[i%len(soakSkews)], cfg.pCrash, log, cfg.modes, opts...)
 	}}
 	for i := range cfg.replicas {
 		r, err := fl.make(i)
@@ -313,7 +390,7 @@ func runSoak(t *testing.T, cfg soakConfig) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			stats[w] = runWorker(w, seed, deadline, customers, fl)
+			stats[w] = runWorker(w, seed, deadline, srv, customers, fl)
 		}()
 	}
 	wg.Wait()
@@ -321,23 +398,31 @@ func runSoak(t *testing.T, cfg soakConfig) {
 	stopFaults()
 	srv.SetRateLimit(0, 0)
 
-	// A process that died mid-purchase left an intent open; any replica
-	// finishes it on the customer's next purchase, or here.
+	// The replicas still running stop (Close commits what their leases
+	// counted); the dead ones were dropped without Close (their leases were
+	// left in the shared log, for the others to settle) and are only stopped
+	// here. A process that died mid-purchase left an intent open; any
+	// replica finishes it on the customer's next purchase, or here.
 	fl.mu.Lock()
 	for _, r := range fl.all {
+		r.crash.quiet.Store(true)
+	}
+	for _, r := range fl.all {
+		assert.NoError(t, r.close(context.Background()), "closing a replica")
 		r.client.CloseIdleConnections()
 	}
 	finisher, err := fl.make(0)
 	fl.mu.Unlock()
 	require.NoError(t, err)
-	finisher.crash.p = 0
+	finisher.crash.quiet.Store(true)
 	resumed := 0
 	if !cfg.oneProcess {
 		resumed, err = finisher.gates[0].Resume(context.Background(), 0)
 		require.NoError(t, err)
 	}
+	assert.NoError(t, finisher.close(context.Background()), "closing the finisher")
 
-	figs := soakFigures{Name: cfg.name, Duration: dur, Elapsed: elapsed, Seed: seed, Race: raceEnabled,
+	figs := soakFigures{Name: cfg.name, Modes: cfg.modes, Duration: dur, Elapsed: elapsed, Seed: seed, Race: raceEnabled,
 		Customers: len(customers), Replicas: cfg.replicas, Workers: soakWorkers, Crashes: fl.crashes, Resumed: resumed,
 		Denied: map[autobuy.Reason]int{}, ErrKinds: map[string]int{}, Faults: srv.FaultCounts(),
 		ServerRequests: len(srv.Requests())}
@@ -355,6 +440,14 @@ func runSoak(t *testing.T, cfg soakConfig) {
 		for _, p := range s.problems {
 			t.Error(p)
 		}
+		for _, n := range s.notes {
+			t.Log(n)
+		}
+		figs.ByMode[modeTwoPhase].HandlerFailures += s.handlerFailures
+		figs.ByMode[modeTwoPhase].SettleErrors += s.settleErrors
+		for m, n := range s.replays {
+			figs.ByMode[m].Replays += n
+		}
 	}
 	for _, r := range fl.all {
 		figs.Attempts += r.transport.attempts.Load()
@@ -364,12 +457,20 @@ func runSoak(t *testing.T, cfg soakConfig) {
 	// Every attempt the transport saw is a call's first try or a retry.
 	assert.Equal(t, figs.Attempts, figs.Calls+figs.Retries, "HTTP attempts = logical calls + retries")
 
-	checkSoakLedger(t, srv, finisher.client, customers, actions, &figs)
-	countMoney(srv, customers, &figs)
+	allowances := checkSoakLedger(t, srv, finisher.client, customers, actions, lt, &figs)
+	countMoney(srv, customers, actions, &figs)
 	assert.Zero(t, figs.DoubleCharges, "double charges")
 	assert.Zero(t, figs.DebitsWithoutGrant, "debits without a grant")
 	assert.Zero(t, figs.BlockedPayers, "customers who paid and got no plan")
-	assert.NoError(t, srv.CheckInvariants())
+	for m, mf := range figs.ByMode {
+		assert.Zero(t, mf.DoubleCharges, "%s: actions charged twice", gateMode(m))
+		assert.Zero(t, mf.NeverCharged, "%s: allowed actions never charged", gateMode(m))
+	}
+	assert.Zero(t, figs.LeaseDouble, "lease units charged twice")
+	assert.Zero(t, figs.LeaseNeverCharged, "lease-served actions never charged")
+	// Every allowed action was noted (NoteAllowed): the fake's own count of
+	// allowed units against what it executed, whatever the path.
+	assert.NoError(t, srv.CheckInvariants(allowances...))
 
 	report := figs.String()
 	t.Log("\n" + report)
@@ -385,10 +486,17 @@ func runSoak(t *testing.T, cfg soakConfig) {
 
 // countMoney counts, from the server's plan orders, what must be zero: orders
 // debited more than once, debits without a grant, and customers left debited
-// without their plan.
-func countMoney(srv *quotastacktest.Server, customers []soakCustomer, figs *soakFigures) {
+// without their plan (by mode too: the mode of the decision that names the
+// order, if one does).
+func countMoney(srv *quotastacktest.Server, customers []soakCustomer, actions []action, figs *soakFigures) {
+	orderMode := map[string]gateMode{}
+	for _, a := range actions {
+		if a.decided && a.decision.Purchase != nil {
+			orderMode[a.decision.Purchase.OrderID] = a.mode
+		}
+	}
 	for _, c := range customers {
-		blocked := false
+		blocked, blockedBy := false, map[gateMode]bool{}
 		for _, o := range srv.PlanOrders(c.id) {
 			if len(o.Debits) > 1 || len(o.GrantBlockIDs) > 1 {
 				figs.DoubleCharges++
@@ -396,10 +504,16 @@ func countMoney(srv *quotastacktest.Server, customers []soakCustomer, figs *soak
 			if len(o.Debits) > 0 && len(o.GrantBlockIDs) == 0 {
 				figs.DebitsWithoutGrant++
 				blocked = true
+				if m, ok := orderMode[o.OrderID]; ok {
+					blockedBy[m] = true
+				}
 			}
 		}
 		if blocked {
 			figs.BlockedPayers++
+		}
+		for m := range blockedBy {
+			figs.ByMode[m].BlockedPayers++
 		}
 	}
 }
@@ -438,45 +552,136 @@ func startFaults(srv *quotastacktest.Server, seed int64) (stop func()) {
 	}
 }
 
-// runWorker gates actions of random customers through random replicas until
-// the deadline, each with a unique event id, repeating a gate that errs.
-func runWorker(w int, seed int64, deadline time.Time, customers []soakCustomer, fl *fleet) workerStats {
+// pReplay is the chance that an allowed event is sent again on purpose, as a
+// client that lost the answer does: on any replica and mode, with either id
+// form, its answer must be the original one, from the record.
+const pReplay = 0.08
+
+// runWorker gates actions of random customers through random replicas (and,
+// with modes, random gate modes) until the deadline, each with a unique
+// event id, repeating a gate that errs, and notes every allowed action with
+// the fake (NoteAllowed).
+func runWorker(w int, seed int64, deadline time.Time, srv *quotastacktest.Server, customers []soakCustomer, fl *fleet) workerStats {
 	s := workerStats{errKinds: map[string]int{}}
 	rng := rand.New(rand.NewPCG(uint64(seed), uint64(w)))
+	uuids := map[string]string{}
+	for _, c := range customers {
+		if acct, ok := srv.Account(c.id); ok {
+			uuids[c.id] = acct.CustomerID
+		}
+	}
 	for seq := 0; time.Now().Before(deadline); seq++ {
 		c := customers[rng.IntN(len(customers))]
 		a := action{event: fmt.Sprintf("w%02d-%06d", w, seq), customer: c.id}
+		// A message sent to the two-phase endpoint is retried there; one sent
+		// to a gated handler may be retried by any of them.
+		twoPhase := fl.modes && rng.IntN(int(numModes)) == int(modeTwoPhase)
 		for !a.decided && a.calls < maxGateCalls {
-			slot, r := fl.pick(rng) // a repeat may land on another replica
 			a.calls++
-			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-			d, err := r.gates[rng.IntN(len(r.gates))].Gate(ctx, quotastack.ExternalID(c.id), chatMetric, autobuy.WithEventID(a.event))
-			cancel()
-			if r.crash.dead.Load() {
-				// The process died during this gate: whatever it answered is
-				// lost with it. A new process takes its place; the caller repeats.
-				if rerr := fl.replace(slot, r); rerr != nil {
-					s.problems = append(s.problems, "replacing a crashed replica: "+rerr.Error())
-				}
-				s.errKinds["process died"]++
-				continue
-			}
-			if err != nil {
-				kind := gateErrorKind(err)
-				s.errKinds[kind]++
-				if strings.HasPrefix(kind, "unexpected") {
-					s.problems = append(s.problems, fmt.Sprintf("action %s: %s: %v", a.event, kind, err))
-				}
-				continue
-			}
-			a.decision, a.decided = d, true
+			a.decision, a.mode, a.decided = s.gateOnce(rng, fl, c, uuids[c.id], a.event, twoPhase)
 		}
 		if !a.decided {
 			s.problems = append(s.problems, fmt.Sprintf("action %s: no decision after %d gate calls", a.event, a.calls))
 		}
+		if a.decided && a.decision.Allowed && !a.decision.Fallback {
+			srv.NoteAllowed(c.id, chatMetric, a.event, 1)
+		}
+		if a.decided && a.decision.Allowed && rng.Float64() < pReplay {
+			a.replayAsked = true
+			s.replay(rng, fl, c, uuids[c.id], a, twoPhase)
+		}
 		s.actions = append(s.actions, a)
 	}
 	return s
+}
+
+// replay sends the allowed action a again until it is answered: it must be
+// allowed again, from the record (Replayed), with nothing charged.
+func (s *workerStats) replay(rng *rand.Rand, fl *fleet, c soakCustomer, uuid string, a action, twoPhase bool) {
+	for calls := 0; calls < maxGateCalls; calls++ {
+		d, mode, decided := s.gateOnce(rng, fl, c, uuid, a.event, twoPhase)
+		if !decided {
+			continue
+		}
+		if !d.Allowed || !d.Replayed || d.Purchase != nil || d.Usage != nil {
+			s.problems = append(s.problems, fmt.Sprintf("action %s (allowed, %s, by %s): its replay through %s was answered allowed=%v reason=%q replayed=%v purchase=%v usage=%v",
+				a.event, a.decision.Reason, a.mode, mode, d.Allowed, d.Reason, d.Replayed, d.Purchase != nil, d.Usage != nil))
+		}
+		return
+	}
+	s.problems = append(s.problems, fmt.Sprintf("action %s: its replay got no decision after %d gate calls", a.event, maxGateCalls))
+}
+
+// gateOnce gates the event once, on a random replica, through its two-phase
+// endpoint or a random one of its Gatekeepers, with the customer's external
+// id or (one call in four) its QuotaStack id. decided is false when the
+// caller must repeat it: an error, a crash of the replica, or a two-phase
+// handler that failed (its hold released).
+func (s *workerStats) gateOnce(rng *rand.Rand, fl *fleet, c soakCustomer, uuid, event string, twoPhase bool) (autobuy.Decision, gateMode, bool) {
+	slot, r := fl.pick(rng) // a repeat may land on another replica
+	customer := quotastack.ExternalID(c.id)
+	if uuid != "" && rng.IntN(4) == 0 {
+		customer = quotastack.CustomerID(uuid)
+	}
+	var d autobuy.Decision
+	var err error
+	var mode gateMode
+	var call *mwCall
+	if twoPhase {
+		mode = modeTwoPhase
+		call = &mwCall{customer: customer, event: event, fail: rng.Float64() < pHandlerFails}
+		call.serve(r.twoPhase)
+		switch {
+		case call.refusal != nil && call.refusal.Err != nil:
+			err = call.refusal.Err
+		case call.refusal != nil:
+			d = call.refusal.Decision
+		case call.ran:
+			d = call.d
+		default:
+			err = errors.New("the middleware neither ran the handler nor refused")
+		}
+	} else {
+		i := rng.IntN(len(r.gates))
+		mode = r.modes[i]
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		d, err = r.gates[i].Gate(ctx, customer, chatMetric, autobuy.WithEventID(event))
+		cancel()
+	}
+	if r.crash.dead.Load() {
+		// The process died during this gate: whatever it answered is
+		// lost with it. A new process takes its place; the caller repeats.
+		if rerr := fl.replace(slot, r); rerr != nil {
+			s.problems = append(s.problems, "replacing a crashed replica: "+rerr.Error())
+		}
+		s.errKinds["process died"]++
+		return d, mode, false
+	}
+	if err != nil {
+		kind := gateErrorKind(err)
+		s.errKinds[kind]++
+		if strings.HasPrefix(kind, "unexpected") {
+			s.problems = append(s.problems, fmt.Sprintf("action %s (%s): %s: %v", event, mode, kind, err))
+		}
+		return d, mode, false
+	}
+	if d.Replayed {
+		s.replays[mode]++
+	}
+	if call != nil && call.ran {
+		if call.settled && call.settleErr != nil {
+			s.settleErrors++
+			s.notes = append(s.notes, fmt.Sprintf("action %s: settling its hold (commit %v) failed: %v", event, call.committed, call.settleErr))
+		}
+		if call.fail {
+			// The work failed: the hold was released, nothing charged. The
+			// client retries the same event.
+			s.handlerFailures++
+			s.errKinds["two-phase handler failed"]++
+			return d, mode, false
+		}
+	}
+	return d, mode, true
 }
 
 // gateErrorKind names the error of a gate that could not decide; the
@@ -535,8 +740,8 @@ func (v *violations) done() {
 //     exactly the chat events, and a paywall was shown only to a wallet
 //     that could not pay.
 func checkSoakLedger(t *testing.T, srv *quotastacktest.Server, client *quotastack.Client,
-	customers []soakCustomer, actions []action, figs *soakFigures,
-) {
+	customers []soakCustomer, actions []action, lt *letThrough, figs *soakFigures,
+) (allowances []quotastacktest.CheckOption) {
 	t.Helper()
 	v := &violations{t: t}
 	defer v.done()
@@ -549,10 +754,19 @@ func checkSoakLedger(t *testing.T, srv *quotastacktest.Server, client *quotastac
 		if !a.decided {
 			continue
 		}
+		mf := &figs.ByMode[a.mode]
+		mf.Actions++
+		if a.replayAsked {
+			mf.ReplaysAsked++
+		}
 		d := a.decision
 		switch {
 		case d.Allowed && (d.Reason == autobuy.ReasonEntitled || d.Reason == autobuy.ReasonAutoBought):
 			figs.Allowed++
+			mf.Allowed++
+			if d.Leased {
+				mf.Leased++
+			}
 			if d.Reason == autobuy.ReasonAutoBought {
 				figs.AutoBought++
 			}
@@ -567,12 +781,16 @@ func checkSoakLedger(t *testing.T, srv *quotastacktest.Server, client *quotastac
 	for _, c := range customers {
 		purchases, planMC := checkPurchases(v, srv, c)
 		figs.Purchases += purchases
-		chatEvents := checkUsage(v, srv, c, byCustomer[c.id])
-
 		acct, ok := srv.Account(c.id)
 		if !assert.True(t, ok, c.id) {
 			continue
 		}
+		figs.LetThrough += lt.count(acct.CustomerID)
+		chatEvents, free := checkUsage(v, srv, c, byCustomer[c.id], lt.count(acct.CustomerID), figs)
+		if free > 0 {
+			allowances = append(allowances, quotastacktest.AllowUncharged(c.id, chatMetric, int64(free)))
+		}
+
 		var blocks, wallet, planBlocks int64
 		for _, b := range srv.Blocks(c.id) {
 			blocks += b.RemainingAmount
@@ -611,6 +829,7 @@ func checkSoakLedger(t *testing.T, srv *quotastacktest.Server, client *quotastac
 		figs.ChatEvents += chatEvents
 	}
 	figs.SecondKey = v.second
+	return allowances
 }
 
 // checkPurchases replays the customer's ledger in order, tracking the plan
@@ -620,7 +839,8 @@ func checkSoakLedger(t *testing.T, srv *quotastacktest.Server, client *quotastac
 // plan for one exhaustion must break: (1) a plan debit is legitimate only if
 // the live plan credits, at that point of the ledger, can't pay one action
 // (< 1,000 mc): a plan bought while the previous one still covered an action
-// fails here; (2) purchases don't overlap: each plan debit is followed by
+// fails here (credits held by a two-phase request in flight count as spent,
+// those held by a lease as free: a lease is never a reason to buy); (2) purchases don't overlap: each plan debit is followed by
 // its own grant before any other plan debit, and none is left without a
 // grant (two purchases racing for the same exhaustion would both debit
 // before either granted, so both see exhausted credits and pass rule 1).
@@ -629,7 +849,17 @@ func checkPurchases(v *violations, srv *quotastacktest.Server, c soakCustomer) (
 	planBlock := map[string]bool{}
 	debits, grants := map[string]int{}, map[string]int{}
 	pending := ""
+	holds := map[string]int64{} // two-phase holds in flight: reservation, mc held
+	var held int64
 	for _, e := range srv.Ledger(c.id) {
+		switch {
+		case e.Kind == "reserve" && strings.HasPrefix(e.IdempotencyKey, "hold:"):
+			holds[e.ReservationID] = e.Held
+			held += e.Held
+		case e.Kind == "commit" || e.Kind == "release" || e.Kind == "expire":
+			held -= holds[e.ReservationID]
+			delete(holds, e.ReservationID)
+		}
 		isPlanGrant := e.Kind == "grant" && e.Metadata["source"] == "plan_grant"
 		if isPlanGrant {
 			planBlock[e.BlockID] = true
@@ -637,8 +867,15 @@ func checkPurchases(v *violations, srv *quotastacktest.Server, c soakCustomer) (
 		switch order := e.Metadata["order_id"]; {
 		case e.Kind == "debit" && e.MetricKey == soakPlan.Metric():
 			debits[order]++
-			if planMC >= chatCostMC {
-				v.add("%s: plan %s debited (ledger #%d) while %d mc of plan credits were left", c.id, order, e.Seq, planMC)
+			if planMC-held >= chatCostMC && os.Getenv(envSoakDebug) != "" {
+				for _, x := range srv.Ledger(c.id) {
+					if x.Seq <= e.Seq+3 && x.Seq >= e.Seq-40 {
+						v.t.Logf("DEBUG %s #%d %s amt=%d held=%d rsv=%s metric=%s key=%s meta=%v t=%s", c.id, x.Seq, x.Kind, x.Amount, x.Held, x.ReservationID, x.MetricKey, x.IdempotencyKey, x.Metadata, x.Time.Format("15:04:05.000"))
+					}
+				}
+			}
+			if planMC-held >= chatCostMC {
+				v.add("%s: plan %s debited (ledger #%d) while %d mc of plan credits were left (%d held by two-phase requests)", c.id, order, e.Seq, planMC, held)
 			}
 			if pending != "" {
 				v.add("%s: plan %s debited (ledger #%d) while plan %s was not granted yet", c.id, order, e.Seq, pending)
@@ -673,52 +910,135 @@ func checkPurchases(v *violations, srv *quotastacktest.Server, c soakCustomer) (
 	return len(grants), planMC
 }
 
-// checkUsage matches the customer's chat usage events with its actions and
-// returns how many there are.
-func checkUsage(v *violations, srv *quotastacktest.Server, c soakCustomer, actions []action) int {
+// checkUsage matches the customer's chat charges with its actions and
+// returns how many chat usage events there are. A charge is a usage record
+// under the action's usage key (per-action gate, record-first), the commit of
+// a two-phase hold reserved under the action's hold key (or the usage record
+// that charges an expired hold), or a lease's commit (or the usage record
+// that charges an expired lease): lease-served actions have no usage event
+// of their own and are matched per customer, units counted against units
+// committed. Every allowed action must be charged exactly once (the fake's
+// NoteAllowed accounting checks the same from its side), and no denied one
+// at all; a replayed decision names no usage event.
+//
+// The one exception: an event answered as let through on a lease after the
+// process that claimed it died before marking it (letThrough) may have died
+// before counting it too; up to that many lease-served actions of the
+// customer may go uncharged. free is how many did (reported apart, never as
+// charged).
+func checkUsage(v *violations, srv *quotastacktest.Server, c soakCustomer, actions []action, letThrough int, figs *soakFigures) (chat, free int) {
 	v.t.Helper()
+	holdEvent := map[string]string{} // a two-phase hold's reservation: its event
+	lease := map[string]bool{}       // a lease's reservation
+	ended := map[string]bool{}       // reservations committed, released or expired
+	for _, e := range srv.Ledger(c.id) {
+		if e.Kind == "commit" || e.Kind == "release" || e.Kind == "expire" {
+			ended[e.ReservationID] = true
+		}
+		if e.Kind != "reserve" || e.MetricKey != chatMetric {
+			continue
+		}
+		// "hold:{customer_id}:{event}:{n}" (the soak's event ids hold no ':').
+		if parts := strings.Split(e.IdempotencyKey, ":"); len(parts) == 4 && parts[0] == "hold" {
+			holdEvent[e.ReservationID] = parts[2]
+		} else if e.Metadata["quotastack_lease"] != "" {
+			lease[e.ReservationID] = true
+			figs.LeasesReserved++
+		} else {
+			v.add("%s: chat reservation %s under key %q is neither a hold nor a lease", c.id, e.ReservationID, e.IdempotencyKey)
+		}
+	}
 	byEvent := map[string][]quotastacktest.UsageRecord{}
-	var chat, chatCost int64
+	var chatEvents, chatUnits, chatCost, leaseUnits int64
 	for _, u := range srv.UsageEvents(c.id) {
 		if u.MetricKey != chatMetric {
 			continue
 		}
-		chat++
+		chatEvents++
+		chatUnits += u.Units
 		chatCost += u.Cost
-		// "usage:{customer_id}:{event}" or "usage:{customer_id}:{event}:{n}"
-		// (the soak's event ids hold no ':').
 		parts := strings.Split(u.IdempotencyKey, ":")
-		if len(parts) < 3 || len(parts) > 4 || parts[0] != "usage" || parts[1] != u.CustomerID {
-			v.add("%s: chat usage %s has key %q", c.id, u.EventID, u.IdempotencyKey)
-			continue
+		switch {
+		case u.ReservationID != "" && holdEvent[u.ReservationID] != "":
+			byEvent[holdEvent[u.ReservationID]] = append(byEvent[holdEvent[u.ReservationID]], u)
+		case u.ReservationID != "" && lease[u.ReservationID]:
+			leaseUnits += u.Units
+			figs.LeaseCommits++
+		case len(parts) == 2 && parts[0] == "hold-settle" && holdEvent[parts[1]] != "":
+			byEvent[holdEvent[parts[1]]] = append(byEvent[holdEvent[parts[1]]], u)
+		case len(parts) == 2 && parts[0] == "lease-settle" && lease[parts[1]]:
+			leaseUnits += u.Units
+			figs.LeaseSettles++
+		case len(parts) >= 3 && len(parts) <= 4 && parts[0] == "usage" && parts[1] == u.CustomerID:
+			// "usage:{customer_id}:{event}" or "usage:{customer_id}:{event}:{n}"
+			if len(parts) == 4 {
+				v.second++
+			}
+			byEvent[parts[2]] = append(byEvent[parts[2]], u)
+		default:
+			v.add("%s: chat usage %s has key %q (reservation %q)", c.id, u.EventID, u.IdempotencyKey, u.ReservationID)
 		}
-		evt := parts[2]
-		if len(parts) == 4 {
-			v.second++
-		}
-		byEvent[evt] = append(byEvent[evt], u)
 	}
+	for rsv := range lease {
+		if !ended[rsv] {
+			figs.LeaseOrphans++
+		}
+	}
+	var leased int64
 	for _, a := range actions {
 		got := byEvent[a.event]
 		delete(byEvent, a.event)
+		mf := &figs.ByMode[a.mode]
 		switch {
 		case !a.decided:
-		case a.decision.Allowed && len(got) != 1:
-			v.add("%s: action %s allowed (%s) with %d usage events %v", c.id, a.event, a.decision.Reason, len(got), keys(got))
-		case a.decision.Allowed && !a.decision.Replayed && (a.decision.Usage == nil || a.decision.Usage.ID != got[0].EventID):
-			// (A replayed decision comes from the record of charged events and names no usage event.)
+		case a.decision.Allowed && a.decision.Leased:
+			// Counted on a lease: charged by the lease's commit.
+			leased++
+			if len(got) != 0 {
+				mf.DoubleCharges++
+				v.add("%s: action %s served on a lease (%s) and charged on its own too: %v", c.id, a.event, a.mode, keys(got))
+			}
+		case a.decision.Allowed && len(got) == 0:
+			mf.NeverCharged++
+			v.add("%s: action %s allowed (%s, %s, replayed %v) and never charged", c.id, a.event, a.decision.Reason, a.mode, a.decision.Replayed)
+		case a.decision.Allowed && len(got) > 1:
+			mf.DoubleCharges++
+			v.add("%s: action %s allowed (%s, %s) with %d charges %v", c.id, a.event, a.decision.Reason, a.mode, len(got), keys(got))
+		case a.decision.Allowed && !a.decision.Replayed && a.decision.Hold == nil &&
+			(a.decision.Usage == nil || a.decision.Usage.ID != got[0].EventID):
+			// (A replayed decision comes from the record of charged events
+			// and names no usage event; a two-phase one names its hold.)
 			v.add("%s: action %s allowed, but its decision names another usage event than %s", c.id, a.event, got[0].EventID)
+		case a.decision.Allowed && a.decision.Hold != nil && got[0].ReservationID != a.decision.Hold.ID && !strings.HasPrefix(got[0].IdempotencyKey, "hold-settle:"):
+			v.add("%s: action %s allowed on hold %s, but charged by %s", c.id, a.event, a.decision.Hold.ID, got[0].IdempotencyKey)
 		case !a.decision.Allowed && len(got) != 0:
-			v.add("%s: action %s denied (%s) but charged: usage events %v", c.id, a.event, a.decision.Reason, keys(got))
+			mf.DoubleCharges++
+			v.add("%s: action %s denied (%s) but charged: %v", c.id, a.event, a.decision.Reason, keys(got))
 		}
+	}
+	figs.LeaseActions += int(leased)
+	figs.LeaseUnits += int(leaseUnits)
+	switch {
+	case leaseUnits > leased:
+		figs.LeaseDouble += int(leaseUnits - leased)
+		v.add("%s: %d actions served on leases, %d units committed: charged twice", c.id, leased, leaseUnits)
+	case leaseUnits < leased && leased-leaseUnits <= int64(letThrough):
+		free = int(leased - leaseUnits)
+		figs.UnchargedAllowed += free
+	case leaseUnits < leased:
+		free = letThrough
+		figs.UnchargedAllowed += free
+		figs.LeaseNeverCharged += int(leased-leaseUnits) - free
+		v.add("%s: %d actions served on leases, %d units committed (%d answered as let through after a crash): allowed, never charged",
+			c.id, leased, leaseUnits, letThrough)
 	}
 	for evt, us := range byEvent {
 		v.add("%s: usage events %v of event %s belong to no action", c.id, keys(us), evt)
 	}
-	if chatCost != chat*chatCostMC {
-		v.add("%s: %d chat events cost %d mc", c.id, chat, chatCost)
+	if chatCost != chatUnits*chatCostMC {
+		v.add("%s: %d chat units cost %d mc", c.id, chatUnits, chatCost)
 	}
-	return int(chat)
+	return int(chatEvents), free
 }
 
 func keys(us []quotastacktest.UsageRecord) []string {
@@ -752,6 +1072,18 @@ type soakFigures struct {
 	Limited                  int // 429s of the rate limiter (not injected)
 	// DoubleCharges, DebitsWithoutGrant and BlockedPayers must be zero.
 	DoubleCharges, DebitsWithoutGrant, BlockedPayers int
+
+	Modes  bool // gates in every gateMode
+	ByMode [numModes]modeFigures
+	// Lease-served actions, per customer: units counted against units
+	// committed (LeaseDouble and LeaseNeverCharged must be zero).
+	LeaseActions, LeaseUnits, LeaseDouble, LeaseNeverCharged int
+	LeasesReserved, LeaseCommits, LeaseSettles               int
+	LeaseOrphans                                             int // lease reservations still holding credits at the end
+	// UnchargedAllowed is the allowed-but-never-charged units the soak lets
+	// pass as a documented exception (AllowUncharged): none.
+	UnchargedAllowed int
+	LetThrough       int // events answered as let through on a lease after their claimer died
 }
 
 func (f soakFigures) String() string {
@@ -766,7 +1098,7 @@ func (f soakFigures) String() string {
 	}
 	fmt.Fprintf(&b, "soak %s: %s (ran %s, race detector %s, seed %d): %d customers, %d replicas, %d goroutines\n",
 		f.Name, f.Duration, f.Elapsed.Round(time.Millisecond), race, f.Seed, f.Customers, f.Replicas, f.Workers)
-	fmt.Fprintf(&b, "  money: %d double charges, %d debits without a grant, %d blocked payers; %d processes died mid-purchase, %d intents finished by Resume at the end\n",
+	fmt.Fprintf(&b, "  money: %d double charges, %d debits without a grant, %d blocked payers; %d processes died mid-purchase or mid-commit, %d intents finished by Resume at the end\n",
 		f.DoubleCharges, f.DebitsWithoutGrant, f.BlockedPayers, f.Crashes, f.Resumed)
 	fmt.Fprintf(&b, "  actions %d: allowed %d (after an auto-buy %d), denied %d %s; chat usage events %d (%d under usage:{id}:2)\n",
 		f.Actions, f.Allowed, f.AutoBought, denied, sortedCounts(f.Denied), f.ChatEvents, f.SecondKey)
@@ -778,6 +1110,7 @@ func (f soakFigures) String() string {
 	fmt.Fprintf(&b, "  faults injected: %d (500: %d, 503: %d, 429: %d, dropped after executing: %d, executed then 500: %d), delayed requests: %d",
 		f.Faults.Status500+f.Faults.Status503+f.Faults.Status429+f.Faults.Drops+f.Faults.ExecuteThen,
 		f.Faults.Status500, f.Faults.Status503, f.Faults.Status429, f.Faults.Drops, f.Faults.ExecuteThen, f.Faults.Latency)
+	f.modesReport(&b)
 	return b.String()
 }
 

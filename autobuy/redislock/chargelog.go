@@ -96,7 +96,7 @@ func NewChargeLog(rdb redis.UniversalClient, opts ...ChargeLogOption) (*ChargeLo
 	case l.timeout <= 0:
 		return nil, errors.New("redislock: the charge log timeout must be positive")
 	}
-	j, err := NewJournal(rdb, WithJournalPrefix(l.prefix), WithTimeout(l.timeout))
+	j, err := NewJournal(rdb, WithJournalPrefix(l.prefix), WithJournalTimeout(l.timeout))
 	if err != nil {
 		return nil, err
 	}

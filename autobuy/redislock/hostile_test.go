@@ -238,7 +238,7 @@ var pieces = []struct {
 	call func(ctx context.Context, t *testing.T, rdb *redis.Client) error
 }{
 	{"Locker", func(ctx context.Context, _ *testing.T, rdb *redis.Client) error {
-		l := redislock.New(rdb, redislock.WithTTL(hostileBound), redislock.WithCallTimeout(hostileBound))
+		l := redislock.New(rdb, redislock.WithTTL(hostileBound), redislock.WithLockTimeout(hostileBound))
 		unlock, err := l.Lock(ctx, "hostile")
 		if err == nil {
 			return unlock(ctx)
@@ -246,13 +246,13 @@ var pieces = []struct {
 		return err
 	}},
 	{"Journal", func(ctx context.Context, t *testing.T, rdb *redis.Client) error {
-		j, err := redislock.NewJournal(rdb, redislock.WithTimeout(hostileBound))
+		j, err := redislock.NewJournal(rdb, redislock.WithJournalTimeout(hostileBound))
 		require.NoError(t, err)
 		_, err = j.Open(ctx, "cust_1")
 		return err
 	}},
 	{"Journal.Put", func(ctx context.Context, t *testing.T, rdb *redis.Client) error {
-		j, err := redislock.NewJournal(rdb, redislock.WithTimeout(hostileBound))
+		j, err := redislock.NewJournal(rdb, redislock.WithJournalTimeout(hostileBound))
 		require.NoError(t, err)
 		in := testIntent("cust_1", "ord_1")
 		return j.Put(ctx, &in)

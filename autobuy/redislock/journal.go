@@ -54,9 +54,9 @@ func WithJournalPrefix(p string) JournalOption { return func(j *Journal) { j.pre
 // update (default 48 h). Keep it longer than any purchase-limit period.
 func WithRetention(d time.Duration) JournalOption { return func(j *Journal) { j.retention = d } }
 
-// WithTimeout bounds every Redis call of the journal (default 2 s), whether
+// WithJournalTimeout bounds every Redis call of the journal (default 2 s), whether
 // or not the caller's context has a deadline.
-func WithTimeout(d time.Duration) JournalOption { return func(j *Journal) { j.timeout = d } }
+func WithJournalTimeout(d time.Duration) JournalOption { return func(j *Journal) { j.timeout = d } }
 
 // NewJournal returns a Journal on rdb (a *redis.Client, *redis.ClusterClient, ...).
 // It reads the server's INFO once (check.go): ErrEvictionRisk if the

@@ -47,7 +47,7 @@ func TestNewJournalRefusesBadOptions(t *testing.T) {
 	for name, opts := range map[string][]redislock.JournalOption{
 		"prefix with a brace": {redislock.WithJournalPrefix("app{1}:")},
 		"zero retention":      {redislock.WithRetention(0)},
-		"zero timeout":        {redislock.WithTimeout(0)},
+		"zero timeout":        {redislock.WithJournalTimeout(0)},
 	} {
 		_, err := redislock.NewJournal(rdb, opts...)
 		assert.Error(t, err, name)
@@ -167,7 +167,7 @@ func TestJournalCallsAreBounded(t *testing.T) {
 	rdb := redis.NewClient(&redis.Options{Addr: ln.Addr().String(), ReadTimeout: time.Minute, WriteTimeout: time.Minute,
 		DialTimeout: time.Minute, MaxRetries: -1})
 	t.Cleanup(func() { _ = rdb.Close() })
-	j := newJournal(t, rdb, redislock.WithTimeout(50*time.Millisecond))
+	j := newJournal(t, rdb, redislock.WithJournalTimeout(50*time.Millisecond))
 	ctx := context.Background()
 	in := testIntent("cus_a", "ord_1")
 	calls := map[string]func() error{

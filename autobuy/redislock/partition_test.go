@@ -151,7 +151,7 @@ const hangLimit = 300*time.Millisecond + 2*time.Second
 func TestReleaseIsBoundedWhenRedisIsPartitioned(t *testing.T) {
 	t.Parallel()
 	rdb, p := partitionable(t)
-	l := redislock.New(rdb, redislock.WithCallTimeout(300*time.Millisecond), redislock.WithTTL(time.Second))
+	l := redislock.New(rdb, redislock.WithLockTimeout(300*time.Millisecond), redislock.WithTTL(time.Second))
 	unlock, err := l.Lock(context.Background(), uniqueKey(t))
 	require.NoError(t, err)
 	p.Pause()
@@ -194,7 +194,7 @@ func TestGateNotHeldByAPartitionedRedis(t *testing.T) {
 	t.Parallel()
 	rdb, p := partitionable(t)
 	w := setup(t)
-	l := redislock.New(rdb, redislock.WithPrefix(uniqueKey(t)), redislock.WithCallTimeout(300*time.Millisecond))
+	l := redislock.New(rdb, redislock.WithPrefix(uniqueKey(t)), redislock.WithLockTimeout(300*time.Millisecond))
 	gate := w.replica(t, pauseAfterLock{Locker: l, p: p})
 
 	start := time.Now()

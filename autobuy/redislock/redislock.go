@@ -21,7 +21,7 @@
 // quotastack.IsOutage, so the gate's FallbackPolicy decides), and a webhook
 // whose ReplayStore fails is answered 5xx (the sender delivers it again).
 //
-// Every lock call is bounded (WithCallTimeout, default 2 s), also when the
+// Every lock call is bounded (WithLockTimeout, default 2 s), also when the
 // caller's context has no deadline (the gate releases under
 // context.WithoutCancel): a partitioned Redis can't hold a gate past the
 // bound. go-redis ignores context deadlines on sockets unless the client has
@@ -55,10 +55,10 @@ type Locker struct {
 // context has no deadline waits at most the TTL.
 const DefaultCallTimeout = 2 * time.Second
 
-// WithCallTimeout bounds each Redis call of a release or a refresh (default
+// WithLockTimeout bounds each Redis call of a release or a refresh (default
 // 2 s), whatever the context. Lock is bounded by its context, or by the TTL
 // when the context has no deadline.
-func WithCallTimeout(d time.Duration) Option { return func(l *Locker) { l.timeout = d } }
+func WithLockTimeout(d time.Duration) Option { return func(l *Locker) { l.timeout = d } }
 
 // Option configures a Locker.
 type Option func(*Locker)

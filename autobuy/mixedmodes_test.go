@@ -1,0 +1,285 @@
+package autobuy_test
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/quotastack/quotastack-go"
+	"github.com/quotastack/quotastack-go/autobuy"
+	"github.com/quotastack/quotastack-go/quotastacktest"
+)
+
+// Found by the reliability soak (gates of every mode on one shared
+// ChargeLog): a Gatekeeper without lease mode meets a lease of another
+// Gatekeeper on the same ChargeLog (replicas sharing it, or two Gatekeepers
+// of one process on the default) when the customer's credits are held by
+// that lease. It must serve the action from the lease, or settle it and
+// check again; never panic, never buy a plan the customer didn't need.
+func TestGateWithoutLeaseModeMeetsALease(t *testing.T) {
+	t.Parallel()
+	for _, m := range chargeModes {
+		t.Run(m.name, func(t *testing.T) {
+			t.Parallel()
+			for _, tc := range []struct {
+				name string
+				opts []autobuy.GateOption
+			}{
+				{"per-action gate", nil},
+				{"two-phase hold", []autobuy.GateOption{autobuy.WithReservation(time.Minute)}},
+			} {
+				t.Run(tc.name, func(t *testing.T) {
+					t.Parallel()
+					w := setup(t, 250_000, m.opts...)
+					w.grantPlanCredits(t, 50_000)
+					shared := newStores()
+					leased := w.gate(t, append(shared.opts(), leaseOf(50))...)
+					plain := w.gate(t, shared.opts()...)
+					d := w.gateNoted(t, leased, w.cust, "l1") // the lease holds all 50 actions' credits
+					require.True(t, d.Leased)
+					for i := range 10 {
+						d := w.gateNoted(t, plain, w.cust, fmt.Sprint("p", i), tc.opts...)
+						assert.True(t, d.Allowed, "p%d: %s", i, d.Reason)
+						assert.Nil(t, d.Purchase, "p%d: no plan bought while the lease holds credits", i)
+						if d.Hold != nil {
+							require.NoError(t, plain.Settle(context.Background(), d, true, 0))
+						}
+					}
+					require.NoError(t, leased.Close(context.Background()))
+					require.NoError(t, plain.Close(context.Background()))
+					assert.Zero(t, w.planGrants(), "no plan bought: the customer had credits")
+					assert.Equal(t, int64(11_000), w.chargedChatMC())
+				})
+			}
+		})
+	}
+}
+
+// Found by the reliability soak: a lease gate that claimed an event for a
+// lease and then could not get one (the reserve met an outage: a rate limit,
+// 5xxs) returned the error and left the event claimed "via lease". The
+// retry of the event waited for that claim and answered it as let through on
+// a lease: allowed, never counted, never charged. Nothing was counted, so
+// the retry must charge it.
+func TestLeaseOutageThenRetryIsCharged(t *testing.T) {
+	t.Parallel()
+	for _, m := range chargeModes {
+		t.Run(m.name, func(t *testing.T) {
+			t.Parallel()
+			w := setup(t, 250_000, m.opts...)
+			w.grantPlanCredits(t, 50_000)
+			g := w.gate(t, leaseOf(10))
+			w.gateNoted(t, g, w.cust, "m0") // resolves the customer, reserves a lease
+			require.NoError(t, g.Flush(context.Background()))
+			w.srv.InjectFault(quotastacktest.Fault{Method: http.MethodPost, PathPrefix: "/v1/reserve", Status: http.StatusServiceUnavailable, Count: 50})
+			_, err := g.Gate(context.Background(), w.cust, "chat_message", autobuy.WithEventID("m1"))
+			require.Error(t, err, "no lease and no check to be had")
+			w.srv.ClearFaults()
+			start := time.Now()
+			d := w.gateNoted(t, g, w.cust, "m1") // the caller repeats the event
+			assert.True(t, d.Allowed)
+			assert.False(t, d.Replayed, "nothing was counted for m1: it is gated anew")
+			assert.Less(t, time.Since(start), 900*time.Millisecond, "no wait for a lease claim nobody holds")
+			require.NoError(t, g.Close(context.Background()))
+			assert.Equal(t, int64(2_000), w.chargedChatMC(), "m0 and m1, once each")
+		})
+	}
+}
+
+// Found by the reliability soak (two-phase middleware, a replica that died
+// after its commit executed): the hold of an event was committed but the
+// answer lost; the event's retry got the hold back from the record, its
+// handler failed, and the release found the hold no longer active. The
+// record was voided as if released, and the next retry held and committed
+// the event again: charged twice. A release that finds the hold inactive
+// can't tell committed from expired: the record stays held, and a later
+// commit under the same key settles it.
+func TestTwoPhaseReleaseAfterALostCommitKeepsTheCharge(t *testing.T) {
+	t.Parallel()
+	for _, m := range chargeModes {
+		t.Run(m.name, func(t *testing.T) {
+			t.Parallel()
+			w := setup(t, 250_000, m.opts...)
+			w.grantPlanCredits(t, 50_000)
+			g := w.gate(t)
+			hold := autobuy.WithReservation(time.Minute)
+			d := w.gateNoted(t, g, w.cust, "m1", hold)
+			require.NotNil(t, d.Hold)
+			w.srv.InjectFault(quotastacktest.Fault{Method: http.MethodPost, PathPrefix: "/v1/reserve/" + d.Hold.ID + "/commit", Drop: true, Count: 50})
+			require.Error(t, g.Settle(context.Background(), d, true, 0), "the commit executed, its answer lost")
+			w.srv.ClearFaults()
+
+			retry := w.gateNoted(t, g, w.cust, "m1", hold) // the client retries: the record has the hold
+			require.NotNil(t, retry.Hold)
+			assert.True(t, retry.Replayed)
+			require.NoError(t, g.Settle(context.Background(), retry, false, 0), "the retry's work failed: release")
+
+			again := w.gateNoted(t, g, w.cust, "m1", hold) // and the client retries once more
+			if again.Hold != nil {
+				require.NoError(t, g.Settle(context.Background(), again, true, 0))
+			}
+			assert.Equal(t, int64(1_000), w.chargedChatMC(), "one message, charged once")
+		})
+	}
+}
+
+// Found by the reliability soak (two-phase middleware at the rate limit):
+// the handler did the work and answered 200, and the commit met an outage
+// past the client's retries (a 429 whose Retry-After the client would not
+// wait for, 5xxs). The hold was left to expire: an action done and never
+// charged. The middleware retries a settle QuotaStack could not answer
+// until its settle time runs out.
+func TestTwoPhaseCommitRetriedPastAnOutage(t *testing.T) {
+	t.Parallel()
+	for _, m := range chargeModes {
+		t.Run(m.name, func(t *testing.T) {
+			t.Parallel()
+			w := setup(t, 250_000, m.opts...)
+			w.grantPlanCredits(t, 50_000)
+			g := w.gate(t)
+			var settleErr error
+			settled := false
+			next := http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+				// The work is done; meanwhile QuotaStack stops answering commits for a while.
+				w.srv.InjectFault(quotastacktest.Fault{Method: http.MethodPost, PathPrefix: "/v1/reserve/", Status: http.StatusServiceUnavailable, Count: 12})
+				w.srv.NoteAllowed(user, "chat_message", "m1", 1)
+				_, _ = rw.Write([]byte("done"))
+			})
+			h := autobuy.Middleware(g, func(r *http.Request) (autobuy.Action, error) {
+				return autobuy.Action{Customer: w.cust, Metric: "chat_message", EventID: "m1"}, nil
+			}, autobuy.TwoPhase(time.Minute), autobuy.OnSettle(func(_ *http.Request, _ autobuy.Decision, committed bool, err error) {
+				settled, settleErr = committed, err
+			}))(next)
+			rec := httptest.NewRecorder()
+			h.ServeHTTP(rec, httptest.NewRequest(http.MethodPost, "/chat", strings.NewReader("hi")))
+			require.Equal(t, http.StatusOK, rec.Code)
+			assert.True(t, settled)
+			assert.NoError(t, settleErr)
+			assert.Equal(t, int64(1_000), w.chargedChatMC(), "the work done is charged")
+		})
+	}
+}
+
+// Found by the reliability soak: an event whose usage record executed but
+// whose answer was lost stays claimed (pending) under its usage key. Its
+// retry checked first; the check refused (the lost record had spent the
+// credits), and the gate served it from another Gatekeeper's lease (charged
+// twice) or bought a plan for it (a plan nobody needed). A pending claim
+// taken over is resent under its key first (to a server seen to debit
+// synchronously): the server's stored answer decides.
+func TestPendingUsageIsResentBeforeTheCheck(t *testing.T) {
+	t.Parallel()
+	for _, m := range chargeModes {
+		t.Run(m.name, func(t *testing.T) {
+			t.Parallel()
+			t.Run("a lease holds the rest", func(t *testing.T) {
+				t.Parallel()
+				w := setup(t, 250_000, m.opts...)
+				w.grantPlanCredits(t, 6_000)
+				shared := newStores()
+				plain := w.gate(t, shared.opts()...)
+				leased := w.gate(t, append(shared.opts(), leaseOf(10))...)
+				w.gateNoted(t, plain, w.cust, "m0") // the server answers usage synchronously
+				w.srv.InjectFault(quotastacktest.Fault{Method: http.MethodPost, PathPrefix: "/v1/usage", Drop: true, Count: 50})
+				_, err := plain.Gate(context.Background(), w.cust, "chat_message", autobuy.WithEventID("e"))
+				require.Error(t, err, "the record executed, its answer lost")
+				w.srv.ClearFaults()
+				w.gateNoted(t, leased, w.cust, "a1") // a lease of the 4 actions left
+				d := w.gateNoted(t, plain, w.cust, "e")
+				assert.True(t, d.Allowed)
+				assert.False(t, d.Leased, "e was charged by its own record")
+				require.NoError(t, leased.Close(context.Background()))
+				assert.Equal(t, int64(3_000), w.chargedChatMC(), "m0, e and a1, once each")
+			})
+			t.Run("the credits ran out", func(t *testing.T) {
+				t.Parallel()
+				w := setup(t, 250_000, m.opts...)
+				w.grantPlanCredits(t, 2_000)
+				g := w.gate(t)
+				w.gateNoted(t, g, w.cust, "m0") // the server answers usage synchronously
+				w.srv.InjectFault(quotastacktest.Fault{Method: http.MethodPost, PathPrefix: "/v1/usage", Drop: true, Count: 50})
+				_, err := g.Gate(context.Background(), w.cust, "chat_message", autobuy.WithEventID("e"))
+				require.Error(t, err, "the record executed, its answer lost")
+				w.srv.ClearFaults()
+				d := w.gateNoted(t, g, w.cust, "e")
+				assert.True(t, d.Allowed)
+				assert.Nil(t, d.Purchase, "no plan for an action already paid")
+				assert.Zero(t, w.planGrants())
+				assert.Equal(t, int64(2_000), w.chargedChatMC())
+			})
+		})
+	}
+}
+
+// Found by the reliability soak: a lease reserved by another Gatekeeper
+// between a gate's settle-and-check and its record took the credits back;
+// the record met a 402, and the purchase path bought a plan while the new
+// lease held the customer's credits. The check after a settle runs under the
+// lease lock, and under the purchase lock a lease found is settled and the
+// customer checked again.
+func TestLeaseReservedBeforeThePurchaseIsSettledNotBoughtAround(t *testing.T) {
+	t.Parallel()
+	for _, m := range chargeModes {
+		t.Run(m.name, func(t *testing.T) {
+			t.Parallel()
+			w := setup(t, 250_000, m.opts...)
+			w.grantPlanCredits(t, 10_000)
+			shared := newStores()
+			leased := w.gate(t, append(shared.opts(), leaseOf(50))...)
+			w.gateNoted(t, leased, w.cust, "l1") // a lease of the 10 actions' credits
+			// The lease is being committed (no action is taken from it now).
+			l, found, err := shared.charges.Lease(context.Background(), w.uuid(t), "chat_message")
+			require.NoError(t, err)
+			require.True(t, found)
+			l.Committing = true
+			require.NoError(t, shared.charges.PutLease(context.Background(), &l))
+			var armed sync.Once
+			hooked, err := quotastack.NewClient(w.srv.APIKey, quotastack.WithBaseURL(w.srv.URL),
+				quotastack.WithRetry(4, time.Millisecond, 10*time.Millisecond),
+				quotastack.WithTransport(roundTrip(func(r *http.Request) (*http.Response, error) {
+					if r.Method == http.MethodPost && r.URL.Path == "/v1/usage" {
+						// Just before this gate's record, the other Gatekeeper
+						// gates an action: it reserves a new lease of what is left
+						// (or waits for the lease lock).
+						armed.Do(func() {
+							done := make(chan struct{})
+							go func() {
+								defer close(done)
+								w.gateNoted(t, leased, w.cust, "l2")
+							}()
+							select {
+							case <-done:
+							case <-time.After(300 * time.Millisecond):
+							}
+						})
+					}
+					return http.DefaultTransport.RoundTrip(r)
+				})))
+			require.NoError(t, err)
+			plain, err := autobuy.New(hooked, append(shared.opts(), autobuy.WithPlan(hourPlan))...)
+			require.NoError(t, err)
+			d := w.gateNoted(t, plain, w.cust, "p1")
+			assert.True(t, d.Allowed, "%s", d.Reason)
+			assert.Nil(t, d.Purchase, "no plan bought while a lease holds credits")
+			require.Eventually(t, func() bool {
+				_, err := leased.Gate(context.Background(), w.cust, "chat_message", autobuy.WithEventID("l2"))
+				return err == nil // l2 decided (a replay once its first gate is through)
+			}, 5*time.Second, 10*time.Millisecond)
+			require.NoError(t, leased.Close(context.Background()))
+			assert.Zero(t, w.planGrants())
+			assert.Equal(t, int64(3_000), w.chargedChatMC(), "l1, l2 and p1")
+		})
+	}
+}
+
+type roundTrip func(*http.Request) (*http.Response, error)
+
+func (f roundTrip) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
