@@ -432,9 +432,6 @@ func (c *Client) do(ctx context.Context, method, path, query string, body, out a
 			}
 			return meta, c.apiError(method, path, meta, resp, respBody, errEmptyBody)
 		}
-		if fd, ok := out.(fastDecoder); ok && fd.decodeFast(respBody) {
-			return meta, nil
-		}
 		if err := json.Unmarshal(respBody, out); err != nil {
 			return meta, c.apiError(method, path, meta, resp, respBody, fmt.Errorf("decoding JSON: %w", err))
 		}
@@ -442,10 +439,16 @@ func (c *Client) do(ctx context.Context, method, path, query string, body, out a
 	return meta, nil
 }
 
-// callDeadline is the deadline of a call: ctx's, or now plus the call's
-// timeout (WithCallTimeout, else the client's) if that is earlier or ctx has none.
+// callDeadline is the deadline of a call: ctx's (else its operation's, see
+// BeginOperation), or now plus the call's timeout (WithCallTimeout, else the
+// client's) if that is earlier or there is none.
 func callDeadline(ctx context.Context, callTimeout, clientTimeout time.Duration) time.Time {
 	d, ok := ctx.Deadline()
+	if !ok {
+		if op := operationOf(ctx); op != nil {
+			d, ok = op.deadline(clientTimeout), true // one default timeout for the whole operation
+		}
+	}
 	switch {
 	case callTimeout > 0:
 		if own := time.Now().Add(callTimeout); !ok || own.Before(d) {

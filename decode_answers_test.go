@@ -79,9 +79,9 @@ func TestBlockMetadataAnyJSON(t *testing.T) {
 }
 
 // TestGateAnswersDecodeLikeEncodingJSON: an entitlement and a usage event
-// decode the same through the client whether the fast path takes their bytes
-// or leaves them to encoding/json (an escaped key, a key in another case, a
-// null), and a value encoding/json refuses is an ErrUnexpectedResponse.
+// decode through the client as encoding/json reads them (an escaped key, a
+// key in another case, a null), and a value encoding/json refuses is an
+// ErrUnexpectedResponse.
 func TestGateAnswersDecodeLikeEncodingJSON(t *testing.T) {
 	t.Parallel()
 	const ent = `"customer_id":"cus_1","units":2,"balance":5000,"balance_after":3000,"overage_policy":"block"`
@@ -90,9 +90,9 @@ func TestGateAnswersDecodeLikeEncodingJSON(t *testing.T) {
 		name, entitlement, usage string
 		wantErr                  bool
 	}{
-		{"plain (fast path)", `{"allowed":true,` + ent + `}`, `{` + ev + `,"units":2}`, false},
-		{"escaped key (encoding/json)", `{"\u0061llowed":true,` + ent + `}`, `{` + ev + `,"\u0075nits":2}`, false},
-		{"key in another case (encoding/json)", `{"Allowed":true,` + ent + `}`, `{` + ev + `,"UNITS":2}`, false},
+		{"plain", `{"allowed":true,` + ent + `}`, `{` + ev + `,"units":2}`, false},
+		{"escaped key", `{"\u0061llowed":true,` + ent + `}`, `{` + ev + `,"\u0075nits":2}`, false},
+		{"key in another case", `{"Allowed":true,` + ent + `}`, `{` + ev + `,"UNITS":2}`, false},
 		{"a null and unknown members", `{"allowed":true,"subscription_status":null,"x":[{}],` + ent + `}`, `{` + ev + `,"units":2,"metadata":{"a":1}}`, false},
 		{"a float where an integer belongs", `{"allowed":true,` + ent + `,"units":2.5}`, `{` + ev + `,"units":2.5}`, true},
 	}

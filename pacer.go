@@ -3,7 +3,6 @@ package quotastack
 import (
 	"container/heap"
 	"context"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -13,23 +12,44 @@ import (
 
 // LocalPacer is a request budget in this process: a token bucket
 // (golang.org/x/time/rate) of n/20 tokens refilled at 90% of n per period
-// (BudgetShape), and a
-// queue that hands each new token to the waiting call with the earliest
-// deadline. Earliest-deadline-first matters for gates: the usage record of an
-// action whose check has passed has an earlier deadline than the checks of
-// actions that just started, so it isn't starved by them and the check isn't
-// wasted. A call whose deadline can't be met is refused with a
-// *RateLimitError as soon as that is known, before it sends anything.
-// Safe for concurrent use.
+// (BudgetShape), and a queue (two heaps) that hands each new token first to the
+// calls of operations that have already sent a request (BeginOperation;
+// earliest deadline first among them), then to the first calls of new
+// operations, earliest deadline first. A gate's usage record thus goes ahead
+// of the checks of gates that just started, and the budget is spent on
+// actions that complete rather than on half-done ones. A new operation's
+// call the budget can't serve in time, counting the calls the operations
+// ahead of it still need, is refused with a *RateLimitError at once, before
+// it sends anything; a queued call whose time runs out is refused then. Every
+// call costs O(log n) in the number of waiting calls. Safe for concurrent use.
 type LocalPacer struct {
 	lim *rate.Limiter
 
 	nwait atomic.Int64 // len(waiters), read without the lock on the fast path
 
 	mu      sync.Mutex
-	waiters waiterHeap
-	seq     uint64
+	waiters [2]waiterHeap // per class (classStarted, classNew): started operations' calls go first
 	timer   *time.Timer
+	class   [2]classStats
+	// grants per class since the last decay: their ratio is the number of
+	// calls an operation makes, which a new operation's estimate counts.
+	grants [2]int64
+}
+
+// The classes of a waiting call: a call of an operation that has already
+// sent a request (or was begun with OperationStarted), and the first call
+// of a new operation (every call made without an operation).
+const (
+	classStarted = 0
+	classNew     = 1
+)
+
+// classStats lets Wait count the calls ahead of a new one without a scan in
+// the common case: same timeouts, so deadlines arrive in increasing order.
+type classStats struct {
+	n          int       // waiting calls
+	noDeadline int       // of which without a deadline (they come last)
+	maxDL      time.Time // an upper bound of their latest deadline (exact after a scan)
 }
 
 // NewLocalPacer returns a pacer of at most n requests in any period (see BudgetShape).
@@ -49,19 +69,20 @@ func BudgetShape(n int, per time.Duration) (interval time.Duration, burst int) {
 }
 
 type waiter struct {
-	deadline time.Time // the call's deadline, the order of the queue (zero: none)
-	latest   time.Time // the latest grant that leaves the call its sendMargin
-	seq      uint64
-	ready    chan error // receives nil (granted) or a *RateLimitError; buffered
+	class    int
+	deadline time.Time // the call's deadline (zero: none)
+	latest   time.Time // the latest grant that leaves the call its sendMargin (zero: none)
+	seq      uint64    // the operation's place among equal deadlines
+	ready    chan error
 	index    int
+	timer    *time.Timer // refuses the call at latest
 }
 
-type waiterHeap []*waiter
-
-func (h waiterHeap) Len() int { return len(h) }
-func (h waiterHeap) Less(i, j int) bool {
-	a, b := h[i], h[j]
+// before is the order of the queue: class, then deadline (none last), then place.
+func (a *waiter) before(b *waiter) bool {
 	switch {
+	case a.class != b.class:
+		return a.class < b.class
 	case a.deadline.IsZero() != b.deadline.IsZero():
 		return !a.deadline.IsZero()
 	case !a.deadline.Equal(b.deadline):
@@ -69,8 +90,13 @@ func (h waiterHeap) Less(i, j int) bool {
 	}
 	return a.seq < b.seq
 }
-func (h waiterHeap) Swap(i, j int) { h[i], h[j] = h[j], h[i]; h[i].index = i; h[j].index = j }
-func (h *waiterHeap) Push(x any)   { w := x.(*waiter); w.index = len(*h); *h = append(*h, w) }
+
+type waiterHeap []*waiter
+
+func (h waiterHeap) Len() int           { return len(h) }
+func (h waiterHeap) Less(i, j int) bool { return h[i].before(h[j]) }
+func (h waiterHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i]; h[i].index = i; h[j].index = j }
+func (h *waiterHeap) Push(x any)        { w := x.(*waiter); w.index = len(*h); *h = append(*h, w) }
 func (h *waiterHeap) Pop() any {
 	old := *h
 	w := old[len(old)-1]
@@ -81,42 +107,61 @@ func (h *waiterHeap) Pop() any {
 }
 
 // sendMargin is the time a granted call keeps for its request and for what
-// its caller does next under the same deadline (a gate's usage record after
-// its check): half of what it had left. Under overload, a call that would get
-// its slot only at the end of its time is refused at once instead, so that
-// the calls admitted can finish.
-func sendMargin(left time.Duration) time.Duration { return left / 2 }
+// its operation does next under the same deadline: half of what it had left
+// for a new operation's first call (a gate's record and, for an auto-buy,
+// its purchase come after it), a tenth for a started operation's call. Under
+// overload, a new operation that would get its slot only at the end of its
+// time is refused at once instead, so that the operations admitted can finish.
+func sendMargin(class int, left time.Duration) time.Duration {
+	if class == classStarted {
+		return left / 10
+	}
+	return left / 2
+}
 
-// Wait implements Pacer.
+// Wait implements Pacer. The call's operation (BeginOperation) is read from ctx.
 func (p *LocalPacer) Wait(ctx context.Context, deadline time.Time) error {
 	now := time.Now()
 	if d, ok := ctx.Deadline(); ok && (deadline.IsZero() || d.Before(deadline)) {
 		deadline = d
 	}
-	var latest time.Time
+	w := &waiter{class: classNew}
+	if op := operationOf(ctx); op != nil {
+		w.seq = op.seq
+		if op.started.Load() {
+			w.class = classStarted
+		}
+	} else {
+		w.seq = nextSeq()
+	}
 	if !deadline.IsZero() {
-		latest = deadline.Add(-sendMargin(deadline.Sub(now)))
+		w.deadline = deadline
+		w.latest = deadline.Add(-sendMargin(w.class, deadline.Sub(now)))
 	}
 	if p.nwait.Load() == 0 && p.lim.AllowN(now, 1) {
+		p.mu.Lock()
+		p.granted(w.class)
+		p.mu.Unlock()
 		return nil // a token and nobody waiting for it (a waiter joining meanwhile only loses its place)
 	}
 	p.mu.Lock()
-	// The calls due before this one are those with an earlier deadline.
-	ahead := 0
-	for _, w := range p.waiters {
-		if !deadline.IsZero() && (w.deadline.IsZero() || !w.deadline.Before(deadline)) {
-			continue
-		}
-		ahead++
-	}
-	if at := p.grantTime(now, ahead); !latest.IsZero() && at.After(latest) {
+	if at := p.grantTime(now, p.ahead(w)); !w.latest.IsZero() && at.After(w.latest) {
 		p.mu.Unlock()
 		return &RateLimitError{Wait: at.Sub(now), Reason: "budget"}
 	}
-	p.seq++
-	w := &waiter{deadline: deadline, latest: latest, seq: p.seq, ready: make(chan error, 1)}
-	heap.Push(&p.waiters, w)
-	p.nwait.Store(int64(len(p.waiters)))
+	w.ready = make(chan error, 1)
+	heap.Push(&p.waiters[w.class], w)
+	cs := &p.class[w.class]
+	cs.n++
+	if w.deadline.IsZero() {
+		cs.noDeadline++
+	} else if w.deadline.After(cs.maxDL) {
+		cs.maxDL = w.deadline
+	}
+	p.nwait.Add(1)
+	if !w.latest.IsZero() {
+		w.timer = time.AfterFunc(w.latest.Sub(now), func() { p.expire(w) })
+	}
 	p.schedule(now)
 	p.mu.Unlock()
 
@@ -126,12 +171,105 @@ func (p *LocalPacer) Wait(ctx context.Context, deadline time.Time) error {
 	case <-ctx.Done():
 		p.mu.Lock()
 		if w.index >= 0 {
-			heap.Remove(&p.waiters, w.index)
-			p.nwait.Store(int64(len(p.waiters)))
+			p.remove(w)
 		}
 		p.mu.Unlock()
 		return ctx.Err()
 	}
+}
+
+// ahead estimates the tokens the queue hands out before w's: the waiting
+// calls of w's class that come before it and, for a new operation, every
+// waiting started call plus the calls that the new operations ahead of it
+// will make (the recent calls per operation). Under p.mu.
+func (p *LocalPacer) ahead(w *waiter) int {
+	cs := &p.class[w.class]
+	var n int
+	switch {
+	case w.deadline.IsZero():
+		n = cs.n // after every other waiter of its class
+	case !w.deadline.Before(cs.maxDL) || cs.n > maxScan:
+		// The common case (after every waiter with a deadline), or a bound
+		// on a long queue: at most that many are ahead.
+		n = cs.n - cs.noDeadline
+	default:
+		n = p.scan(w)
+	}
+	if w.class == classStarted {
+		return n
+	}
+	perOp := float64(1)
+	if g := p.grants[classNew]; g > 0 {
+		perOp = min(float64(g+p.grants[classStarted])/float64(g), 8)
+	}
+	return p.class[classStarted].n + int(float64(n)*perOp)
+}
+
+// maxScan is the longest group of waiters ahead counts exactly when
+// deadlines mix; beyond it the count is an upper bound (a call may be
+// refused that an exact count would have let wait), so a call's cost stays
+// bounded however long the queue.
+const maxScan = 1024
+
+// scan counts the waiters of w's class before it and makes the class's
+// deadline bound exact. Under p.mu.
+func (p *LocalPacer) scan(w *waiter) int {
+	n := 0
+	var maxDL time.Time
+	for _, o := range p.waiters[w.class] {
+		if o.deadline.After(maxDL) {
+			maxDL = o.deadline
+		}
+		if o.before(w) {
+			n++
+		}
+	}
+	p.class[w.class].maxDL = maxDL
+	return n
+}
+
+// granted counts a token handed to a call of class. Under p.mu.
+func (p *LocalPacer) granted(class int) {
+	p.grants[class]++
+	if p.grants[classNew] >= 1000 { // follow the recent mix of operations
+		p.grants[classNew] /= 2
+		p.grants[classStarted] /= 2
+	}
+}
+
+// remove takes w out of the queue. Under p.mu.
+func (p *LocalPacer) remove(w *waiter) {
+	heap.Remove(&p.waiters[w.class], w.index)
+	p.dequeued(w)
+}
+
+// dequeued updates the counts after w left the queue. Under p.mu.
+func (p *LocalPacer) dequeued(w *waiter) {
+	cs := &p.class[w.class]
+	cs.n--
+	if w.deadline.IsZero() {
+		cs.noDeadline--
+	}
+	if cs.n == 0 {
+		cs.maxDL = time.Time{}
+	}
+	if w.timer != nil {
+		w.timer.Stop()
+	}
+	p.nwait.Add(-1)
+}
+
+// expire refuses w if it is still waiting when its latest grant time has
+// come: a token now would leave it less than its sendMargin.
+func (p *LocalPacer) expire(w *waiter) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if w.index < 0 {
+		return
+	}
+	now := time.Now()
+	p.remove(w)
+	w.ready <- &RateLimitError{Wait: p.grantTime(now, p.queuedLocked()).Sub(now), Reason: "budget"}
 }
 
 // grantTime is when the token after the next ahead ones will be there.
@@ -143,9 +281,24 @@ func (p *LocalPacer) grantTime(now time.Time, ahead int) time.Time {
 	return now.Add(time.Duration(missing / float64(p.lim.Limit()) * float64(time.Second)))
 }
 
+// queuedLocked is the number of waiting calls. Under p.mu.
+func (p *LocalPacer) queuedLocked() int {
+	return len(p.waiters[classStarted]) + len(p.waiters[classNew])
+}
+
+// head is the call the next token goes to, or nil. Under p.mu.
+func (p *LocalPacer) head() *waiter {
+	for c := range p.waiters {
+		if len(p.waiters[c]) > 0 {
+			return p.waiters[c][0]
+		}
+	}
+	return nil
+}
+
 // schedule sets the timer for the next token, if anyone waits. Under p.mu.
 func (p *LocalPacer) schedule(now time.Time) {
-	if len(p.waiters) == 0 {
+	if p.queuedLocked() == 0 {
 		return
 	}
 	d := p.grantTime(now, 0).Sub(now)
@@ -156,49 +309,28 @@ func (p *LocalPacer) schedule(now time.Time) {
 	p.timer.Reset(d)
 }
 
-// dispatch hands the available tokens to the earliest deadlines, refuses the
-// waiters whose deadline has become unreachable, and sets the next timer.
+// dispatch hands the available tokens to the head of the queue, refuses
+// a head whose time ran out, and sets the next timer. O(log n) per token.
 func (p *LocalPacer) dispatch() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	now := time.Now()
-	for len(p.waiters) > 0 && p.lim.AllowN(now, 1) {
-		w := heap.Pop(&p.waiters).(*waiter)
+	for w := p.head(); w != nil; w = p.head() {
+		if !w.latest.IsZero() && now.After(w.latest) {
+			heap.Pop(&p.waiters[w.class])
+			p.dequeued(w)
+			w.ready <- &RateLimitError{Wait: p.grantTime(now, 0).Sub(now), Reason: "budget"}
+			continue
+		}
+		if !p.lim.AllowN(now, 1) {
+			break
+		}
+		heap.Pop(&p.waiters[w.class])
+		p.dequeued(w)
+		p.granted(w.class)
 		w.ready <- nil
 	}
-	// Waiter i in deadline order gets the (i+1)-th token from now; refuse
-	// those that would get it too late (they make room for the rest).
-	if len(p.waiters) > 0 {
-		sorted := make([]*waiter, len(p.waiters))
-		copy(sorted, p.waiters)
-		byDeadline(sorted)
-		ahead := 0
-		for _, w := range sorted {
-			at := p.grantTime(now, ahead)
-			if !w.latest.IsZero() && at.After(w.latest) {
-				heap.Remove(&p.waiters, w.index)
-				w.ready <- &RateLimitError{Wait: at.Sub(now), Reason: "budget"}
-				continue
-			}
-			ahead++
-		}
-	}
-	p.nwait.Store(int64(len(p.waiters)))
 	p.schedule(now)
-}
-
-// byDeadline sorts a copy of the queue (the heap's index fields untouched).
-func byDeadline(ws []*waiter) {
-	slices.SortFunc(ws, func(a, b *waiter) int {
-		h := waiterHeap{a, b}
-		switch {
-		case h.Less(0, 1):
-			return -1
-		case h.Less(1, 0):
-			return 1
-		}
-		return 0
-	})
 }
 
 func (p *LocalPacer) drain(now time.Time) {

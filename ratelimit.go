@@ -105,6 +105,9 @@ func (t *pacedTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if err := t.gate.wait(ctx, deadline); err != nil {
 		return nil, err
 	}
+	if op := operationOf(ctx); op != nil && !op.started.Load() {
+		op.started.Store(true) // it has spent a request: its other calls finish first
+	}
 	resp, err := t.next.RoundTrip(req)
 	if err == nil && resp.StatusCode == http.StatusTooManyRequests {
 		t.gate.pause(resp)

@@ -30,6 +30,7 @@ import (
 // read confirms the debit). A replay of a charged event (WithEventID) sends
 // nothing.
 func (g *Gatekeeper) Gate(ctx context.Context, customer quotastack.Customer, metric string, opts ...GateOption) (Decision, error) {
+	ctx = quotastack.BeginOperation(ctx) // one deadline, one place in the rate budget for all its calls
 	cfg := gateConfig{units: 1}
 	for _, o := range opts {
 		o(&cfg)

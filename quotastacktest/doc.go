@@ -19,6 +19,14 @@
 // may be less kind (usage answered 202 with no body, sparse answers, a 5xx after the
 // request executed, the documented rate limit); RunModes runs one scenario against each.
 //
+// Costs stay flat as a soak runs: a request touches only its customer's live blocks (not
+// every block ever granted), the request log keeps the last DefaultRequestLogLimit requests
+// (WithRequestLogLimit; RequestsForgotten counts the rest), and the idempotency store keeps
+// at most DefaultIdempotencyLimit keys (WithIdempotencyLimit): expired keys (24 h) go first,
+// and past the bound the oldest finished key is forgotten early, so a retry with it executes
+// again (which CheckInvariants reports for usage). What CheckInvariants reads (the ledger,
+// usage events, every block, plan orders) is kept whole and grows with the money moved.
+//
 // Every amount is an int64 of millicredits (mc). A Server and all its methods are safe for
 // concurrent use.
 //

@@ -1,10 +1,13 @@
 package quotastacktest_test
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
+	"strings"
 	"testing"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	quotastack "github.com/quotastack/quotastack-go"
@@ -340,4 +343,22 @@ func mustJSON(t *testing.T, v any) string {
 	b, err := json.Marshal(v)
 	require.NoError(t, err)
 	return string(b)
+}
+
+// The request log keeps the last WithRequestLogLimit requests and counts the rest.
+func TestRequestLogLimit(t *testing.T) {
+	t.Parallel()
+	srv := quotastacktest.Start(t, quotastacktest.WithRequestLogLimit(3))
+	c := srv.Client()
+	for i := range 5 {
+		_, _ = c.Balance(context.Background(), quotastack.ExternalID(fmt.Sprint("u", i)))
+	}
+	log := srv.Requests()
+	require.Len(t, log, 3)
+	assert.Equal(t, int64(2), srv.RequestsForgotten())
+	assert.True(t, strings.HasSuffix(log[2].Path, "u4/credits"), log[2].Path)
+	assert.True(t, strings.HasSuffix(log[0].Path, "u2/credits"), log[0].Path)
+	srv.ResetRequests()
+	assert.Empty(t, srv.Requests())
+	assert.Zero(t, srv.RequestsForgotten())
 }

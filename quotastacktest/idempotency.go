@@ -17,6 +17,7 @@ type idemStore struct {
 	entries map[string]*idemEntry
 	order   []idemRef // entries in creation order, for expiring the oldest first
 	head    int       // order[:head] is already expired
+	limit   int       // at most this many entries, in-flight ones aside
 }
 
 type idemRef struct {
@@ -32,7 +33,12 @@ type idemEntry struct {
 	storedAt    time.Time
 }
 
-func newIdemStore() *idemStore { return &idemStore{entries: map[string]*idemEntry{}} }
+func newIdemStore(limit int) *idemStore {
+	if limit <= 0 {
+		limit = DefaultIdempotencyLimit
+	}
+	return &idemStore{entries: map[string]*idemEntry{}, limit: limit}
+}
 
 // do executes exec at most once per key while its result is kept: a replay gets the stored
 // response (replayed true); a different fingerprint gets 409 idempotency-key-conflict without
@@ -94,12 +100,14 @@ func (st *idemStore) execute(s *Server, key string, e *idemEntry, exec func() re
 }
 
 // expireOldestLocked forgets expired entries from the oldest on, stopping at the first one
-// still kept or in flight, so each insert costs O(1) amortized; the caller holds st.mu.
+// still kept or in flight, then, while the store holds more than its limit, the oldest
+// finished entries even if unexpired (stopping at one in flight), so each insert costs O(1)
+// amortized; the caller holds st.mu.
 func (st *idemStore) expireOldestLocked(now time.Time) {
 	for ; st.head < len(st.order); st.head++ {
 		ref := st.order[st.head]
 		if st.entries[ref.key] == ref.e { // not already replaced or dropped after a 5xx
-			if !ref.e.stored || now.Before(ref.e.storedAt.Add(idemRetention)) {
+			if !ref.e.stored || (len(st.entries) <= st.limit && now.Before(ref.e.storedAt.Add(idemRetention))) {
 				break
 			}
 			delete(st.entries, ref.key)

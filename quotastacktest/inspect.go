@@ -20,17 +20,28 @@ type RequestRecord struct {
 	Time                         time.Time
 }
 
-// Requests returns a copy of the request log, in arrival order of the answers.
+// Requests returns a copy of the request log, in arrival order of the answers: the last
+// WithRequestLogLimit requests (see RequestsForgotten).
 func (s *Server) Requests() []RequestRecord {
 	s.logMu.Lock()
 	defer s.logMu.Unlock()
-	return slices.Clone(s.log)
+	out := make([]RequestRecord, 0, len(s.log))
+	out = append(out, s.log[s.logStart:]...)
+	return append(out, s.log[:s.logStart]...)
+}
+
+// RequestsForgotten returns how many requests the log has forgotten, the oldest first, to
+// stay within WithRequestLogLimit since the last ResetRequests.
+func (s *Server) RequestsForgotten() int64 {
+	s.logMu.Lock()
+	defer s.logMu.Unlock()
+	return s.logDropped
 }
 
 // ResetRequests empties the request log.
 func (s *Server) ResetRequests() {
 	s.logMu.Lock()
-	s.log = nil
+	s.log, s.logStart, s.logDropped = nil, 0, 0
 	s.logMu.Unlock()
 }
 

@@ -39,7 +39,8 @@ type customer struct {
 	id, externalID, displayName string
 	createdAt                   time.Time
 
-	blocks       []*block       // every block ever granted, in creation order
+	blocks       []*block       // every block ever granted, in creation order (for CheckInvariants)
+	live         []*block       // the blocks a request may touch: not expired, not spent, no overdraft
 	overdraft    *block         // the negative block of allow/notify debits, if any
 	reservations []*reservation // active reservations
 	ledger       []int          // indexes into state.ledger
@@ -50,6 +51,7 @@ type customer struct {
 
 	orders     map[planKey]*planOrder // plan orders, by plan type and order id
 	orderList  []*planOrder           // in the order their first step executed
+	unpaid     map[*planOrder]bool    // orders debited and not granted (checkExhaustion reads only these)
 	violations []string               // one-plan-per-exhaustion violations, as they happened
 }
 
@@ -158,8 +160,8 @@ type usageRec struct {
 
 // burnSorted returns the customer's live, non-overdraft blocks in burn order.
 func (s *state) burnSorted(c *customer) []*block {
-	out := make([]*block, 0, len(c.blocks))
-	for _, b := range c.blocks {
+	out := make([]*block, 0, len(c.live))
+	for _, b := range c.live {
 		if b.live() && !b.overdraft {
 			out = append(out, b)
 		}
@@ -205,7 +207,7 @@ func (s *state) listedBlocks(c *customer) []*block {
 // eligibleBalances returns what the rule's eligible blocks can still pay (available, never
 // negative) and the eligible effective balance (which also counts an overdraft's debt).
 func (s *state) eligibleBalances(c *customer, r *rule) (available, effective int64) {
-	for _, b := range c.blocks {
+	for _, b := range c.live {
 		if b.live() && r.eligibleFor(b) {
 			if a := b.available(); a > 0 {
 				available += a
@@ -337,6 +339,7 @@ func (s *state) addBlock(c *customer, g BlockSpec, now time.Time, idemKey string
 		expiresAt: exp, source: g.Source, metadata: copyMeta(g.Metadata), createdAt: now, seq: s.nextSeq(),
 	}
 	c.blocks = append(c.blocks, b)
+	c.live = append(c.live, b)
 	c.notePlanGrant(b)
 	c.balance += g.Credits
 	c.lifetimeEarned += g.Credits
@@ -350,9 +353,12 @@ func (s *state) addBlock(c *customer, g BlockSpec, now time.Time, idemKey string
 	return b
 }
 
-// refresh applies what the clock says: block expiry, then reservation TTL expiry.
+// refresh applies what the clock says: block expiry, then reservation TTL expiry; and drops
+// expired and spent blocks from the live list, so a request costs O(live blocks), not
+// O(blocks ever granted).
 func (s *state) refresh(c *customer, now time.Time) {
-	for _, b := range c.blocks {
+	defer c.pruneLive()
+	for _, b := range c.live {
 		if b.expired || b.expiresAt == nil || b.expiresAt.After(now) {
 			continue
 		}
@@ -394,6 +400,19 @@ func (s *state) refresh(c *customer, now time.Time) {
 	}
 	clear(c.reservations[len(kept):])
 	c.reservations = kept
+}
+
+// pruneLive drops the blocks no request can touch any more: expired ones, and spent ones
+// with nothing held (a block's remaining never grows back).
+func (c *customer) pruneLive() {
+	kept := c.live[:0]
+	for _, b := range c.live {
+		if !b.expired && (b.remaining != 0 || b.held != 0) {
+			kept = append(kept, b)
+		}
+	}
+	clear(c.live[len(kept):])
+	c.live = kept
 }
 
 // record appends a ledger entry for the customer, numbering it.

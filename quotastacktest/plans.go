@@ -65,6 +65,12 @@ func (c *customer) notePlanDebit(u UsageRecord, now time.Time) {
 	}
 	o := c.order(k)
 	o.debits = append(o.debits, u)
+	if len(o.grants) == 0 {
+		if c.unpaid == nil {
+			c.unpaid = map[*planOrder]bool{}
+		}
+		c.unpaid[o] = true
+	}
 }
 
 // notePlanGrant files a granted block under its plan order, if it is a plan grant.
@@ -72,6 +78,7 @@ func (c *customer) notePlanGrant(b *block) {
 	if k, ok := planMark(b.metadata, true); ok {
 		o := c.order(k)
 		o.grants = append(o.grants, b)
+		delete(c.unpaid, o)
 	}
 }
 
@@ -80,14 +87,14 @@ func (c *customer) notePlanGrant(b *block) {
 // auto-bought plan block that is live and untouched (remaining == original, nothing held):
 // either way this exhaustion was already being (or had been) paid for.
 func (c *customer) checkExhaustion(k planKey, evt string, now time.Time) {
-	for _, o := range c.orderList {
+	for o := range c.unpaid {
 		if o.key.planType == k.planType && o.key.orderID != k.orderID && len(o.debits) > 0 && len(o.grants) == 0 {
 			c.violations = append(c.violations, fmt.Sprintf(
 				"one exhaustion bought two plans: auto-buy debit %s of order %s (plan %s) at %s while order %s is debited but not granted",
 				evt, k.orderID, k.planType, now.Format(time.RFC3339), o.key.orderID))
 		}
 	}
-	for _, b := range c.blocks {
+	for _, b := range c.live { // an untouched block is live: blocks leave the list expired or spent
 		bk, ok := planMark(b.metadata, true)
 		if !ok || bk.planType != k.planType || bk.orderID == k.orderID || b.metadata[metaTrigger] != triggerAutoBuy {
 			continue

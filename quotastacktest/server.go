@@ -2,6 +2,7 @@ package quotastacktest
 
 import (
 	"context"
+	"crypto/sha256"
 	"io"
 	"net"
 	"net/http"
@@ -41,8 +42,11 @@ type Server struct {
 	closed   chan struct{}
 	closeOne sync.Once
 
-	logMu sync.Mutex
-	log   []RequestRecord
+	logMu      sync.Mutex
+	log        []RequestRecord // a ring of at most logLimit records; log[logStart] is the oldest
+	logStart   int
+	logLimit   int
+	logDropped int64
 }
 
 type config struct {
@@ -55,7 +59,28 @@ type config struct {
 	async     *AsyncUsage
 	sparse    bool
 	execThen  int
+	logLimit  int
+	idemLimit int
 }
+
+// The default bounds of what the server remembers (see WithRequestLogLimit and
+// WithIdempotencyLimit).
+const (
+	DefaultRequestLogLimit  = 100_000
+	DefaultIdempotencyLimit = 50_000
+)
+
+// WithRequestLogLimit keeps the last n requests in the log that Requests returns (default
+// DefaultRequestLogLimit; n <= 0 keeps the default): older records are forgotten, counted by
+// RequestsForgotten. The log costs O(1) per request and at most n records of memory.
+func WithRequestLogLimit(n int) Option { return func(c *config) { c.logLimit = n } }
+
+// WithIdempotencyLimit keeps the responses of at most n Idempotency-Keys (default
+// DefaultIdempotencyLimit; n <= 0 keeps the default). Expired keys (24 h) are forgotten
+// first; past n, the oldest finished key is forgotten early, and a retry with it executes
+// again, as on a server that lost it (CheckInvariants then reports a usage key executed twice
+// within 24 h). Size n above the keys a test replays. Keys in flight are never forgotten.
+func WithIdempotencyLimit(n int) Option { return func(c *config) { c.idemLimit = n } }
 
 // Option configures a Server.
 type Option func(*config)
@@ -97,8 +122,12 @@ func NewServer(opts ...Option) *Server {
 		APIKey: cfg.apiKey,
 		clock:  cfg.clock,
 		st:     newState(cfg.burnOrder),
-		idem:   newIdemStore(),
+		idem:   newIdemStore(cfg.idemLimit),
 		closed: make(chan struct{}),
+	}
+	s.logLimit = cfg.logLimit
+	if s.logLimit <= 0 {
+		s.logLimit = DefaultRequestLogLimit
 	}
 	s.st.async = cfg.async
 	s.sparse.Store(cfg.sparse)
@@ -272,7 +301,9 @@ func (s *Server) handle(r *http.Request, path string) outcome {
 		return outcome{resp: problemResponse(p, path)}
 	}
 	rq.idemKey = key
-	fingerprint := r.Method + " " + path + "?" + r.URL.RawQuery + "\n" + string(body)
+	// A digest, not the body itself: the store keeps one per key.
+	sum := sha256.Sum256([]byte(r.Method + " " + path + "?" + r.URL.RawQuery + "\n" + string(body)))
+	fingerprint := string(sum[:])
 	executed := false
 	resp, replayed, ok := s.idem.do(s, r, s.APIKey+"\x00"+key, fingerprint, func() response {
 		executed = true
@@ -300,7 +331,13 @@ func (s *Server) sleep(r *http.Request, d time.Duration) bool {
 
 func (s *Server) appendLog(rec RequestRecord) {
 	s.logMu.Lock()
-	s.log = append(s.log, rec)
+	if len(s.log) < s.logLimit {
+		s.log = append(s.log, rec)
+	} else {
+		s.log[s.logStart] = rec
+		s.logStart = (s.logStart + 1) % len(s.log)
+		s.logDropped++
+	}
 	s.logMu.Unlock()
 }
 

@@ -32,9 +32,11 @@ func main() {
 	flag.StringVar(&o.cpuTop, "cpu-top", "", "pprof -top -cum of CPU (SDK check, in memory)")
 	flag.StringVar(&o.cpuAutoBuyTop, "cpu-autobuy-top", "", "pprof -top -cum of CPU (SDK auto-buy gate, in memory)")
 	flag.StringVar(&o.interleaved, "interleaved", "", "interleaved in-memory benchmark output, lines prefixed round=N")
-	flag.StringVar(&o.economy, "economy", "", "go test -v output of TestRequestEconomy")
+	flag.StringVar(&o.economy, "economy", "", "go test -v output of TestRequestEconomy, TestLatencyPerPath and TestScale")
 	flag.StringVar(&o.interCmd, "inter-cmd", "", "the interleaved benchmark command")
 	flag.StringVar(&o.economyCmd, "economy-cmd", "", "the request-economy test command")
+	flag.StringVar(&o.latencyCmd, "latency-cmd", "", "the latency test command")
+	flag.StringVar(&o.scaleCmd, "scale-cmd", "", "the scale test command")
 	flag.StringVar(&o.out, "out", "BENCHMARKS.md", "report to write")
 	flag.StringVar(&o.command, "command", "scripts/bench", "the one command that reproduces the report")
 	flag.StringVar(&o.benchCmd, "bench-cmd", "", "the benchmark command line")
@@ -60,7 +62,7 @@ type options struct {
 	bench, benchstat, tests, allocTop, allocList, cpuTop, cpuAutoBuyTop, out string
 	command, benchCmd, testCmd, profCmd, statCmd                             string
 	goVersion, arch, nproc, cpu, date, loadBefore, loadAfter, testStatus     string
-	interleaved, economy, interCmd, economyCmd                               string
+	interleaved, economy, interCmd, economyCmd, latencyCmd, scaleCmd         string
 }
 
 func run(o options) error {
@@ -104,6 +106,8 @@ func run(o options) error {
 	r.header(o)
 	r.targets()
 	r.economy(o.economyCmd)
+	r.latency(o.latencyCmd)
+	r.scale(o.scaleCmd)
 	r.overhead(o.interCmd)
 	r.ratios()
 	r.roundTrips()
@@ -183,7 +187,7 @@ func parseLogs(b []byte) map[string][]logLine {
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
 	for sc.Scan() {
 		line := sc.Text()
-		for _, kind := range []string{"roundtrips", "concurrency", "coldstart", "economy"} {
+		for _, kind := range []string{"roundtrips", "concurrency", "coldstart", "economy", "latency", "scale", "fakeheap"} {
 			i := strings.Index(line, ": "+kind+" ")
 			if i < 0 {
 				continue
@@ -282,12 +286,6 @@ func (r report) targets() {
 	r.section("## Targets", "")
 	r.printf("| target | measured | result |\n|---|---|---|\n")
 	r.overheadTargets()
-	if sdk, raw, x, ok := r.ratio("Check/via=mem", "ns/op"); ok {
-		r.printf("| entitlement check, client overhead: ns/op ≤ 1.25× baseline | %.0f vs %.0f ns/op = **%.2f×** | %s |\n", sdk, raw, x, verdict(x <= 1.25))
-	}
-	if sdk, raw, x, ok := r.ratio("Check/via=mem", "allocs/op"); ok {
-		r.printf("| entitlement check, client overhead: allocs/op ≤ 1.5× baseline | %.0f vs %.0f allocs/op = **%.2f×** | %s |\n", sdk, raw, x, verdict(x <= 1.5))
-	}
 	rt := r.logs["roundtrips"]
 	happyBench, _ := r.res.median("GateHappy/via=loop/client=sdk", "roundtrips/op")
 	if l := find(rt, "path", "happy"); l != nil {
