@@ -276,6 +276,8 @@ func (g *Gatekeeper) Settle(ctx context.Context, d Decision, commit bool, units 
 	if units <= 0 {
 		units = h.EstimatedUnits
 	}
+	// Settling an allowed action: ahead of new gates in the rate budget.
+	ctx = quotastack.BeginOperation(ctx, quotastack.OperationStarted())
 	var err error
 	if commit {
 		_, err = g.client.Commit(ctx, h.ID, units, quotastack.WithIdempotencyKey(idem.Join("commit", h.ID)))

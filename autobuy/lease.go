@@ -328,6 +328,9 @@ func (g *Gatekeeper) activateLease(ctx context.Context, l Lease, res *quotastack
 func (g *Gatekeeper) settleLease(ctx context.Context, l Lease) error {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), g.purchaseTimeout)
 	defer cancel()
+	// Work already allowed: its requests go ahead of new gates in the rate
+	// budget, so a commit is never starved past its reservation's TTL.
+	ctx = quotastack.BeginOperation(ctx, quotastack.OperationStarted())
 	if strings.HasPrefix(l.ReservationID, reservingPrefix) {
 		// A reserve whose answer never came: resend it (the server replays
 		// it), so its reservation is known, then settle that (nothing was

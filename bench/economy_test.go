@@ -420,6 +420,7 @@ func TestRequestEconomy(t *testing.T) {
 	case *economyQuick:
 		for _, g := range []int{1, 64} {
 			runs = append(runs, economyRun{mode: modeGate, ctx: "background", goroutines: g, pop: "hot", scale: 20, length: 4 * time.Second})
+			runs = append(runs, economyRun{mode: modeLease, ctx: "background", goroutines: g, pop: "hot", scale: 20, length: 4 * time.Second})
 		}
 		runs = append(runs, economyRun{mode: modeRecordFirst, ctx: "background", goroutines: 64, pop: "tail", scale: 20, length: 3 * time.Second})
 	default:
