@@ -47,12 +47,13 @@ type benchStore struct {
 	name           string
 	journal        autobuy.Journal
 	locker         autobuy.Locker
+	charges        autobuy.ChargeLog
 	writes, querys func() int64
 }
 
 func benchStores(b *testing.B) []benchStore {
 	out := []benchStore{{name: "memory", journal: autobuy.NewMemoryJournal(0), locker: autobuy.NewLocalLocker(),
-		writes: func() int64 { return 0 }, querys: func() int64 { return 0 }}}
+		charges: autobuy.NewMemoryChargeLog(0), writes: func() int64 { return 0 }, querys: func() int64 { return 0 }}}
 	var writes atomic.Int64
 	qc := &queryCounter{}
 	pool := testPool(b, 16, func(c *pgxpool.Config) {
@@ -68,7 +69,7 @@ func benchStores(b *testing.B) []benchStore {
 		c.ConnConfig.Tracer = qc
 	})
 	s := newStore(b, pool)
-	return append(out, benchStore{name: "postgres", journal: s.Journal(), locker: s.Locker(),
+	return append(out, benchStore{name: "postgres", journal: s.Journal(), locker: s.Locker(), charges: s.ChargeLog(),
 		writes: writes.Load, querys: qc.n.Load})
 }
 
@@ -82,7 +83,8 @@ func benchGate(b *testing.B, kind string) {
 			if err := srv.SeedRecipe(benchPlan.Metric()); err != nil {
 				b.Fatal(err)
 			}
-			g, err := autobuy.New(srv.Client(), autobuy.WithPlan(benchPlan), autobuy.WithJournal(st.journal), autobuy.WithLocker(st.locker))
+			g, err := autobuy.New(srv.Client(), autobuy.WithPlan(benchPlan), autobuy.WithJournal(st.journal), autobuy.WithLocker(st.locker),
+				autobuy.WithChargeLog(st.charges))
 			if err != nil {
 				b.Fatal(err)
 			}
