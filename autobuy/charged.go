@@ -97,12 +97,26 @@ func (g *Gatekeeper) claimEvent(ctx context.Context, rec *eventRecord, customerI
 			// server answers a key reused with another body.
 			return nil, fmt.Errorf("%w: autobuy: event %q was charged for %d units of %s, not %d of %s",
 				quotastack.ErrIdempotencyConflict, cfg.eventID, stored.Units, stored.Metric, cfg.units, metric)
-		case stored.State == ChargeHeld && cfg.reserve && g.holdExpired(stored, cfg):
-			// Its hold outlived its TTL: find out whether it was committed
-			// (an answer lost) before holding anew, never both.
-			taken, d, err := g.takeOverExpiredHold(ctx, rec, stored, cfg)
-			if err != nil || d != nil || taken {
-				return d, err
+		case stored.State == ChargeHeld && cfg.reserve:
+			// A retry of a held action (its first attempt dead, or still
+			// working): it holds anew under the next attempt's key and is
+			// the one charged; the first attempt's Settle finds the record
+			// moved and releases its hold. A commit already under way (the
+			// record committing) is never raced: it is pending, not held.
+			next := stored
+			next.State, next.Ref, next.Attempt, next.UpdatedAt = ChargePending, "", stored.Attempt+1, now
+			err := g.charges.PutCharge(ctx, &next)
+			if err == nil {
+				// The old hold can never be committed now (its attempt finds the
+				// record moved): give its credits back for the new one.
+				if _, rerr := g.client.Release(ctx, stored.Ref, quotastack.WithIdempotencyKey(idem.Join("release", stored.Ref))); rerr != nil && !isNotActive(rerr) {
+					g.log.WarnContext(ctx, "autobuy: releasing a replaced hold failed; it expires by itself", "reservation", stored.Ref, "error", rerr)
+				}
+				rec.c, rec.claimed = next, true
+				return nil, nil
+			}
+			if !errors.Is(err, ErrChargeConflict) {
+				return nil, &chargeLogError{err}
 			}
 		case stored.State.Final(), stored.State == ChargeHeld:
 			d := replayDecision(stored)
@@ -216,6 +230,9 @@ func (g *Gatekeeper) finishEvent(ctx context.Context, rec *eventRecord, d Decisi
 	if !rec.claimed || err != nil || d.Fallback || d.Replayed {
 		return
 	}
+	if d.Allowed && d.Hold != nil && rec.c.Via == viaHold && rec.c.State == ChargePending && rec.c.Ref == d.Hold.ID {
+		return // the hold's commit is under way (its answer lost): the record stays committing
+	}
 	c := rec.c
 	c.UpdatedAt = g.now()
 	c.Attempt = max(key.n, 1)
@@ -263,11 +280,12 @@ func (g *Gatekeeper) putCharge(ctx context.Context, c Charge) {
 
 // Settle ends the hold of an allowed decision made WithReservation: commit
 // true debits units (0 means the units held), false releases it. It is
-// idempotent (keyed by the reservation), records the event as charged (or
-// frees it for a later attempt under new keys; not when the release finds the
-// hold inactive, maybe committed already), and a commit that finds the
-// hold expired charges the units with a usage record instead: work done is
-// never free. Safe for concurrent use.
+// idempotent (keyed by the reservation) and goes through the event's record
+// (WithEventID): the record is moved to "committing" before the commit is
+// sent, so a retry of the event that held anew meanwhile is charged instead
+// and this hold is released; a commit that finds the hold expired charges the
+// units with a usage record keyed by the hold: work done is never free while
+// the credits cover it. Safe for concurrent use.
 func (g *Gatekeeper) Settle(ctx context.Context, d Decision, commit bool, units int64) error {
 	if d.Hold == nil {
 		return fmt.Errorf("%w: autobuy: the decision holds nothing", quotastack.ErrInvalidInput)
@@ -278,51 +296,76 @@ func (g *Gatekeeper) Settle(ctx context.Context, d Decision, commit bool, units 
 	}
 	// Settling an allowed action: ahead of new gates in the rate budget.
 	ctx = quotastack.BeginOperation(ctx, quotastack.OperationStarted())
-	var err error
-	if commit {
-		_, err = g.client.Commit(ctx, h.ID, units, quotastack.WithIdempotencyKey(idem.Join("commit", h.ID)))
-		if isNotActive(err) {
-			// Expired (or released) before this commit: the action was done, so
-			// charge its units with a usage record keyed by the hold, unless a
-			// retry of the event holds anew (it charges the event then).
-			if !g.claimHoldSettle(ctx, d, h) {
-				return nil
-			}
-			_, err = g.client.Record(ctx, quotastack.UsageParams{Customer: customerOf(h.CustomerID),
-				MetricKey: h.BillableMetricKey, Units: units, Metadata: eventMeta(nil, d.EventID)},
-				quotastack.WithIdempotencyKey(idem.Join("hold-settle", h.ID)))
-			if err != nil {
-				g.log.ErrorContext(ctx, "autobuy: work done on an expired hold could not be charged",
-					"customer_id", h.CustomerID, "event_id", d.EventID, "reservation", h.ID, "error", err)
-			}
-			return err
+	rec, owned := g.holdRecord(ctx, d, h)
+	if !commit {
+		if owned && rec.State == ChargePending {
+			return nil // a retry of the event is committing this very hold
 		}
-	} else {
-		_, err = g.client.Release(ctx, h.ID, quotastack.WithIdempotencyKey(idem.Join("release", h.ID)))
-		if isNotActive(err) {
-			// Expired, or committed by an earlier attempt whose answer was
-			// lost: which, the answer doesn't say. The record stays held; a
-			// later attempt's commit, under the same key, settles it (and a
-			// hold that expired is charged then, for work done).
-			return nil
+		if owned {
+			next := rec
+			next.State, next.Ref, next.Attempt, next.UpdatedAt = ChargeVoid, "", rec.Attempt+1, g.now()
+			if err := g.charges.PutCharge(context.WithoutCancel(ctx), &next); err != nil && !errors.Is(err, ErrChargeConflict) {
+				return &chargeLogError{err}
+			}
 		}
-	}
-	if err != nil || d.EventID == "" || d.CustomerID == "" {
+		_, err := g.client.Release(ctx, h.ID, quotastack.WithIdempotencyKey(idem.Join("release", h.ID)))
+		if isNotActive(err) {
+			err = nil // expired: the server returned the credits
+		}
 		return err
 	}
-	probe := Charge{CustomerID: d.CustomerID, EventID: d.EventID}
-	c, _, cerr := g.charges.Claim(context.WithoutCancel(ctx), &probe)
-	if cerr != nil || c.State != ChargeHeld || c.Ref != h.ID {
-		return nil
+	if d.EventID != "" && !owned {
+		// A retry of the event holds anew and is charged for it: this hold's
+		// work goes uncharged, never twice.
+		_, err := g.client.Release(ctx, h.ID, quotastack.WithIdempotencyKey(idem.Join("release", h.ID)))
+		if isNotActive(err) {
+			err = nil
+		}
+		return err
 	}
-	c.UpdatedAt = g.now()
-	if commit {
-		c.State = ChargeCharged
-	} else {
-		c.State, c.Ref, c.Attempt = ChargeVoid, "", c.Attempt+1 // the next attempt holds under a new key
+	if owned && rec.State == ChargeHeld {
+		committing := rec
+		committing.State, committing.UpdatedAt = ChargePending, g.now()
+		if err := g.charges.PutCharge(context.WithoutCancel(ctx), &committing); err != nil {
+			if errors.Is(err, ErrChargeConflict) {
+				return g.Settle(ctx, d, commit, units) // it moved: look again
+			}
+			return &chargeLogError{err}
+		}
+		rec = committing
 	}
-	g.putCharge(ctx, c)
+	_, err := g.client.Commit(ctx, h.ID, units, quotastack.WithIdempotencyKey(idem.Join("commit", h.ID)))
+	if isNotActive(err) {
+		// Expired (or released) before this commit: the action was done, so
+		// charge its units with a usage record keyed by the hold.
+		_, err = g.client.Record(ctx, quotastack.UsageParams{Customer: customerOf(h.CustomerID),
+			MetricKey: h.BillableMetricKey, Units: units, Metadata: eventMeta(nil, d.EventID)},
+			quotastack.WithIdempotencyKey(idem.Join("hold-settle", h.ID)))
+		if err != nil && !quotastack.IsOutage(ctx, err) {
+			g.log.ErrorContext(ctx, "autobuy: work done on an expired hold could not be charged",
+				"customer_id", h.CustomerID, "event_id", d.EventID, "reservation", h.ID, "error", err)
+		}
+	}
+	if err != nil || !owned {
+		return err // unknown: the record stays committing; a retry resends this commit under its key
+	}
+	rec.State, rec.UpdatedAt = ChargeCharged, g.now()
+	g.putCharge(ctx, rec)
 	return nil
+}
+
+// holdRecord reads the record of the held event of d: owned is true when it
+// is still this hold's (held, or being committed, with this reservation).
+func (g *Gatekeeper) holdRecord(ctx context.Context, d Decision, h *quotastack.Reservation) (Charge, bool) {
+	if d.EventID == "" || d.CustomerID == "" {
+		return Charge{}, false
+	}
+	probe := Charge{CustomerID: d.CustomerID, EventID: d.EventID}
+	c, _, err := g.charges.Claim(context.WithoutCancel(ctx), &probe)
+	if err != nil {
+		return Charge{}, false
+	}
+	return c, c.Via == viaHold && c.Ref == h.ID && (c.State == ChargeHeld || c.State == ChargePending)
 }
 
 // isNotActive reports the server's "reservation not active" answer (409),
@@ -344,64 +387,4 @@ func eventMeta(m map[string]string, eventID string) map[string]string {
 	}
 	out["event_id"] = eventID
 	return out
-}
-
-// holdGrace is how long past its TTL a hold is taken for expired: the
-// server's clock and ours may differ a little.
-const holdGrace = 5 * time.Second
-
-// holdExpired reports whether a held event's hold has outlived its TTL (the
-// gate's, or the server's default of 5 min), by this replica's clock.
-func (g *Gatekeeper) holdExpired(c Charge, cfg gateConfig) bool {
-	ttl := cfg.reserveTTL
-	if ttl <= 0 {
-		ttl = 5 * time.Minute
-	}
-	return g.now().After(c.UpdatedAt.Add(ttl + holdGrace))
-}
-
-// takeOverExpiredHold settles what an expired hold's event became: a commit
-// of it that landed (its answer lost) is found by resending it under its key
-// (the event is charged: replayed); a hold that was never committed is taken
-// over, and the event held anew under the next attempt's key (taken).
-func (g *Gatekeeper) takeOverExpiredHold(ctx context.Context, rec *eventRecord, c Charge, cfg gateConfig) (taken bool, d *Decision, err error) {
-	_, err = g.client.Commit(ctx, c.Ref, c.Units, quotastack.WithIdempotencyKey(idem.Join("commit", c.Ref)))
-	switch {
-	case err == nil || errors.Is(err, quotastack.ErrIdempotencyConflict):
-		// Committed (now, or earlier with other units): charged once.
-		c.State, c.UpdatedAt = ChargeCharged, g.now()
-		g.putCharge(ctx, c)
-		out := replayDecision(c)
-		return false, &out, nil
-	case !isNotActive(err):
-		return false, nil, err
-	}
-	next := c
-	next.State, next.Ref, next.Attempt, next.UpdatedAt = ChargePending, "", c.Attempt+1, g.now()
-	if err := g.charges.PutCharge(ctx, &next); err != nil {
-		if errors.Is(err, ErrChargeConflict) {
-			return false, nil, nil // it moved (its first gate settled it): look again
-		}
-		return false, nil, &chargeLogError{err}
-	}
-	rec.c, rec.claimed = next, true
-	return true, nil, nil
-}
-
-// claimHoldSettle moves a held event whose hold expired before its commit
-// to charged, before the usage record that charges it is sent; false when a
-// retry of the event has taken it over (it holds, and charges, anew).
-func (g *Gatekeeper) claimHoldSettle(ctx context.Context, d Decision, h *quotastack.Reservation) bool {
-	if d.EventID == "" || d.CustomerID == "" {
-		return true
-	}
-	ctx = context.WithoutCancel(ctx)
-	probe := Charge{CustomerID: d.CustomerID, EventID: d.EventID}
-	c, _, err := g.charges.Claim(ctx, &probe)
-	if err != nil || c.State != ChargeHeld || c.Ref != h.ID {
-		return err != nil // a store failure: charge it (the usage key keeps it once)
-	}
-	c.State, c.UpdatedAt = ChargeCharged, g.now()
-	err = g.charges.PutCharge(ctx, &c)
-	return err == nil || !errors.Is(err, ErrChargeConflict)
 }
