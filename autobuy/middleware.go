@@ -128,8 +128,9 @@ func OnRefusal(fn func(w http.ResponseWriter, r *http.Request, ref Refusal)) Mid
 // OnSettle is called in two-phase mode after the hold of an allowed request
 // was committed (committed true) or released, with the error of that call.
 // A settle QuotaStack could not answer is retried until the settle time
-// (SettleTimeout) runs out; a commit that still failed leaves the hold to
-// expire: the action was not charged.
+// (SettleTimeout) runs out. A commit that still failed leaves the event's
+// record committing: a retry of the event resends the same commit (charged
+// once); without a retry the hold expires and the action was not charged.
 func OnSettle(fn func(r *http.Request, d Decision, committed bool, err error)) MiddlewareOption {
 	return func(c *middlewareConfig) { c.onSettle = fn }
 }
