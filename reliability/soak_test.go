@@ -449,12 +449,20 @@ func runSoak(t *testing.T, cfg soakConfig) {
 			figs.ByMode[m].Replays += n
 		}
 	}
-	for _, r := range fl.all {
-		figs.Attempts += r.transport.attempts.Load()
-		figs.Calls += r.calls.calls.Load()
-		figs.Retries += r.calls.retries.Load()
+	// Every attempt the transport saw is a call's first try or a retry. A
+	// call still finishing (a dead replica's, abandoned by its caller) has
+	// its attempt counted before its log line: wait for the counts to settle.
+	for settle := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		figs.Attempts, figs.Calls, figs.Retries = 0, 0, 0
+		for _, r := range fl.all {
+			figs.Attempts += r.transport.attempts.Load()
+			figs.Calls += r.calls.calls.Load()
+			figs.Retries += r.calls.retries.Load()
+		}
+		if figs.Attempts == figs.Calls+figs.Retries || time.Now().After(settle) {
+			break
+		}
 	}
-	// Every attempt the transport saw is a call's first try or a retry.
 	assert.Equal(t, figs.Attempts, figs.Calls+figs.Retries, "HTTP attempts = logical calls + retries")
 
 	allowances := checkSoakLedger(t, srv, finisher.client, customers, actions, lt, &figs)
