@@ -83,7 +83,7 @@ func (g *Gatekeeper) claimEvent(ctx context.Context, rec *eventRecord, customerI
 	for tries := 0; ; tries++ {
 		now := g.now()
 		c := Charge{CustomerID: customerID, EventID: cfg.eventID, Metric: metric, Units: cfg.units, Via: via,
-			Attempt: 1, State: ChargePending, CreatedAt: now, UpdatedAt: now}
+			Attempt: 1, State: ChargeClaimed, CreatedAt: now, UpdatedAt: now}
 		stored, created, err := g.charges.Claim(ctx, &c)
 		if err != nil {
 			return nil, &chargeLogError{err}
@@ -104,7 +104,7 @@ func (g *Gatekeeper) claimEvent(ctx context.Context, rec *eventRecord, customerI
 			// moved and releases its hold. A commit already under way (the
 			// record committing) is never raced: it is pending, not held.
 			next := stored
-			next.State, next.Ref, next.Attempt, next.UpdatedAt = ChargePending, "", stored.Attempt+1, now
+			next.State, next.Ref, next.Attempt, next.UpdatedAt = ChargeClaimed, "", stored.Attempt+1, now
 			err := g.charges.PutCharge(ctx, &next)
 			if err == nil {
 				// The old hold can never be committed now (its attempt finds the
@@ -123,7 +123,7 @@ func (g *Gatekeeper) claimEvent(ctx context.Context, rec *eventRecord, customerI
 			return &d, nil
 		case stored.State == ChargeVoid:
 			// Nothing was charged: charge it now, under the next attempt's keys.
-			stored.State, stored.Via, stored.Metric, stored.Units, stored.UpdatedAt = ChargePending, via, metric, cfg.units, now
+			stored.State, stored.Via, stored.Metric, stored.Units, stored.UpdatedAt = ChargeClaimed, via, metric, cfg.units, now
 			err := g.charges.PutCharge(ctx, &stored)
 			if err == nil {
 				rec.c, rec.claimed = stored, true
@@ -147,6 +147,13 @@ func (g *Gatekeeper) claimEvent(ctx context.Context, rec *eventRecord, customerI
 				return nil, err
 			}
 			continue
+		case stored.State == ChargeClaimed:
+			// Claimed by a gate that sent nothing for it (it died, or is still
+			// checking): decided afresh. If both go on, the first to mark its
+			// request pending sends it, the other the same key (markSending).
+			stored.Metric, stored.Units = metric, cfg.units
+			rec.c, rec.claimed = stored, true
+			return nil, nil
 		default:
 			// Pending on a usage record or a hold: this gate sends it again
 			// under the same keys, which the server deduplicates.
@@ -187,15 +194,36 @@ func replayDecision(c Charge) Decision {
 // resendPending sends a pending event's usage record (or hold) again under
 // its key, before any check: if its earlier request executed, the server's
 // stored answer says so, and no check that counts its own charge against it
-// may buy a plan or serve it from a lease. A usage record is resent so only
-// to a server seen to debit synchronously (a 402 when the credits are short;
-// a 202 could accept a record the server rejects later). done is true when
-// it decided (allowed, or an error); a 402 leaves the gate to decide anew,
-// under the next key.
+// may buy a plan, serve it from a lease or deny it. A usage record is resent
+// before the check only to a server seen to debit synchronously (a 402 when
+// the credits are short); elsewhere the check goes first (a record that never
+// executed then executes after it) and a refusal resends it (resendRefused).
+// done is true when it decided (allowed, or an error); a 402 leaves the gate
+// to decide anew, under the next key.
 func (g *Gatekeeper) resendPending(ctx context.Context, rec *eventRecord, d *Decision, customerID, metric string, cfg gateConfig, key *usageKey) (done bool, err error) {
 	if !rec.resend || (!cfg.reserve && !g.recordFirst.synchronous()) {
 		return false, nil
 	}
+	return g.resend(ctx, rec, d, customerID, metric, cfg, key)
+}
+
+// resendRefused resends a pending event's usage record whose check refused
+// it: the check may have counted the event's own charge (its earlier record
+// executed, the answer lost), and a refusal must not serve it from a lease,
+// buy a plan for it or deny it (a denied event is voided and charged again
+// under the next key). A replayed answer means it was charged: allowed. A
+// first execution is what the server says now: a 402, nothing charged (the
+// gate goes on under the next key); a 200/201, charged; a 202, accepted and
+// allowed on it, as record-first does (a server that rejects it later made
+// it free, never charged twice).
+func (g *Gatekeeper) resendRefused(ctx context.Context, rec *eventRecord, d *Decision, metric string, cfg gateConfig, key *usageKey) (done bool, err error) {
+	if !rec.resend {
+		return false, nil
+	}
+	return g.resend(ctx, rec, d, d.CustomerID, metric, cfg, key)
+}
+
+func (g *Gatekeeper) resend(ctx context.Context, rec *eventRecord, d *Decision, customerID, metric string, cfg gateConfig, key *usageKey) (done bool, err error) {
 	rec.resend = false
 	d.CustomerID, key.customerID = customerID, customerID
 	ok, err := g.consume(ctx, d, customerOf(customerID), metric, cfg, key)
@@ -204,6 +232,65 @@ func (g *Gatekeeper) resendPending(ctx context.Context, rec *eventRecord, d *Dec
 		return true, err
 	}
 	return false, nil
+}
+
+// markSending moves the event's record to pending under the attempt of key
+// before a request that may charge it is sent (a usage record, a hold's
+// reserve): a later gate of the event then resends that key, and a gate
+// that finds it claimed knows nothing was sent. A record another gate moved
+// meanwhile is read again: pending or claimed, this gate sends under the
+// same attempt's key; charged, held or leased, the event was decided by
+// that gate (errDecidedElsewhere).
+func (g *Gatekeeper) markSending(ctx context.Context, key *usageKey) error {
+	rec := key.rec
+	if rec == nil || !rec.claimed || key.event == "" {
+		return nil
+	}
+	via := viaUsage
+	if key.hold {
+		via = viaHold
+	}
+	attempt := max(key.n, 1)
+	for range 8 {
+		if rec.c.State == ChargePending && rec.c.Attempt == attempt && rec.c.Via == via {
+			return nil // marked already, by this gate or the one whose claim it took over
+		}
+		c := rec.c
+		c.State, c.Via, c.Attempt, c.UpdatedAt = ChargePending, via, attempt, g.now()
+		if via == viaUsage {
+			c.Ref = ""
+		}
+		err := g.charges.PutCharge(context.WithoutCancel(ctx), &c)
+		if err == nil {
+			rec.c = c
+			return nil
+		}
+		if !errors.Is(err, ErrChargeConflict) {
+			return &chargeLogError{err}
+		}
+		probe := Charge{CustomerID: c.CustomerID, EventID: c.EventID}
+		stored, _, err := g.charges.Claim(ctx, &probe)
+		if err != nil {
+			return &chargeLogError{err}
+		}
+		switch {
+		case stored.State.Final() || stored.State == ChargeHeld:
+			return &decidedElsewhere{stored}
+		case stored.State == ChargePending && stored.Attempt > attempt:
+			key.n = stored.Attempt // a concurrent gate walked on: its key
+			attempt = stored.Attempt
+		}
+		rec.c = stored
+	}
+	return &chargeLogError{errors.New("the record of event " + key.event + " keeps changing")}
+}
+
+// decidedElsewhere: a concurrent gate of the same event charged it first;
+// the gate answers its decision from the record.
+type decidedElsewhere struct{ c Charge }
+
+func (e *decidedElsewhere) Error() string {
+	return "autobuy: event " + e.c.EventID + " was decided by a concurrent gate"
 }
 
 // switchVia moves a claimed event to another way of charging (a lease that

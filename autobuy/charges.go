@@ -11,13 +11,19 @@ import (
 // ChargeState is how far the charge of one event has got.
 type ChargeState string
 
-// The states of a Charge. A charge is claimed (pending) before its first
-// request and moved on after it; void frees the event for a later attempt
-// under the next key.
+// The states of a Charge. A charge is claimed before anything is sent for
+// it, pending from just before its charging request is sent, and moved on
+// after it; void frees the event for a later attempt under the next key.
 const (
-	// ChargePending: claimed; the request that charges it (a usage record,
-	// a hold) is being sent, or its outcome is unknown. A later gate of the
-	// same event resends it under the same key.
+	// ChargeClaimed: a gate has the event and has sent nothing that charges
+	// it under this attempt's key. A later gate of the same event decides
+	// it afresh (its check counts no charge of this event).
+	ChargeClaimed ChargeState = "claimed"
+	// ChargePending: the request that charges it (a usage record, a hold,
+	// under this attempt's key) is being sent, or its outcome is unknown. A
+	// later gate of the same event resends it under the same key, and no
+	// check that may count its own charge decides it otherwise. With Via
+	// "hold" and Ref set: the hold's commit is under way (committing).
 	ChargePending ChargeState = "pending"
 	// ChargeCharged: the usage was recorded (200, 201 or 202) or the hold
 	// committed. Final.

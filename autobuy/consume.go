@@ -19,6 +19,9 @@ type usageKey struct {
 	n                 int
 	hold              bool  // a reservation: "hold:{customer}:{event}:{n}"
 	refusal           error // the last 402 a record or hold met, with its figures
+	// rec is the event's record, marked pending before each request sent
+	// under the key (nil, or unclaimed: no event id, nothing to mark).
+	rec *eventRecord
 }
 
 // maxUsageAttempts bounds the keys one gate walks through before giving up on
@@ -45,6 +48,9 @@ func (g *Gatekeeper) consume(ctx context.Context, d *Decision, customer quotasta
 		var opts []quotastack.CallOption
 		if k := key.current(); k != "" {
 			opts = append(opts, quotastack.WithIdempotencyKey(k))
+		}
+		if err := g.markSending(ctx, key); err != nil {
+			return false, err
 		}
 		if cfg.reserve {
 			d.Hold, err = g.client.Reserve(ctx, quotastack.ReserveParams{Customer: customer, MetricKey: metric,

@@ -54,8 +54,12 @@ func (g *Gatekeeper) Gate(ctx context.Context, customer quotastack.Customer, met
 
 func (g *Gatekeeper) gate(ctx context.Context, customer quotastack.Customer, metric string, cfg gateConfig) (Decision, error) {
 	rec := &eventRecord{}
-	key := usageKey{event: cfg.eventID, n: 1, hold: cfg.reserve}
+	key := usageKey{event: cfg.eventID, n: 1, hold: cfg.reserve, rec: rec}
 	d, err := g.decide(ctx, customer, metric, cfg, rec, &key)
+	var elsewhere *decidedElsewhere
+	if errors.As(err, &elsewhere) {
+		d, err = replayDecision(elsewhere.c), nil
+	}
 	d.EventID = cfg.eventID
 	g.finishEvent(ctx, rec, d, err, &key)
 	return d, err
@@ -167,6 +171,10 @@ func (g *Gatekeeper) decide(ctx context.Context, customer quotastack.Customer, m
 			return d, err
 		}
 		// 402: spent by a concurrent action since the check; go on as not entitled.
+		rec.resend = false // its key was answered: nothing charged under it
+	}
+	if done, err := g.resendRefused(ctx, rec, &d, metric, cfg, key); done || err != nil {
+		return d, err
 	}
 	var served bool
 	var err error

@@ -7,6 +7,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -283,3 +284,107 @@ func TestLeaseReservedBeforeThePurchaseIsSettledNotBoughtAround(t *testing.T) {
 type roundTrip func(*http.Request) (*http.Response, error)
 
 func (f roundTrip) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+// Found by the reliability soak in CI (record-first, a replica that died
+// after its usage record executed): the event's record was left pending on a
+// usage key whose answer was lost. Its retry, on a Gatekeeper that had not
+// yet seen a synchronous usage answer, checked first; the check counted the
+// event's own charge and refused it, and the gate served it from another
+// Gatekeeper's lease: charged twice. The same refused check could buy a plan
+// for it, or deny it (voided, so a later retry charges it again under the
+// next key). A refused check never decides such an event: its usage key is
+// resent first, and the server's answer (a replay: it was charged) decides.
+func TestLostUsageAnswerThenRefusedCheckResendsTheKey(t *testing.T) {
+	t.Parallel()
+	modes := append([]struct {
+		name string
+		opts []quotastacktest.Option
+	}{{"usage 202", []quotastacktest.Option{quotastacktest.WithAsyncUsage(quotastacktest.AsyncUsage{})}}}, chargeModes...)
+	for _, m := range modes {
+		for _, tc := range []struct {
+			name             string
+			walletMC, planMC int64
+			lease            bool // another Gatekeeper holds the rest of the plan credits on a lease
+		}{
+			{"a lease holds the rest of the credits", 250_000, 3_000, true},
+			{"the wallet can buy a plan", 250_000, 1_000, false},
+			{"the wallet is empty", 0, 1_000, false},
+		} {
+			t.Run(m.name+"/"+tc.name, func(t *testing.T) {
+				t.Parallel()
+				w := setup(t, tc.walletMC, m.opts...)
+				w.grantPlanCredits(t, tc.planMC)
+				shared := newStores()
+				plain := w.gate(t, shared.opts()...) // has seen no usage answer yet
+				w.srv.InjectFault(quotastacktest.Fault{Method: http.MethodPost, PathPrefix: "/v1/usage", Drop: true, Count: 50})
+				_, err := plain.Gate(context.Background(), w.cust, "chat_message", autobuy.WithEventID("m1"))
+				require.Error(t, err, "the record executed, its answer lost")
+				w.srv.ClearFaults()
+				var leased *autobuy.Gatekeeper
+				if tc.lease {
+					leased = w.gate(t, append(shared.opts(), leaseOf(50))...)
+					d := w.gateNoted(t, leased, w.cust, "l1") // a lease of what is left: 2 actions
+					require.True(t, d.Leased)
+				}
+
+				d := w.gateNoted(t, plain, w.cust, "m1") // the caller repeats the event
+				assert.True(t, d.Allowed, "m1 was charged: the customer paid (%s)", d.Reason)
+				assert.False(t, d.Leased, "m1 was charged by its usage record, not on a lease")
+				assert.Nil(t, d.Purchase, "no plan bought for an action already paid")
+				if leased != nil {
+					require.NoError(t, leased.Close(context.Background()))
+				}
+				assert.Zero(t, w.planGrants())
+				want := int64(1_000)
+				if tc.lease {
+					want = 2_000 // m1 and l1
+				}
+				assert.Equal(t, want, w.chargedChatMC(), "every action charged once")
+			})
+		}
+	}
+}
+
+// sendHook is a ChargeLog that runs fn (once) when a record is first marked
+// pending, before the write: a concurrent gate of the same event slipped in
+// between this gate's claim and its request.
+type sendHook struct {
+	autobuy.ChargeLog
+	ran atomic.Bool
+	fn  func()
+}
+
+func (h *sendHook) PutCharge(ctx context.Context, c *autobuy.Charge) error {
+	if c.State == autobuy.ChargePending && h.ran.CompareAndSwap(false, true) {
+		h.fn()
+	}
+	return h.ChargeLog.PutCharge(ctx, c)
+}
+
+// Two gates of one event at once (a client that retries while its first
+// call is still running): the second takes over the first's claim, which
+// has sent nothing yet, and charges the event; the first finds the record
+// moved when it marks its request pending and answers from the record. One
+// usage record, never two.
+func TestConcurrentGatesOfOneEventChargeOnce(t *testing.T) {
+	t.Parallel()
+	for _, m := range chargeModes {
+		t.Run(m.name, func(t *testing.T) {
+			t.Parallel()
+			w := setup(t, 250_000, m.opts...)
+			w.grantPlanCredits(t, 50_000)
+			log := &sendHook{ChargeLog: autobuy.NewMemoryChargeLog(0)}
+			first := w.gate(t, autobuy.WithChargeLog(log))
+			second := w.gate(t, autobuy.WithChargeLog(log))
+			var inner autobuy.Decision
+			log.fn = func() { inner = w.gateNoted(t, second, w.cust, "m1") }
+			d := w.gateNoted(t, first, w.cust, "m1")
+			assert.True(t, inner.Allowed)
+			assert.False(t, inner.Replayed, "the second gate charged it")
+			assert.True(t, d.Allowed)
+			assert.True(t, d.Replayed, "the first answers from the record")
+			assert.Len(t, w.usageFor("chat_message"), 1)
+			assert.Equal(t, int64(1_000), w.chargedChatMC())
+		})
+	}
+}

@@ -65,7 +65,7 @@ func Run(t *testing.T, newLog func(t *testing.T) autobuy.ChargeLog) {
 
 func newCharge(customer, event string) autobuy.Charge {
 	return autobuy.Charge{CustomerID: customer, EventID: event, Metric: "chat_message", Units: 3, Via: "usage",
-		Ref: "usage:" + customer + ":" + event, Attempt: 1, State: autobuy.ChargePending, Reason: autobuy.ReasonEntitled,
+		Ref: "usage:" + customer + ":" + event, Attempt: 1, State: autobuy.ChargeClaimed, Reason: autobuy.ReasonEntitled,
 		OrderID: "ord_1", CreatedAt: t0, UpdatedAt: t0.Add(time.Second)}
 }
 
