@@ -1,6 +1,7 @@
 package quotastacktest
 
 import (
+	"maps"
 	"sort"
 	"sync"
 )
@@ -87,10 +88,13 @@ func (s *Server) checkActions(cfg checkConfig, fail func(*customer, string, ...a
 		allowed[x.c][x.key[1]] += x.n.units
 	}
 	for _, c := range order {
-		charged := map[string]int64{}
+		charged := maps.Clone(c.past.units) // the folded history's units, then the window's
+		if charged == nil {
+			charged = map[string]int64{}
+		}
 		events := map[[2]string]int{}
 		for _, i := range c.usage {
-			u := s.st.usage[i]
+			u := s.st.usageAt(i)
 			charged[u.MetricKey] += u.Units
 			if id := u.Metadata["event_id"]; id != "" {
 				events[[2]string{u.MetricKey, id}]++

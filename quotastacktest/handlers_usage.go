@@ -91,8 +91,9 @@ func (s *state) recordDebit(c *customer, rl *rule, kind, evt, rsv string, cost, 
 // recordUsage appends an executed usage event and files it under its plan order, if any.
 func (s *state) recordUsage(c *customer, u usageRec, now time.Time) {
 	u.CustomerID, u.ExternalCustomerID = c.id, c.externalID
-	c.notePlanDebit(u.UsageRecord, now)
-	c.usage = append(c.usage, len(s.usage))
+	u.entry = s.lastEntry() // its debit entry, recorded just before
+	c.notePlanDebit(u.UsageRecord, u.entry, now)
+	c.usage = append(c.usage, s.usageBase+len(s.usage))
 	s.usage = append(s.usage, u)
 }
 

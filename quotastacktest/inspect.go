@@ -90,7 +90,7 @@ func (s *Server) Ledger(externalID string) []LedgerEntry {
 	s.st.refresh(c, s.Now())
 	out := make([]LedgerEntry, 0, len(c.ledger))
 	for _, i := range c.ledger {
-		out = append(out, s.st.ledger[i].clone())
+		out = append(out, s.st.entry(i).clone())
 	}
 	return out
 }
@@ -187,7 +187,7 @@ func (s *Server) UsageEvents(externalID string) []UsageRecord {
 	}
 	out := make([]UsageRecord, 0, len(c.usage))
 	for _, i := range c.usage {
-		u := s.st.usage[i].UsageRecord
+		u := s.st.usageAt(i).UsageRecord
 		u.Metadata = copyMeta(u.Metadata)
 		out = append(out, u)
 	}
@@ -247,10 +247,9 @@ func (s *Server) CheckInvariants(opts ...CheckOption) error {
 }
 
 func (s *Server) checkCustomer(c *customer, fail func(*customer, string, ...any)) {
-	var blocks, held, ledgerAmount, ledgerHeld, grants int64
-	byBlock := map[string]*block{}
+	var blocks, held int64
+	ledgerAmount, ledgerHeld, grants := c.past.amount, c.past.held, c.past.grants
 	for _, b := range c.blocks {
-		byBlock[b.id] = b
 		if b.expired {
 			continue
 		}
@@ -279,24 +278,17 @@ func (s *Server) checkCustomer(c *customer, fail func(*customer, string, ...any)
 	}
 	debits := map[string]int{}
 	for _, i := range c.ledger {
-		e := s.st.ledger[i]
+		e := s.st.entry(i)
 		ledgerAmount += e.Amount
 		ledgerHeld += e.Held
-		var parts int64
-		for _, p := range e.Parts {
-			parts += p.Amount
-			if b := byBlock[p.BlockID]; b != nil && b.overdraft && e.policy == policyBlock {
-				fail(c, "entry %d overdrafts block %s under a block policy", e.Seq, b.id)
-			}
+		for _, msg := range entryProblems(c, e) {
+			fail(c, "%s", msg)
 		}
 		if e.Kind == "grant" {
 			grants += e.Amount
 		}
 		if e.Kind == "debit" || e.Kind == "commit" {
 			debits[e.EventID]++
-			if parts != e.Amount {
-				fail(c, "entry %d: parts sum to %d, amount is %d", e.Seq, parts, e.Amount)
-			}
 		}
 	}
 	if c.balance != blocks || c.balance != ledgerAmount {
@@ -318,7 +310,7 @@ func (s *Server) checkUsage(c *customer, debits map[string]int, fail func(*custo
 	}
 	seen := map[execKey]UsageRecord{}
 	for _, i := range c.usage {
-		u := s.st.usage[i]
+		u := s.st.usageAt(i)
 		if n := debits[u.EventID]; n != 1 {
 			fail(c, "usage event %s has %d debit entries", u.EventID, n)
 		}

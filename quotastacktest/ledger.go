@@ -39,12 +39,13 @@ type customer struct {
 	id, externalID, displayName string
 	createdAt                   time.Time
 
-	blocks       []*block       // every block ever granted, in creation order (for CheckInvariants)
+	blocks       []*block       // the blocks granted, in creation order (for CheckInvariants), less dead ones folded
 	live         []*block       // the blocks a request may touch: not expired, not spent, no overdraft
 	overdraft    *block         // the negative block of allow/notify debits, if any
 	reservations []*reservation // active reservations
-	ledger       []int          // indexes into state.ledger
-	usage        []int          // indexes into state.usage
+	ledger       []int          // global indexes of its ledger entries in the window (state.entry)
+	usage        []int          // global indexes of its usage events in the window (state.usageAt)
+	past         pastSums       // what its folded history adds up to
 
 	// Counters maintained incrementally; CheckInvariants recomputes them.
 	balance, reserved, lifetimeEarned, version int64
@@ -69,6 +70,7 @@ type block struct {
 	expired           bool
 	overdraft         bool
 	overdraftByPolicy map[string]bool
+	entry             int // the global index of its grant entry
 }
 
 func (b *block) live() bool { return !b.expired && b.remaining != 0 }
@@ -156,6 +158,7 @@ type ledgerRec struct {
 type usageRec struct {
 	UsageRecord
 	batchIndex int // -1 outside a batch
+	entry      int // the global index of its debit (or commit) entry
 }
 
 // burnSorted returns the customer's live, non-overdraft blocks in burn order.
@@ -340,7 +343,6 @@ func (s *state) addBlock(c *customer, g BlockSpec, now time.Time, idemKey string
 	}
 	c.blocks = append(c.blocks, b)
 	c.live = append(c.live, b)
-	c.notePlanGrant(b)
 	c.balance += g.Credits
 	c.lifetimeEarned += g.Credits
 	c.version++
@@ -349,6 +351,8 @@ func (s *state) addBlock(c *customer, g BlockSpec, now time.Time, idemKey string
 		Metadata: copyMeta(g.Metadata), Time: now,
 		Parts: []LedgerPart{{BlockID: b.id, Amount: g.Credits}},
 	}})
+	b.entry = s.lastEntry()
+	c.notePlanGrant(b)
 	s.refresh(c, now) // a grant may already be expired
 	return b
 }
@@ -420,7 +424,7 @@ func (s *state) record(c *customer, e ledgerRec) {
 	s.ledgerSeq++
 	e.Seq = s.ledgerSeq
 	e.CustomerID, e.ExternalCustomerID = c.id, c.externalID
-	c.ledger = append(c.ledger, len(s.ledger))
+	c.ledger = append(c.ledger, s.ledgerBase+len(s.ledger))
 	s.ledger = append(s.ledger, e)
 }
 

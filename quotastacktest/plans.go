@@ -28,6 +28,7 @@ type planOrder struct {
 	key    planKey
 	debits []UsageRecord
 	grants []*block
+	last   int // the global index of its newest debit or grant entry
 }
 
 // planMark returns the order a usage event's or a block's metadata names, and whether it
@@ -55,7 +56,7 @@ func (c *customer) order(k planKey) *planOrder {
 
 // notePlanDebit files an executed usage event under its plan order, if it is a plan debit.
 // An auto-buy debit is first checked against the one-plan-per-exhaustion rule.
-func (c *customer) notePlanDebit(u UsageRecord, now time.Time) {
+func (c *customer) notePlanDebit(u UsageRecord, entry int, now time.Time) {
 	k, ok := planMark(u.Metadata, false)
 	if !ok {
 		return
@@ -65,6 +66,7 @@ func (c *customer) notePlanDebit(u UsageRecord, now time.Time) {
 	}
 	o := c.order(k)
 	o.debits = append(o.debits, u)
+	o.last = max(o.last, entry)
 	if len(o.grants) == 0 {
 		if c.unpaid == nil {
 			c.unpaid = map[*planOrder]bool{}
@@ -78,6 +80,7 @@ func (c *customer) notePlanGrant(b *block) {
 	if k, ok := planMark(b.metadata, true); ok {
 		o := c.order(k)
 		o.grants = append(o.grants, b)
+		o.last = max(o.last, b.entry)
 		delete(c.unpaid, o)
 	}
 }

@@ -61,6 +61,7 @@ type config struct {
 	execThen  int
 	logLimit  int
 	idemLimit int
+	histLimit int
 }
 
 // The default bounds of what the server remembers (see WithRequestLogLimit and
@@ -130,6 +131,10 @@ func NewServer(opts ...Option) *Server {
 		s.logLimit = DefaultRequestLogLimit
 	}
 	s.st.async = cfg.async
+	s.st.histLimit = cfg.histLimit
+	if s.st.histLimit <= 0 {
+		s.st.histLimit = DefaultHistoryLimit
+	}
 	s.sparse.Store(cfg.sparse)
 	s.execThen.Store(int64(cfg.execThen))
 	s.limit.set(cfg.rateN, cfg.ratePer)
@@ -215,6 +220,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		out.resp = faultResponse(f, path)
 	} else {
 		out = s.handle(r, path)
+		s.st.foldIfFull()
 		if out.rateLimited {
 			rec.Fault = "ratelimit"
 		}

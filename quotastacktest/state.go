@@ -23,8 +23,11 @@ type state struct {
 	rules      map[string]*rule
 	ruleList   []*rule // creation order
 	resv       map[string]*reservation
-	ledger     []ledgerRec
-	usage      []usageRec
+	ledger     []ledgerRec // the window of WithHistoryLimit: entry i is ledger[i-ledgerBase]
+	usage      []usageRec  // usage event i is usage[i-usageBase]
+	ledgerBase int         // ledger entries folded (history.go)
+	usageBase  int         // usage events folded
+	histLimit  int
 
 	async    *AsyncUsage     // nil: usage answers synchronously
 	pending  []pendingUsage  // accepted asynchronous events not executed yet

@@ -261,9 +261,9 @@ func (r report) scale(cmd string) {
 	}
 	for _, l := range fh {
 		r.printf("\nThe fake after %s requests (%s usage events): live heap %s MiB after the first tenth, %s MiB half-way, %s MiB at the end "+
-			"(per tenth: %s MiB); %s requests left the request log. Past half-way the request log and the idempotency store are at their bounds, "+
-			"and what still grows is the money history CheckInvariants, Ledger and UsageEvents read (ledger entries and usage events, kept whole): "+
-			"%s bytes per executed usage event.\n",
+			"(per tenth: %s MiB); %s requests left the request log. Past half-way the request log, the idempotency store and the money history "+
+			"(the last quotastacktest.DefaultHistoryLimit ledger entries in full, older ones folded into sums: WithHistoryLimit) are at their bounds: "+
+			"%s bytes per executed usage event still kept.\n",
 			l["requests"], l["usage_events"], l["heap_mb_after_first_tenth"], l["heap_mb_at_half"], l["heap_mb_at_end"],
 			strings.Trim(l["heap_mb_per_tenth"], "[]"), l["requests_forgotten"], l["bytes_per_usage_event_second_half"])
 	}
