@@ -67,6 +67,20 @@ func (s stores) opts() []autobuy.Option {
 	return []autobuy.Option{autobuy.WithJournal(s.journal), autobuy.WithLocker(s.locker), autobuy.WithChargeLog(s.charges)}
 }
 
+// inChargeModes runs f in parallel once per chargeMode, on a world with a
+// 250,000 mc wallet and planMC of plan credits.
+func inChargeModes(t *testing.T, planMC int64, f func(t *testing.T, w *world)) {
+	t.Helper()
+	for _, m := range chargeModes {
+		t.Run(m.name, func(t *testing.T) {
+			t.Parallel()
+			w := setup(t, 250_000, m.opts...)
+			w.grantPlanCredits(t, planMC)
+			f(t, w)
+		})
+	}
+}
+
 func leaseOf(n int64) autobuy.Option {
 	return autobuy.WithLease(autobuy.LeaseConfig{Actions: n, Linger: time.Hour})
 }
@@ -296,38 +310,33 @@ func TestReplayReturnsTheOriginalDecision(t *testing.T) {
 // released) and is retried does the work and is charged once.
 func TestTwoPhaseRetryAfterAFailedAttemptIsCharged(t *testing.T) {
 	t.Parallel()
-	for _, m := range chargeModes {
-		t.Run(m.name, func(t *testing.T) {
-			t.Parallel()
-			w := setup(t, 250_000, m.opts...)
-			w.grantPlanCredits(t, 50_000)
-			g := w.gate(t)
-			fail := true
-			var mu sync.Mutex
-			next := http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
-				mu.Lock()
-				defer mu.Unlock()
-				if fail {
-					fail = false
-					http.Error(rw, "model down", http.StatusBadGateway)
-					return
-				}
-				w.srv.NoteAllowed(user, "chat_message", r.URL.Query().Get("msg"), 1)
-				_, _ = rw.Write([]byte("done"))
-			})
-			h := autobuy.Middleware(g, func(r *http.Request) (autobuy.Action, error) {
-				return autobuy.Action{Customer: w.cust, Metric: "chat_message", EventID: r.URL.Query().Get("msg")}, nil
-			}, autobuy.TwoPhase(time.Minute))(next)
-			for attempt, want := range []int{http.StatusBadGateway, http.StatusOK} {
-				rec := httptest.NewRecorder()
-				h.ServeHTTP(rec, httptest.NewRequest(http.MethodPost, "/chat?msg=m1", strings.NewReader("hi")))
-				require.Equal(t, want, rec.Code, "attempt %d: %s", attempt, rec.Body.String())
+	inChargeModes(t, 50_000, func(t *testing.T, w *world) {
+		g := w.gate(t)
+		fail := true
+		var mu sync.Mutex
+		next := http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+			mu.Lock()
+			defer mu.Unlock()
+			if fail {
+				fail = false
+				http.Error(rw, "model down", http.StatusBadGateway)
+				return
 			}
-			assert.Equal(t, int64(1_000), w.chargedChatMC(), "the retry did the work: one charge")
-			acct, _ := w.srv.Account(user)
-			assert.Zero(t, acct.ReservedBalance)
+			w.srv.NoteAllowed(user, "chat_message", r.URL.Query().Get("msg"), 1)
+			_, _ = rw.Write([]byte("done"))
 		})
-	}
+		h := autobuy.Middleware(g, func(r *http.Request) (autobuy.Action, error) {
+			return autobuy.Action{Customer: w.cust, Metric: "chat_message", EventID: r.URL.Query().Get("msg")}, nil
+		}, autobuy.TwoPhase(time.Minute))(next)
+		for attempt, want := range []int{http.StatusBadGateway, http.StatusOK} {
+			rec := httptest.NewRecorder()
+			h.ServeHTTP(rec, httptest.NewRequest(http.MethodPost, "/chat?msg=m1", strings.NewReader("hi")))
+			require.Equal(t, want, rec.Code, "attempt %d: %s", attempt, rec.Body.String())
+		}
+		assert.Equal(t, int64(1_000), w.chargedChatMC(), "the retry did the work: one charge")
+		acct, _ := w.srv.Account(user)
+		assert.Zero(t, acct.ReservedBalance)
+	})
 }
 
 // Resume commits the idle leases a dead process left in a shared ChargeLog.

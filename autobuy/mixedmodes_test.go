@@ -72,27 +72,22 @@ func TestGateWithoutLeaseModeMeetsALease(t *testing.T) {
 // the retry must charge it.
 func TestLeaseOutageThenRetryIsCharged(t *testing.T) {
 	t.Parallel()
-	for _, m := range chargeModes {
-		t.Run(m.name, func(t *testing.T) {
-			t.Parallel()
-			w := setup(t, 250_000, m.opts...)
-			w.grantPlanCredits(t, 50_000)
-			g := w.gate(t, leaseOf(10))
-			w.gateNoted(t, g, w.cust, "m0") // resolves the customer, reserves a lease
-			require.NoError(t, g.Flush(context.Background()))
-			w.srv.InjectFault(quotastacktest.Fault{Method: http.MethodPost, PathPrefix: "/v1/reserve", Status: http.StatusServiceUnavailable, Count: 50})
-			_, err := g.Gate(context.Background(), w.cust, "chat_message", autobuy.WithEventID("m1"))
-			require.Error(t, err, "no lease and no check to be had")
-			w.srv.ClearFaults()
-			start := time.Now()
-			d := w.gateNoted(t, g, w.cust, "m1") // the caller repeats the event
-			assert.True(t, d.Allowed)
-			assert.False(t, d.Replayed, "nothing was counted for m1: it is gated anew")
-			assert.Less(t, time.Since(start), 900*time.Millisecond, "no wait for a lease claim nobody holds")
-			require.NoError(t, g.Close(context.Background()))
-			assert.Equal(t, int64(2_000), w.chargedChatMC(), "m0 and m1, once each")
-		})
-	}
+	inChargeModes(t, 50_000, func(t *testing.T, w *world) {
+		g := w.gate(t, leaseOf(10))
+		w.gateNoted(t, g, w.cust, "m0") // resolves the customer, reserves a lease
+		require.NoError(t, g.Flush(context.Background()))
+		w.srv.InjectFault(quotastacktest.Fault{Method: http.MethodPost, PathPrefix: "/v1/reserve", Status: http.StatusServiceUnavailable, Count: 50})
+		_, err := g.Gate(context.Background(), w.cust, "chat_message", autobuy.WithEventID("m1"))
+		require.Error(t, err, "no lease and no check to be had")
+		w.srv.ClearFaults()
+		start := time.Now()
+		d := w.gateNoted(t, g, w.cust, "m1") // the caller repeats the event
+		assert.True(t, d.Allowed)
+		assert.False(t, d.Replayed, "nothing was counted for m1: it is gated anew")
+		assert.Less(t, time.Since(start), 900*time.Millisecond, "no wait for a lease claim nobody holds")
+		require.NoError(t, g.Close(context.Background()))
+		assert.Equal(t, int64(2_000), w.chargedChatMC(), "m0 and m1, once each")
+	})
 }
 
 // Found by the reliability soak (two-phase middleware, a replica that died
@@ -105,31 +100,26 @@ func TestLeaseOutageThenRetryIsCharged(t *testing.T) {
 // as it is, and a later commit under the same key settles it.
 func TestTwoPhaseReleaseAfterALostCommitKeepsTheCharge(t *testing.T) {
 	t.Parallel()
-	for _, m := range chargeModes {
-		t.Run(m.name, func(t *testing.T) {
-			t.Parallel()
-			w := setup(t, 250_000, m.opts...)
-			w.grantPlanCredits(t, 50_000)
-			g := w.gate(t)
-			hold := autobuy.WithReservation(time.Minute)
-			d := w.gateNoted(t, g, w.cust, "m1", hold)
-			require.NotNil(t, d.Hold)
-			w.srv.InjectFault(quotastacktest.Fault{Method: http.MethodPost, PathPrefix: "/v1/reserve/" + d.Hold.ID + "/commit", Drop: true, Count: 50})
-			require.Error(t, g.Settle(context.Background(), d, true, 0), "the commit executed, its answer lost")
-			w.srv.ClearFaults()
+	inChargeModes(t, 50_000, func(t *testing.T, w *world) {
+		g := w.gate(t)
+		hold := autobuy.WithReservation(time.Minute)
+		d := w.gateNoted(t, g, w.cust, "m1", hold)
+		require.NotNil(t, d.Hold)
+		w.srv.InjectFault(quotastacktest.Fault{Method: http.MethodPost, PathPrefix: "/v1/reserve/" + d.Hold.ID + "/commit", Drop: true, Count: 50})
+		require.Error(t, g.Settle(context.Background(), d, true, 0), "the commit executed, its answer lost")
+		w.srv.ClearFaults()
 
-			retry := w.gateNoted(t, g, w.cust, "m1", hold) // the client retries: the record has the hold
-			require.NotNil(t, retry.Hold)
-			assert.Equal(t, d.Hold.ID, retry.Hold.ID, "the hold whose commit is under way, resent")
-			require.NoError(t, g.Settle(context.Background(), retry, false, 0), "the retry's work failed: release")
+		retry := w.gateNoted(t, g, w.cust, "m1", hold) // the client retries: the record has the hold
+		require.NotNil(t, retry.Hold)
+		assert.Equal(t, d.Hold.ID, retry.Hold.ID, "the hold whose commit is under way, resent")
+		require.NoError(t, g.Settle(context.Background(), retry, false, 0), "the retry's work failed: release")
 
-			again := w.gateNoted(t, g, w.cust, "m1", hold) // and the client retries once more
-			if again.Hold != nil {
-				require.NoError(t, g.Settle(context.Background(), again, true, 0))
-			}
-			assert.Equal(t, int64(1_000), w.chargedChatMC(), "one message, charged once")
-		})
-	}
+		again := w.gateNoted(t, g, w.cust, "m1", hold) // and the client retries once more
+		if again.Hold != nil {
+			require.NoError(t, g.Settle(context.Background(), again, true, 0))
+		}
+		assert.Equal(t, int64(1_000), w.chargedChatMC(), "one message, charged once")
+	})
 }
 
 // Found by the reliability soak (two-phase middleware at the rate limit):
@@ -140,33 +130,28 @@ func TestTwoPhaseReleaseAfterALostCommitKeepsTheCharge(t *testing.T) {
 // until its settle time runs out.
 func TestTwoPhaseCommitRetriedPastAnOutage(t *testing.T) {
 	t.Parallel()
-	for _, m := range chargeModes {
-		t.Run(m.name, func(t *testing.T) {
-			t.Parallel()
-			w := setup(t, 250_000, m.opts...)
-			w.grantPlanCredits(t, 50_000)
-			g := w.gate(t)
-			var settleErr error
-			settled := false
-			next := http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
-				// The work is done; meanwhile QuotaStack stops answering commits for a while.
-				w.srv.InjectFault(quotastacktest.Fault{Method: http.MethodPost, PathPrefix: "/v1/reserve/", Status: http.StatusServiceUnavailable, Count: 12})
-				w.srv.NoteAllowed(user, "chat_message", "m1", 1)
-				_, _ = rw.Write([]byte("done"))
-			})
-			h := autobuy.Middleware(g, func(r *http.Request) (autobuy.Action, error) {
-				return autobuy.Action{Customer: w.cust, Metric: "chat_message", EventID: "m1"}, nil
-			}, autobuy.TwoPhase(time.Minute), autobuy.OnSettle(func(_ *http.Request, _ autobuy.Decision, committed bool, err error) {
-				settled, settleErr = committed, err
-			}))(next)
-			rec := httptest.NewRecorder()
-			h.ServeHTTP(rec, httptest.NewRequest(http.MethodPost, "/chat", strings.NewReader("hi")))
-			require.Equal(t, http.StatusOK, rec.Code)
-			assert.True(t, settled)
-			assert.NoError(t, settleErr)
-			assert.Equal(t, int64(1_000), w.chargedChatMC(), "the work done is charged")
+	inChargeModes(t, 50_000, func(t *testing.T, w *world) {
+		g := w.gate(t)
+		var settleErr error
+		settled := false
+		next := http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+			// The work is done; meanwhile QuotaStack stops answering commits for a while.
+			w.srv.InjectFault(quotastacktest.Fault{Method: http.MethodPost, PathPrefix: "/v1/reserve/", Status: http.StatusServiceUnavailable, Count: 12})
+			w.srv.NoteAllowed(user, "chat_message", "m1", 1)
+			_, _ = rw.Write([]byte("done"))
 		})
-	}
+		h := autobuy.Middleware(g, func(r *http.Request) (autobuy.Action, error) {
+			return autobuy.Action{Customer: w.cust, Metric: "chat_message", EventID: "m1"}, nil
+		}, autobuy.TwoPhase(time.Minute), autobuy.OnSettle(func(_ *http.Request, _ autobuy.Decision, committed bool, err error) {
+			settled, settleErr = committed, err
+		}))(next)
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest(http.MethodPost, "/chat", strings.NewReader("hi")))
+		require.Equal(t, http.StatusOK, rec.Code)
+		assert.True(t, settled)
+		assert.NoError(t, settleErr)
+		assert.Equal(t, int64(1_000), w.chargedChatMC(), "the work done is charged")
+	})
 }
 
 // Found by the reliability soak: an event whose usage record executed but
@@ -228,57 +213,52 @@ func TestPendingUsageIsResentBeforeTheCheck(t *testing.T) {
 // customer checked again.
 func TestLeaseReservedBeforeThePurchaseIsSettledNotBoughtAround(t *testing.T) {
 	t.Parallel()
-	for _, m := range chargeModes {
-		t.Run(m.name, func(t *testing.T) {
-			t.Parallel()
-			w := setup(t, 250_000, m.opts...)
-			w.grantPlanCredits(t, 10_000)
-			shared := newStores()
-			leased := w.gate(t, append(shared.opts(), leaseOf(50))...)
-			w.gateNoted(t, leased, w.cust, "l1") // a lease of the 10 actions' credits
-			// The lease is being committed (no action is taken from it now).
-			l, found, err := shared.charges.Lease(context.Background(), w.uuid(t), "chat_message")
-			require.NoError(t, err)
-			require.True(t, found)
-			l.Committing = true
-			require.NoError(t, shared.charges.PutLease(context.Background(), &l))
-			var armed sync.Once
-			hooked, err := quotastack.NewClient(w.srv.APIKey, quotastack.WithBaseURL(w.srv.URL),
-				quotastack.WithRetry(4, time.Millisecond, 10*time.Millisecond),
-				quotastack.WithTransport(roundTrip(func(r *http.Request) (*http.Response, error) {
-					if r.Method == http.MethodPost && r.URL.Path == "/v1/usage" {
-						// Just before this gate's record, the other Gatekeeper
-						// gates an action: it reserves a new lease of what is left
-						// (or waits for the lease lock).
-						armed.Do(func() {
-							done := make(chan struct{})
-							go func() {
-								defer close(done)
-								w.gateNoted(t, leased, w.cust, "l2")
-							}()
-							select {
-							case <-done:
-							case <-time.After(300 * time.Millisecond):
-							}
-						})
-					}
-					return http.DefaultTransport.RoundTrip(r)
-				})))
-			require.NoError(t, err)
-			plain, err := autobuy.New(hooked, append(shared.opts(), autobuy.WithPlan(hourPlan))...)
-			require.NoError(t, err)
-			d := w.gateNoted(t, plain, w.cust, "p1")
-			assert.True(t, d.Allowed, "%s", d.Reason)
-			assert.Nil(t, d.Purchase, "no plan bought while a lease holds credits")
-			require.Eventually(t, func() bool {
-				_, err := leased.Gate(context.Background(), w.cust, "chat_message", autobuy.WithEventID("l2"))
-				return err == nil // l2 decided (a replay once its first gate is through)
-			}, 5*time.Second, 10*time.Millisecond)
-			require.NoError(t, leased.Close(context.Background()))
-			assert.Zero(t, w.planGrants())
-			assert.Equal(t, int64(3_000), w.chargedChatMC(), "l1, l2 and p1")
-		})
-	}
+	inChargeModes(t, 10_000, func(t *testing.T, w *world) {
+		shared := newStores()
+		leased := w.gate(t, append(shared.opts(), leaseOf(50))...)
+		w.gateNoted(t, leased, w.cust, "l1") // a lease of the 10 actions' credits
+		// The lease is being committed (no action is taken from it now).
+		l, found, err := shared.charges.Lease(context.Background(), w.uuid(t), "chat_message")
+		require.NoError(t, err)
+		require.True(t, found)
+		l.Committing = true
+		require.NoError(t, shared.charges.PutLease(context.Background(), &l))
+		var armed sync.Once
+		hooked, err := quotastack.NewClient(w.srv.APIKey, quotastack.WithBaseURL(w.srv.URL),
+			quotastack.WithRetry(4, time.Millisecond, 10*time.Millisecond),
+			quotastack.WithTransport(roundTrip(func(r *http.Request) (*http.Response, error) {
+				if r.Method == http.MethodPost && r.URL.Path == "/v1/usage" {
+					// Just before this gate's record, the other Gatekeeper
+					// gates an action: it reserves a new lease of what is left
+					// (or waits for the lease lock).
+					armed.Do(func() {
+						done := make(chan struct{})
+						go func() {
+							defer close(done)
+							w.gateNoted(t, leased, w.cust, "l2")
+						}()
+						select {
+						case <-done:
+						case <-time.After(300 * time.Millisecond):
+						}
+					})
+				}
+				return http.DefaultTransport.RoundTrip(r)
+			})))
+		require.NoError(t, err)
+		plain, err := autobuy.New(hooked, append(shared.opts(), autobuy.WithPlan(hourPlan))...)
+		require.NoError(t, err)
+		d := w.gateNoted(t, plain, w.cust, "p1")
+		assert.True(t, d.Allowed, "%s", d.Reason)
+		assert.Nil(t, d.Purchase, "no plan bought while a lease holds credits")
+		require.Eventually(t, func() bool {
+			_, err := leased.Gate(context.Background(), w.cust, "chat_message", autobuy.WithEventID("l2"))
+			return err == nil // l2 decided (a replay once its first gate is through)
+		}, 5*time.Second, 10*time.Millisecond)
+		require.NoError(t, leased.Close(context.Background()))
+		assert.Zero(t, w.planGrants())
+		assert.Equal(t, int64(3_000), w.chargedChatMC(), "l1, l2 and p1")
+	})
 }
 
 type roundTrip func(*http.Request) (*http.Response, error)
@@ -368,23 +348,18 @@ func (h *sendHook) PutCharge(ctx context.Context, c *autobuy.Charge) error {
 // usage record, never two.
 func TestConcurrentGatesOfOneEventChargeOnce(t *testing.T) {
 	t.Parallel()
-	for _, m := range chargeModes {
-		t.Run(m.name, func(t *testing.T) {
-			t.Parallel()
-			w := setup(t, 250_000, m.opts...)
-			w.grantPlanCredits(t, 50_000)
-			log := &sendHook{ChargeLog: autobuy.NewMemoryChargeLog(0)}
-			first := w.gate(t, autobuy.WithChargeLog(log))
-			second := w.gate(t, autobuy.WithChargeLog(log))
-			var inner autobuy.Decision
-			log.fn = func() { inner = w.gateNoted(t, second, w.cust, "m1") }
-			d := w.gateNoted(t, first, w.cust, "m1")
-			assert.True(t, inner.Allowed)
-			assert.False(t, inner.Replayed, "the second gate charged it")
-			assert.True(t, d.Allowed)
-			assert.True(t, d.Replayed, "the first answers from the record")
-			assert.Len(t, w.usageFor("chat_message"), 1)
-			assert.Equal(t, int64(1_000), w.chargedChatMC())
-		})
-	}
+	inChargeModes(t, 50_000, func(t *testing.T, w *world) {
+		log := &sendHook{ChargeLog: autobuy.NewMemoryChargeLog(0)}
+		first := w.gate(t, autobuy.WithChargeLog(log))
+		second := w.gate(t, autobuy.WithChargeLog(log))
+		var inner autobuy.Decision
+		log.fn = func() { inner = w.gateNoted(t, second, w.cust, "m1") }
+		d := w.gateNoted(t, first, w.cust, "m1")
+		assert.True(t, inner.Allowed)
+		assert.False(t, inner.Replayed, "the second gate charged it")
+		assert.True(t, d.Allowed)
+		assert.True(t, d.Replayed, "the first answers from the record")
+		assert.Len(t, w.usageFor("chat_message"), 1)
+		assert.Equal(t, int64(1_000), w.chargedChatMC())
+	})
 }

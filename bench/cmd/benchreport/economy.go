@@ -260,11 +260,11 @@ func (r report) scale(cmd string) {
 			l["first_alloc_kb"], l["last_alloc_kb"], l["alloc_ratio"], l["heap_mb_first"], l["heap_mb_last"])
 	}
 	for _, l := range fh {
-		r.printf("\nThe fake after %s requests (%s usage events): live heap %s MiB after the first tenth, %s MiB half-way, %s MiB at the end "+
+		r.printf("\nThe fake after %s requests (%s usage events): live heap above the process's before it started (%s MiB) %s MiB after the first tenth, %s MiB half-way, %s MiB at the end "+
 			"(per tenth: %s MiB); %s requests left the request log. Past half-way the request log, the idempotency store and the money history "+
 			"(the last quotastacktest.DefaultHistoryLimit ledger entries in full, older ones folded into sums: WithHistoryLimit) are at their bounds: "+
 			"%s bytes per executed usage event still kept.\n",
-			l["requests"], l["usage_events"], l["heap_mb_after_first_tenth"], l["heap_mb_at_half"], l["heap_mb_at_end"],
+			l["requests"], l["usage_events"], l["heap_mb_before"], l["heap_mb_after_first_tenth"], l["heap_mb_at_half"], l["heap_mb_at_end"],
 			strings.Trim(l["heap_mb_per_tenth"], "[]"), l["requests_forgotten"], l["bytes_per_usage_event_second_half"])
 	}
 }
