@@ -57,10 +57,11 @@ func (g *Gatekeeper) canonicalID(customer quotastack.Customer) (string, bool) {
 // eventRecord is the gate's handle on the Charge of the event it gates.
 type eventRecord struct {
 	c       Charge
-	claimed bool // this gate holds the claim (created it, took over a pending one, or reclaimed a void one)
+	claimed bool // this gate holds the claim (created it, took over a claimed or pending one, or reclaimed a void one)
 	// resend: the claim was taken over pending on a usage record or a hold
 	// whose request may have executed (its answer lost): it is sent again
-	// under the same key before anything else.
+	// under the same key before the event is decided any other way
+	// (resendPending, resendRefused).
 	resend bool
 }
 
@@ -310,9 +311,9 @@ func (g *Gatekeeper) switchVia(ctx context.Context, rec *eventRecord, via string
 
 // finishEvent writes what the gate did with the event before it answers:
 // charged, held or leased when allowed, void when denied (nothing charged; a
-// later gate charges it under the next key). An error leaves the claim
-// pending: the outcome of its last request may be unknown, and the next gate
-// of the event resends it under the same keys.
+// later gate charges it under the next key). An error leaves the record as
+// it is: pending when a request was sent (its outcome may be unknown, and the
+// next gate of the event resends it under the same key), claimed when none was.
 func (g *Gatekeeper) finishEvent(ctx context.Context, rec *eventRecord, d Decision, err error, key *usageKey) {
 	if !rec.claimed || err != nil || d.Fallback || d.Replayed {
 		return
