@@ -146,7 +146,7 @@ func (g *Gatekeeper) leased(ctx context.Context, customerID, metric string, cfg 
 		if took {
 			if g.leaseDue(l) {
 				// Half its TTL has passed: commit it now, ahead of its expiry.
-				if err := g.renewLease(ctx, customerID, metric, cfg, false); err != nil {
+				if _, _, err := g.renewLease(ctx, customerID, metric, cfg, false); err != nil {
 					g.log.WarnContext(ctx, "autobuy: committing a due lease failed; retried later", "reservation", l.ReservationID, "error", err)
 				}
 			}
@@ -157,7 +157,13 @@ func (g *Gatekeeper) leased(ctx context.Context, customerID, metric string, cfg 
 			return Decision{}, false, nil, nil
 		}
 		// No lease, a full one, or one being committed: settle and reserve anew.
-		err = g.renewLease(ctx, customerID, metric, cfg, true)
+		nl, served, err := g.renewLease(ctx, customerID, metric, cfg, true)
+		if err == nil && served {
+			// This gate's reserve: its action was counted on the new lease as it
+			// was activated (the gates waiting for it can't drain it first).
+			return Decision{Allowed: true, Reason: ReasonEntitled, CustomerID: customerID, Leased: true,
+				leaseID: nl.ReservationID}, true, nil, nil
+		}
 		var ref *leaseRefusal
 		if errors.As(err, &ref) {
 			return Decision{}, false, ref.ent, nil
@@ -188,45 +194,51 @@ func (g *Gatekeeper) leaseDue(l Lease) bool {
 
 // renewLease, under the customer's lock, settles the customer's lease
 // if it is full, due or being committed, and (reserve true) reserves a new
-// one sized to what the customer acts and can afford.
-func (g *Gatekeeper) renewLease(ctx context.Context, customerID, metric string, cfg gateConfig, reserve bool) error {
+// one sized to what the customer acts and can afford. served is true when
+// this gate's action (cfg.units) was counted on the lease it activated,
+// returned as l.
+func (g *Gatekeeper) renewLease(ctx context.Context, customerID, metric string, cfg gateConfig, reserve bool) (l Lease, served bool, err error) {
 	// The customer's purchase lock: a lease is never reserved or settled
 	// while a purchase for the customer is being decided, and the reverse.
 	unlock, err := g.lock(ctx, customerID)
 	if err != nil {
-		return err
+		return Lease{}, false, err
 	}
 	defer unlock()
+	take := int64(0)
+	if reserve {
+		take = cfg.units
+	}
 	l, found, err := g.charges.Lease(ctx, customerID, metric)
 	if err != nil {
-		return &chargeLogError{err}
+		return Lease{}, false, &chargeLogError{err}
 	}
 	if found && strings.HasPrefix(l.ReservationID, reservingPrefix) {
 		// A reserve whose answer never came (or whose gate died): resend it
 		// under its key; the server replays it, and the lease serves.
 		res, err := g.sendReserve(ctx, l)
 		if err == nil {
-			return g.activateLease(ctx, l, res)
+			return g.activateLease(ctx, l, res, take)
 		}
 		if quotastack.IsOutage(ctx, err) {
-			return err
+			return Lease{}, false, err
 		}
 		if derr := g.charges.DeleteLease(ctx, l); derr != nil && !errors.Is(derr, ErrChargeConflict) {
-			return &chargeLogError{derr}
+			return Lease{}, false, &chargeLogError{derr}
 		}
 		found = false // nothing was reserved under it: reserve anew
 	}
 	if found {
 		full := l.Used+cfg.units > l.Held
 		if !full && !l.Committing && !g.leaseDue(l) {
-			return nil // another gate renewed it meanwhile: take from it
+			return Lease{}, false, nil // another gate renewed it meanwhile: take from it
 		}
 		if err := g.settleLease(ctx, l); err != nil {
-			return err
+			return Lease{}, false, err
 		}
 	}
 	if !reserve {
-		return nil
+		return Lease{}, false, nil
 	}
 	return g.reserveLease(ctx, customerID, metric, cfg)
 }
@@ -239,9 +251,10 @@ func (g *Gatekeeper) renewLease(ctx context.Context, customerID, metric string, 
 // by a reservation nobody knows about.
 const reservingPrefix = "reserving:"
 
-// reserveLease reserves a new lease; a 402 resizes it to what the customer
-// can afford, from the 402's figures, or refuses it (leaseRefusal).
-func (g *Gatekeeper) reserveLease(ctx context.Context, customerID, metric string, cfg gateConfig) error {
+// reserveLease reserves a new lease and counts the gate's action on it as it
+// is activated (served); a 402 resizes it to what the customer can afford,
+// from the 402's figures, or refuses it (leaseRefusal).
+func (g *Gatekeeper) reserveLease(ctx context.Context, customerID, metric string, cfg gateConfig) (Lease, bool, error) {
 	ls := g.leases
 	k := [2]string{customerID, metric}
 	actions := ls.nextSize(k)
@@ -254,10 +267,10 @@ func (g *Gatekeeper) reserveLease(ctx context.Context, customerID, metric string
 		l.Held = actions * cfg.units
 		err := g.charges.PutLease(ctx, &l) // this attempt's key, before it is sent
 		if errors.Is(err, ErrChargeConflict) {
-			return nil // another gate's lease got there first: take from it
+			return Lease{}, false, nil // another gate's lease got there first: take from it
 		}
 		if err != nil {
-			return &chargeLogError{err}
+			return Lease{}, false, &chargeLogError{err}
 		}
 		res, err := g.sendReserve(ctx, l)
 		if errors.Is(err, quotastack.ErrInsufficientCredits) {
@@ -271,7 +284,7 @@ func (g *Gatekeeper) reserveLease(ctx context.Context, customerID, metric string
 				continue
 			}
 			if derr := g.charges.DeleteLease(ctx, l); derr != nil && !errors.Is(derr, ErrChargeConflict) {
-				return &chargeLogError{derr}
+				return Lease{}, false, &chargeLogError{derr}
 			}
 			ls.block(k)
 			ent, _ := refusalFrom(err, customerID, metric, cfg.units)
@@ -283,12 +296,12 @@ func (g *Gatekeeper) reserveLease(ctx context.Context, customerID, metric string
 					ent = nil // one action may fit after all: let the check decide
 				}
 			}
-			return &leaseRefusal{ent: ent}
+			return Lease{}, false, &leaseRefusal{ent: ent}
 		}
 		if err != nil {
-			return err // the record stays: the next gate or the linger resolves it with the same key
+			return Lease{}, false, err // the record stays: the next gate or the linger resolves it with the same key
 		}
-		return g.activateLease(ctx, l, res)
+		return g.activateLease(ctx, l, res, cfg.units)
 	}
 }
 
@@ -302,8 +315,9 @@ func (g *Gatekeeper) sendReserve(ctx context.Context, l Lease) (*quotastack.Rese
 }
 
 // activateLease turns a reserving lease into the reservation res: it serves
-// from now on.
-func (g *Gatekeeper) activateLease(ctx context.Context, l Lease, res *quotastack.Reservation) error {
+// from now on, and take units (the activating gate's action; 0 for none) are
+// counted on it in the same write. served reports that they were.
+func (g *Gatekeeper) activateLease(ctx context.Context, l Lease, res *quotastack.Reservation, take int64) (Lease, bool, error) {
 	l.ReservationID, l.Committing = res.ID, false
 	if res.EstimatedUnits > 0 {
 		l.Held = res.EstimatedUnits
@@ -311,13 +325,18 @@ func (g *Gatekeeper) activateLease(ctx context.Context, l Lease, res *quotastack
 	if !res.ExpiresAt.IsZero() {
 		l.ExpiresAt = res.ExpiresAt // the server's; without it, our clock and our TTL
 	}
+	served := take > 0 && l.Used+take <= l.Held
+	if served {
+		l.Used += take
+		l.LastUsed = g.now()
+	}
 	if err := g.charges.PutLease(ctx, &l); err != nil {
 		if errors.Is(err, ErrChargeConflict) {
-			return nil // moved meanwhile (another gate resolved it): the caller looks again
+			return Lease{}, false, nil // moved meanwhile (another gate resolved it): the caller looks again
 		}
-		return &chargeLogError{err}
+		return Lease{}, false, &chargeLogError{err}
 	}
-	return nil
+	return l, served, nil
 }
 
 // settleLease commits what l counted (or releases an unused one) and

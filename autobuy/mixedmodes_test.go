@@ -363,3 +363,44 @@ func TestConcurrentGatesOfOneEventChargeOnce(t *testing.T) {
 		assert.Equal(t, int64(1_000), w.chargedChatMC())
 	})
 }
+
+// drainOnActivate is a ChargeLog on which other gates take every unit of a
+// lease the moment it is activated, before the gate that reserved it looks.
+type drainOnActivate struct {
+	autobuy.ChargeLog
+	drained atomic.Int64
+}
+
+func (d *drainOnActivate) PutLease(ctx context.Context, l *autobuy.Lease) error {
+	activating := l.Rev > 0 && !l.Committing && !strings.HasPrefix(l.ReservationID, "reserving:")
+	if err := d.ChargeLog.PutLease(ctx, l); err != nil || !activating {
+		return err
+	}
+	for {
+		_, ok, err := d.TakeLease(ctx, l.CustomerID, l.Metric, 1, time.Now())
+		if err != nil || !ok {
+			return err
+		}
+		d.drained.Add(1)
+	}
+}
+
+// Found by the request-economy benchmark (lease mode, 64 goroutines on hot
+// customers): the gate that settled a full lease and reserved the next one
+// then raced every waiting gate for its units, and could lose them all and
+// renew again, past its deadline. Its action is counted on the lease in the
+// write that activates it: a gate that renews is served by its renewal.
+func TestTheGateThatRenewsALeaseIsServedFromIt(t *testing.T) {
+	t.Parallel()
+	inChargeModes(t, 50_000, func(t *testing.T, w *world) {
+		log := &drainOnActivate{ChargeLog: autobuy.NewMemoryChargeLog(0)}
+		g := w.gate(t, autobuy.WithChargeLog(log), leaseOf(10))
+		d, err := g.Gate(context.Background(), w.cust, "chat_message", autobuy.WithEventID("m1"))
+		require.NoError(t, err)
+		assert.True(t, d.Allowed)
+		assert.True(t, d.Leased, "served by the lease it reserved")
+		require.NoError(t, g.Close(context.Background()))
+		assert.Equal(t, int64(9), log.drained.Load(), "the others got the rest")
+		assert.Equal(t, int64(10_000), w.chargedChatMC(), "the lease's 10 units, committed once")
+	})
+}
