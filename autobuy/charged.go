@@ -241,7 +241,7 @@ func (g *Gatekeeper) resend(ctx context.Context, rec *eventRecord, d *Decision, 
 // that finds it claimed knows nothing was sent. A record another gate moved
 // meanwhile is read again: pending or claimed, this gate sends under the
 // same attempt's key; charged, held or leased, the event was decided by
-// that gate (errDecidedElsewhere).
+// that gate (a decidedElsewhere error, answered from the record).
 func (g *Gatekeeper) markSending(ctx context.Context, key *usageKey) error {
 	rec := key.rec
 	if rec == nil || !rec.claimed || key.event == "" {
