@@ -34,7 +34,10 @@ type LeaseConfig struct {
 // (WithChargeLog) before it goes through. The units counted are committed
 // when the lease is full, half its TTL old, idle for Linger, and on Flush or
 // Close. With a shared ChargeLog the replicas share one lease per customer
-// and metric, and a restarted process commits what a dead one counted.
+// and metric, and a restarted process commits what a dead one counted. A gate
+// that renews a full lease (commit, then reserve) is served by the new one;
+// called without a deadline of its own, it finishes the renewal within the
+// purchase timeout (WithPurchaseTimeout), as a purchase.
 //
 // Guarantees, in the words of the general promise: an event (WithEventID) is
 // charged once whatever mode, replica or id form gates it again; credits held
@@ -205,6 +208,15 @@ func (g *Gatekeeper) renewLease(ctx context.Context, customerID, metric string, 
 		return Lease{}, false, err
 	}
 	defer unlock()
+	if _, ok := ctx.Deadline(); !ok {
+		// A caller without a deadline of its own: the renewal (a commit sent,
+		// then a reserve) is finished within the purchase timeout, as a
+		// purchase is, not cut between its two requests by the client's
+		// default timeout of the gate. A caller's own deadline is kept.
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, g.purchaseTimeout)
+		defer cancel()
+	}
 	take := int64(0)
 	if reserve {
 		take = cfg.units

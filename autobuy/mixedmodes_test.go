@@ -404,3 +404,48 @@ func TestTheGateThatRenewsALeaseIsServedFromIt(t *testing.T) {
 		assert.Equal(t, int64(10_000), w.chargedChatMC(), "the lease's 10 units, committed once")
 	})
 }
+
+// Found by the request-economy benchmark (lease mode, 64 goroutines with
+// context.Background()): a gate that found the lease full sent its commit,
+// and the client's default timeout of the gate ran out before its reserve.
+// A renewal is finished as a purchase is, within the purchase timeout, when
+// the caller gave no deadline; a caller's own deadline is kept.
+func TestLeaseRenewalOutlivesTheDefaultTimeoutNotTheCallersDeadline(t *testing.T) {
+	t.Parallel()
+	inChargeModes(t, 50_000, func(t *testing.T, w *world) {
+		var slow atomic.Bool
+		c, err := quotastack.NewClient(w.srv.APIKey, quotastack.WithBaseURL(w.srv.URL),
+			quotastack.WithRetry(4, time.Millisecond, 10*time.Millisecond), quotastack.WithTimeout(300*time.Millisecond),
+			quotastack.WithTransport(roundTrip(func(r *http.Request) (*http.Response, error) {
+				if slow.Load() && r.Method == http.MethodPost && r.URL.Path == "/v1/reserve" {
+					select {
+					case <-time.After(400 * time.Millisecond):
+					case <-r.Context().Done():
+						return nil, r.Context().Err()
+					}
+				}
+				return http.DefaultTransport.RoundTrip(r)
+			})))
+		require.NoError(t, err)
+		g, err := autobuy.New(c, autobuy.WithPlan(hourPlan), autobuy.WithChargeLog(autobuy.NewMemoryChargeLog(0)), leaseOf(2))
+		require.NoError(t, err)
+		w.gateNoted(t, g, w.cust, "m1") // a lease of 2 actions
+		w.gateNoted(t, g, w.cust, "m2")
+		slow.Store(true) // reserves now take longer than the client's default timeout
+
+		d := w.gateNoted(t, g, w.cust, "m3") // the lease is full: commit, then the slow reserve
+		assert.True(t, d.Leased, "served by the renewed lease")
+		w.gateNoted(t, g, w.cust, "m4")
+
+		ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+		defer cancel()
+		start := time.Now()
+		_, err = g.Gate(ctx, w.cust, "chat_message", autobuy.WithEventID("m5"))
+		require.Error(t, err, "the caller's own deadline is kept")
+		assert.Less(t, time.Since(start), 390*time.Millisecond)
+
+		slow.Store(false)
+		require.NoError(t, g.Close(context.Background()))
+		assert.Equal(t, int64(4_000), w.chargedChatMC(), "m1 to m4, once each")
+	})
+}
