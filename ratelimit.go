@@ -198,20 +198,9 @@ func (g *rateGate) waitPause(ctx context.Context, deadline time.Time) error {
 		if !deadline.IsZero() {
 			left = min(left, deadline.Sub(now))
 		}
-		if err := sleep(ctx, left); err != nil {
+		if err := retry.Sleep(ctx, left); err != nil {
 			return err
 		}
-	}
-}
-
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
 	}
 }
 

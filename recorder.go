@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/quotastack/quotastack-go/internal/idem"
+	"github.com/quotastack/quotastack-go/internal/retry"
 )
 
 // Defaults of a Recorder.
@@ -323,7 +324,7 @@ func (r *Recorder) send(ctx context.Context, b *sentBatch) {
 		r.mu.Lock()
 		r.stats.Retries++
 		r.mu.Unlock()
-		if sleep(ctx, recorderBackoff(attempt)) != nil {
+		if retry.Sleep(ctx, recorderBackoff(attempt)) != nil {
 			r.report(b, nil, gaveUp(err))
 			return
 		}

@@ -9,6 +9,7 @@ import (
 
 	"github.com/quotastack/quotastack-go"
 	"github.com/quotastack/quotastack-go/internal/idem"
+	"github.com/quotastack/quotastack-go/internal/retry"
 )
 
 // How an event is charged (Charge.Via).
@@ -144,7 +145,7 @@ func (g *Gatekeeper) claimEvent(ctx context.Context, rec *eventRecord, customerI
 				d := replayDecision(stored)
 				return &d, nil
 			}
-			if err := sleepCtx(ctx, 10*time.Millisecond); err != nil {
+			if err := retry.Sleep(ctx, 10*time.Millisecond); err != nil {
 				return nil, err
 			}
 			continue
@@ -164,17 +165,6 @@ func (g *Gatekeeper) claimEvent(ctx context.Context, rec *eventRecord, customerI
 		if tries >= 8 {
 			return nil, &chargeLogError{errors.New("the record of event " + cfg.eventID + " keeps changing")}
 		}
-	}
-}
-
-func sleepCtx(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
 	}
 }
 

@@ -12,6 +12,7 @@ import (
 
 	"github.com/quotastack/quotastack-go"
 	"github.com/quotastack/quotastack-go/internal/idem"
+	"github.com/quotastack/quotastack-go/internal/retry"
 )
 
 // LeaseConfig configures lease mode (WithLease).
@@ -576,7 +577,7 @@ func (g *Gatekeeper) settleAgain(ctx context.Context, l Lease, err error) error 
 	deadline := time.Now().Add(g.purchaseTimeout)
 	wait := 50 * time.Millisecond
 	for err != nil && quotastack.IsOutage(ctx, err) && time.Now().Add(wait).Before(deadline) {
-		if serr := sleepCtx(ctx, wait); serr != nil {
+		if serr := retry.Sleep(ctx, wait); serr != nil {
 			return err
 		}
 		wait = min(2*wait, time.Second)

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/quotastack/quotastack-go"
+	"github.com/quotastack/quotastack-go/internal/retry"
 )
 
 // Action is what a request wants to do: who pays, on which metric, how many
@@ -215,7 +216,7 @@ func serveHeld(w http.ResponseWriter, r *http.Request, next http.Handler, g *Gat
 		// hold is settled again (Settle is idempotent) until the settle time
 		// runs out, rather than left to expire uncharged.
 		for wait := 50 * time.Millisecond; err != nil && quotastack.IsOutage(ctx, err) && ctx.Err() == nil; wait = min(2*wait, time.Second) {
-			if sleepCtx(ctx, wait) != nil {
+			if retry.Sleep(ctx, wait) != nil {
 				break
 			}
 			err = g.Settle(ctx, d, commit, 0)

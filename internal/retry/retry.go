@@ -3,6 +3,7 @@
 package retry
 
 import (
+	"context"
 	"math/rand/v2"
 	"net/http"
 	"strconv"
@@ -99,4 +100,16 @@ func retryAfterWait(d, minWait, maxWait time.Duration) time.Duration {
 		return maxWait
 	}
 	return base + j
+}
+
+// Sleep waits d, or until ctx ends (its error).
+func Sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
 }
