@@ -73,11 +73,14 @@ func (g *Gatekeeper) decide(ctx context.Context, customer quotastack.Customer, m
 	id, known := g.canonicalID(customer)
 	if !known && g.leases != nil && !cfg.reserve {
 		// Leases and records are found by the QuotaStack id: one GET, once
-		// per customer and process, instead of a check and a record.
-		if c, err := g.client.GetCustomer(ctx, customer); err == nil && c.CustomerID != "" {
-			id, known = c.CustomerID, true
-			g.learnID(customer, id)
-		}
+		// per customer and process, shared by the gates that need it at once.
+		id, known = g.ids.lookup(ctx, customer.ID(), func() (string, error) {
+			c, err := g.client.GetCustomer(quotastack.BeginOperation(context.Background()), customer)
+			if err != nil {
+				return "", err
+			}
+			return c.CustomerID, nil
+		})
 	}
 	if known && cfg.eventID != "" {
 		via := viaUsage

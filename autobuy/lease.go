@@ -35,10 +35,12 @@ type LeaseConfig struct {
 // (WithChargeLog) before it goes through. The units counted are committed
 // when the lease is full, half its TTL old, idle for Linger, and on Flush or
 // Close. With a shared ChargeLog the replicas share one lease per customer
-// and metric, and a restarted process commits what a dead one counted. A gate
-// that renews a full lease (commit, then reserve) is served by the new one;
-// called without a deadline of its own, it finishes the renewal within the
-// purchase timeout (WithPurchaseTimeout), as a purchase.
+// and metric, and a restarted process commits what a dead one counted. A
+// full lease is renewed (commit, then reserve) once per process, on a
+// context of its own within the purchase timeout (WithPurchaseTimeout): the
+// gates waiting for it are counted on the new lease; one whose deadline ends
+// first has sent nothing of its own, is counted on nothing, and returns an
+// error matching its context's (the fallback policy decides).
 //
 // Guarantees, in the words of the general promise: an event (WithEventID) is
 // charged once whatever mode, replica or id form gates it again; credits held
@@ -60,7 +62,8 @@ func WithLease(cfg LeaseConfig) Option {
 		if cfg.Linger <= 0 {
 			cfg.Linger = 10 * time.Second
 		}
-		g.leases = &leases{cfg: cfg, noLease: map[[2]string]time.Time{}, size: map[[2]string]int64{}}
+		g.leases = &leases{cfg: cfg, noLease: map[[2]string]time.Time{}, size: map[[2]string]int64{},
+			renewing: map[[2]string]*renewal{}}
 	}
 }
 
@@ -71,8 +74,10 @@ type leases struct {
 	mu      sync.Mutex
 	noLease map[[2]string]time.Time // customer and metric: no lease to be had before then
 	size    map[[2]string]int64     // customer and metric: the next lease's actions
-	stop    chan struct{}
-	done    chan struct{}
+	// renewing holds the renewals running in this process, by customer and metric.
+	renewing map[[2]string]*renewal
+	stop     chan struct{}
+	done     chan struct{}
 }
 
 // leaseHintsMax bounds the hint maps; past it they are cleared (a cleared
@@ -149,10 +154,9 @@ func (g *Gatekeeper) leased(ctx context.Context, customerID, metric string, cfg 
 		}
 		if took {
 			if g.leaseDue(l) {
-				// Half its TTL has passed: commit it now, ahead of its expiry.
-				if _, _, err := g.renewLease(ctx, customerID, metric, cfg, false); err != nil {
-					g.log.WarnContext(ctx, "autobuy: committing a due lease failed; retried later", "reservation", l.ReservationID, "error", err)
-				}
+				// Half its TTL has passed: commit it now, ahead of its expiry,
+				// on its own (this action was served).
+				ls.renew(g, customerID, metric, cfg.units, nil)
 			}
 			return Decision{Allowed: true, Reason: ReasonEntitled, CustomerID: customerID, Leased: true,
 				leaseID: l.ReservationID}, true, nil, nil
@@ -160,11 +164,10 @@ func (g *Gatekeeper) leased(ctx context.Context, customerID, metric string, cfg 
 		if ls.blocked(k) {
 			return Decision{}, false, nil, nil
 		}
-		// No lease, a full one, or one being committed: settle and reserve anew.
-		nl, served, err := g.renewLease(ctx, customerID, metric, cfg, true)
+		// No lease, a full one, or one being committed: the renewal settles
+		// it and reserves anew, and counts this action on the new lease.
+		nl, served, err := g.awaitRenewal(ctx, customerID, metric, cfg.units)
 		if err == nil && served {
-			// This gate's reserve: its action was counted on the new lease as it
-			// was activated (the gates waiting for it can't drain it first).
 			return Decision{Allowed: true, Reason: ReasonEntitled, CustomerID: customerID, Leased: true,
 				leaseID: nl.ReservationID}, true, nil, nil
 		}
@@ -177,6 +180,160 @@ func (g *Gatekeeper) leased(ctx context.Context, customerID, metric string, cfg 
 		}
 	}
 	return Decision{}, false, nil, nil // lost every race for the lease: per action
+}
+
+// A renewal is the renewal of one customer's lease on one metric in this
+// process (settle it, reserve the next), shared by the gates that need it
+// meanwhile. It runs on a context of its own, within the purchase timeout:
+// a gate that stops waiting (its deadline) neither cuts it between its
+// requests nor is counted on the lease it reserves. The gates still waiting
+// when the new lease is activated are counted on it in the same write.
+type renewal struct {
+	units int64         // an action's units: sizes the lease
+	done  chan struct{} // closed when it has ended; lease and err are final then
+	lease Lease         // the lease it activated, if any
+	err   error
+
+	mu      sync.Mutex
+	waiters []*leaseWaiter
+}
+
+// leaseWaiter is a gate waiting for a renewal.
+type leaseWaiter struct {
+	units int64
+	state waiterState
+}
+
+type waiterState int
+
+const (
+	waiting  waiterState = iota
+	gone                 // stopped waiting: never counted
+	counting             // being counted in the activating write: its outcome decides
+	served               // counted on the renewal's lease
+)
+
+// renew joins the customer's running renewal on metric, or starts one; w
+// (nil for none) waits for it.
+func (ls *leases) renew(g *Gatekeeper, customerID, metric string, units int64, w *leaseWaiter) *renewal {
+	k := [2]string{customerID, metric}
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	r, running := ls.renewing[k]
+	if !running {
+		r = &renewal{units: units, done: make(chan struct{})}
+		ls.renewing[k] = r
+		go func() {
+			lease, err := g.runRenewal(customerID, metric, r)
+			ls.mu.Lock()
+			delete(ls.renewing, k)
+			ls.mu.Unlock()
+			r.lease, r.err = lease, err
+			close(r.done)
+		}()
+	}
+	if w != nil {
+		r.mu.Lock()
+		r.waiters = append(r.waiters, w)
+		r.mu.Unlock()
+	}
+	return r
+}
+
+// awaitRenewal waits for the customer's lease renewal on metric. served is
+// true when the gate's units were counted on the new lease l. A gate whose
+// ctx ends first stops waiting, counted on nothing, unless it is being
+// counted at that moment: then the write decides, and a counted gate is served.
+func (g *Gatekeeper) awaitRenewal(ctx context.Context, customerID, metric string, units int64) (l Lease, served bool, err error) {
+	w := &leaseWaiter{units: units}
+	r := g.leases.renew(g, customerID, metric, units, w)
+	select {
+	case <-r.done:
+	case <-ctx.Done():
+		if r.leave(w) {
+			return Lease{}, false, fmt.Errorf("autobuy: waiting for the lease of customer %s: %w", customerID, context.Cause(ctx))
+		}
+		<-r.done
+	}
+	if r.served(w) {
+		return r.lease, true, nil
+	}
+	return Lease{}, false, r.err
+}
+
+// leave takes w out of the renewal unless it is being counted or was.
+func (r *renewal) leave(w *leaseWaiter) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if w.state == waiting {
+		w.state = gone
+		return true
+	}
+	return false
+}
+
+func (r *renewal) served(w *leaseWaiter) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return w.state == served
+}
+
+// wanted reports whether a gate still waits for the lease.
+func (r *renewal) wanted() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, w := range r.waiters {
+		if w.state == waiting {
+			return true
+		}
+	}
+	return false
+}
+
+// count marks the waiting gates that fit in room units, in the order they
+// came, as being counted, and returns their units.
+func (r *renewal) count(room int64) int64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var n int64
+	for _, w := range r.waiters {
+		if w.state == waiting && w.units <= room-n {
+			w.state = counting
+			n += w.units
+		}
+	}
+	return n
+}
+
+// counted ends the counting: written, the gates counted are served;
+// otherwise they wait on (and are told nothing was counted when it ends).
+func (r *renewal) counted(written bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, w := range r.waiters {
+		if w.state == counting {
+			w.state = waiting
+			if written {
+				w.state = served
+			}
+		}
+	}
+}
+
+// runRenewal is a renewal's own work, on a context of its own bounded by
+// the purchase timeout. Its requests go ahead of new gates' in the rate
+// budget: they settle actions already let through and serve gates waiting.
+func (g *Gatekeeper) runRenewal(customerID, metric string, r *renewal) (Lease, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), g.purchaseTimeout)
+	defer cancel()
+	ctx = quotastack.BeginOperation(ctx, quotastack.OperationStarted())
+	l, err := g.renewLease(ctx, customerID, metric, r)
+	var ref *leaseRefusal
+	if err != nil && !errors.As(err, &ref) {
+		g.log.WarnContext(ctx, "autobuy: renewing a lease failed; retried by the next gate or the linger",
+			"customer_id", customerID, "metric", metric, "error", err)
+	}
+	return l, err
 }
 
 // leaseRefusal: the customer's credits can't cover one action on a lease.
@@ -197,63 +354,49 @@ func (g *Gatekeeper) leaseDue(l Lease) bool {
 }
 
 // renewLease, under the customer's lock, settles the customer's lease
-// if it is full, due or being committed, and (reserve true) reserves a new
-// one sized to what the customer acts and can afford. served is true when
-// this gate's action (cfg.units) was counted on the lease it activated,
-// returned as l.
-func (g *Gatekeeper) renewLease(ctx context.Context, customerID, metric string, cfg gateConfig, reserve bool) (l Lease, served bool, err error) {
+// if it is full, due or being committed, and, when a gate still waits for
+// r, reserves a new one sized to what the customer acts and can afford,
+// counting the waiting gates on it as it is activated.
+func (g *Gatekeeper) renewLease(ctx context.Context, customerID, metric string, r *renewal) (Lease, error) {
 	// The customer's purchase lock: a lease is never reserved or settled
 	// while a purchase for the customer is being decided, and the reverse.
 	unlock, err := g.lock(ctx, customerID)
 	if err != nil {
-		return Lease{}, false, err
+		return Lease{}, err
 	}
 	defer unlock()
-	if _, ok := ctx.Deadline(); !ok {
-		// A caller without a deadline of its own: the renewal (a commit sent,
-		// then a reserve) is finished within the purchase timeout, as a
-		// purchase is, not cut between its two requests by the client's
-		// default timeout of the gate. A caller's own deadline is kept.
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, g.purchaseTimeout)
-		defer cancel()
-	}
-	take := int64(0)
-	if reserve {
-		take = cfg.units
-	}
 	l, found, err := g.charges.Lease(ctx, customerID, metric)
 	if err != nil {
-		return Lease{}, false, &chargeLogError{err}
+		return Lease{}, &chargeLogError{err}
 	}
 	if found && strings.HasPrefix(l.ReservationID, reservingPrefix) {
 		// A reserve whose answer never came (or whose gate died): resend it
 		// under its key; the server replays it, and the lease serves.
 		res, err := g.sendReserve(ctx, l)
 		if err == nil {
-			return g.activateLease(ctx, l, res, take)
+			return g.activateLease(ctx, l, res, r)
 		}
 		if quotastack.IsOutage(ctx, err) {
-			return Lease{}, false, err
+			return Lease{}, err
 		}
 		if derr := g.charges.DeleteLease(ctx, l); derr != nil && !errors.Is(derr, ErrChargeConflict) {
-			return Lease{}, false, &chargeLogError{derr}
+			return Lease{}, &chargeLogError{derr}
 		}
 		found = false // nothing was reserved under it: reserve anew
 	}
 	if found {
-		full := l.Used+cfg.units > l.Held
+		full := l.Used+r.units > l.Held
 		if !full && !l.Committing && !g.leaseDue(l) {
-			return Lease{}, false, nil // another gate renewed it meanwhile: take from it
+			return Lease{}, nil // another gate renewed it meanwhile: take from it
 		}
 		if err := g.settleLease(ctx, l); err != nil {
-			return Lease{}, false, err
+			return Lease{}, err
 		}
 	}
-	if !reserve {
-		return Lease{}, false, nil
+	if !r.wanted() {
+		return Lease{}, nil // nobody waits for a new lease: the next gate reserves it
 	}
-	return g.reserveLease(ctx, customerID, metric, cfg)
+	return g.reserveLease(ctx, customerID, metric, r)
 }
 
 // reservingPrefix marks a lease whose reserve is in flight: its
@@ -264,26 +407,27 @@ func (g *Gatekeeper) renewLease(ctx context.Context, customerID, metric string, 
 // by a reservation nobody knows about.
 const reservingPrefix = "reserving:"
 
-// reserveLease reserves a new lease and counts the gate's action on it as it
-// is activated (served); a 402 resizes it to what the customer can afford,
-// from the 402's figures, or refuses it (leaseRefusal).
-func (g *Gatekeeper) reserveLease(ctx context.Context, customerID, metric string, cfg gateConfig) (Lease, bool, error) {
+// reserveLease reserves a new lease and counts the waiting gates on it as it
+// is activated; a 402 resizes it to what the customer can afford, from the
+// 402's figures, or refuses it (leaseRefusal).
+func (g *Gatekeeper) reserveLease(ctx context.Context, customerID, metric string, r *renewal) (Lease, error) {
+	units := r.units
 	ls := g.leases
 	k := [2]string{customerID, metric}
 	actions := ls.nextSize(k)
 	nonce := strconv.FormatInt(time.Now().UnixMilli(), 36) + "_" + strconv.FormatUint(rand.Uint64(), 36)
 	now := g.now()
-	l := Lease{CustomerID: customerID, Metric: metric, UnitsPerEvent: cfg.units, Committing: true,
+	l := Lease{CustomerID: customerID, Metric: metric, UnitsPerEvent: units, Committing: true,
 		ExpiresAt: now.Add(ls.cfg.TTL), CreatedAt: now, LastUsed: now}
 	for try := 0; ; try++ {
 		l.ReservationID = reservingPrefix + idem.Join("lease", customerID, metric, nonce, strconv.Itoa(try))
-		l.Held = actions * cfg.units
+		l.Held = actions * units
 		err := g.charges.PutLease(ctx, &l) // this attempt's key, before it is sent
 		if errors.Is(err, ErrChargeConflict) {
-			return Lease{}, false, nil // another gate's lease got there first: take from it
+			return Lease{}, nil // another gate's lease got there first: take from it
 		}
 		if err != nil {
-			return Lease{}, false, &chargeLogError{err}
+			return Lease{}, &chargeLogError{err}
 		}
 		res, err := g.sendReserve(ctx, l)
 		if errors.Is(err, quotastack.ErrInsufficientCredits) {
@@ -297,10 +441,10 @@ func (g *Gatekeeper) reserveLease(ctx context.Context, customerID, metric string
 				continue
 			}
 			if derr := g.charges.DeleteLease(ctx, l); derr != nil && !errors.Is(derr, ErrChargeConflict) {
-				return Lease{}, false, &chargeLogError{derr}
+				return Lease{}, &chargeLogError{derr}
 			}
 			ls.block(k)
-			ent, _ := refusalFrom(err, customerID, metric, cfg.units)
+			ent, _ := refusalFrom(err, customerID, metric, units)
 			if ent != nil && actions > 1 {
 				// The 402 priced the whole lease: restate it for one action.
 				ent.EstimatedCost = apiErr.Required / actions
@@ -309,12 +453,12 @@ func (g *Gatekeeper) reserveLease(ctx context.Context, customerID, metric string
 					ent = nil // one action may fit after all: let the check decide
 				}
 			}
-			return Lease{}, false, &leaseRefusal{ent: ent}
+			return Lease{}, &leaseRefusal{ent: ent}
 		}
 		if err != nil {
-			return Lease{}, false, err // the record stays: the next gate or the linger resolves it with the same key
+			return Lease{}, err // the record stays: the next gate or the linger resolves it with the same key
 		}
-		return g.activateLease(ctx, l, res, cfg.units)
+		return g.activateLease(ctx, l, res, r)
 	}
 }
 
@@ -328,9 +472,9 @@ func (g *Gatekeeper) sendReserve(ctx context.Context, l Lease) (*quotastack.Rese
 }
 
 // activateLease turns a reserving lease into the reservation res: it serves
-// from now on, and take units (the activating gate's action; 0 for none) are
-// counted on it in the same write. served reports that they were.
-func (g *Gatekeeper) activateLease(ctx context.Context, l Lease, res *quotastack.Reservation, take int64) (Lease, bool, error) {
+// from now on, and the gates waiting for r that fit are counted on it in the
+// same write.
+func (g *Gatekeeper) activateLease(ctx context.Context, l Lease, res *quotastack.Reservation, r *renewal) (Lease, error) {
 	l.ReservationID, l.Committing = res.ID, false
 	if res.EstimatedUnits > 0 {
 		l.Held = res.EstimatedUnits
@@ -338,18 +482,19 @@ func (g *Gatekeeper) activateLease(ctx context.Context, l Lease, res *quotastack
 	if !res.ExpiresAt.IsZero() {
 		l.ExpiresAt = res.ExpiresAt // the server's; without it, our clock and our TTL
 	}
-	served := take > 0 && l.Used+take <= l.Held
-	if served {
+	if take := r.count(l.Held - l.Used); take > 0 {
 		l.Used += take
 		l.LastUsed = g.now()
 	}
-	if err := g.charges.PutLease(ctx, &l); err != nil {
+	err := g.charges.PutLease(ctx, &l)
+	r.counted(err == nil)
+	if err != nil {
 		if errors.Is(err, ErrChargeConflict) {
-			return Lease{}, false, nil // moved meanwhile (another gate resolved it): the caller looks again
+			return Lease{}, nil // moved meanwhile (another gate resolved it): the gates look again
 		}
-		return Lease{}, false, &chargeLogError{err}
+		return Lease{}, &chargeLogError{err}
 	}
-	return l, served, nil
+	return l, nil
 }
 
 // settleLease commits what l counted (or releases an unused one) and
@@ -594,8 +739,9 @@ func (g *Gatekeeper) settleAgain(ctx context.Context, l Lease, err error) error 
 // (lease mode). The leases are reserved again on the next actions.
 func (g *Gatekeeper) Flush(ctx context.Context) error { return g.flushLeases(ctx, true) }
 
-// Close stops lease mode's background committer and commits every lease. A
-// gate used after Close starts them again. Without lease mode it does nothing.
+// Close stops lease mode's background committer, waits for the lease
+// renewals running, and commits every lease. A gate used after Close starts
+// them again. Without lease mode it does nothing.
 func (g *Gatekeeper) Close(ctx context.Context) error {
 	ls := g.leases
 	if ls == nil {
@@ -609,5 +755,26 @@ func (g *Gatekeeper) Close(ctx context.Context) error {
 		close(stop)
 		<-done
 	}
+	if err := ls.awaitRenewals(ctx); err != nil {
+		return err
+	}
 	return g.Flush(ctx)
+}
+
+// awaitRenewals waits for the renewals running in this process to end.
+func (ls *leases) awaitRenewals(ctx context.Context) error {
+	ls.mu.Lock()
+	running := make([]*renewal, 0, len(ls.renewing))
+	for _, r := range ls.renewing {
+		running = append(running, r)
+	}
+	ls.mu.Unlock()
+	for _, r := range running {
+		select {
+		case <-r.done:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
 }

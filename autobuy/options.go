@@ -162,9 +162,9 @@ func WithLogger(l *slog.Logger) Option { return func(g *Gatekeeper) { g.log = l 
 func WithFallback(p FallbackPolicy) Option { return func(g *Gatekeeper) { g.fallback = p } }
 
 // WithPurchaseTimeout bounds one purchase (debit, confirmation, grant), the
-// wait for the customer's lock, a lease's settle, and a lease renewal gated
-// without a deadline of the caller's own; default 30 s. A purchase runs to its
-// end even if the caller that started it gives up.
+// wait for the customer's lock, a lease's settle and a lease's renewal;
+// default 30 s. A purchase or a renewal runs to its end even if the caller
+// that started it gives up.
 func WithPurchaseTimeout(d time.Duration) Option {
 	return func(g *Gatekeeper) { g.purchaseTimeout = d }
 }

@@ -54,8 +54,56 @@ func (rf *recordFirst) synchronous() bool { return rf.armed.Load() && !rf.off.Lo
 // idCache maps external ids to QuotaStack ids, bounded: past max entries a
 // random half is dropped (a dropped customer costs one check again).
 type idCache struct {
-	mu sync.Mutex
-	m  map[string]string
+	mu      sync.Mutex
+	m       map[string]string
+	lookups map[string]*idLookup // external ids being looked up
+}
+
+// idLookup is one lookup of an external id, shared by the gates that need
+// it meanwhile; id and err are set before done is closed.
+type idLookup struct {
+	done chan struct{}
+	id   string
+	err  error
+}
+
+// lookup returns the QuotaStack id of external: from the cache, else from
+// one fetch shared by every caller that asks meanwhile. The fetch runs on a
+// context of its own (fetch sets it): a caller that stops waiting (its
+// deadline) neither cancels it nor wastes its request, whose answer is
+// cached for the next gate. ok is false when the id is not known in time.
+func (c *idCache) lookup(ctx context.Context, external string, fetch func() (string, error)) (id string, ok bool) {
+	c.mu.Lock()
+	if id, ok := c.m[external]; ok {
+		c.mu.Unlock()
+		return id, true
+	}
+	l, running := c.lookups[external]
+	if !running {
+		l = &idLookup{done: make(chan struct{})}
+		if c.lookups == nil {
+			c.lookups = map[string]*idLookup{}
+		}
+		c.lookups[external] = l
+		go func() {
+			id, err := fetch()
+			if err == nil && id != "" {
+				c.put(external, id)
+			}
+			c.mu.Lock()
+			delete(c.lookups, external)
+			c.mu.Unlock()
+			l.id, l.err = id, err
+			close(l.done)
+		}()
+	}
+	c.mu.Unlock()
+	select {
+	case <-l.done:
+		return l.id, l.err == nil && l.id != ""
+	case <-ctx.Done():
+		return "", false
+	}
 }
 
 const idCacheMax = 100_000

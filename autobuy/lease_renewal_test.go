@@ -1,0 +1,184 @@
+package autobuy_test
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/quotastack/quotastack-go"
+	"github.com/quotastack/quotastack-go/autobuy"
+)
+
+// gateSent tags a gate's context: the transport counts the requests sent
+// with it, so a test tells a gate's own requests from shared work.
+type gateSent struct{}
+
+// slowTransport counts the requests of tagged gates and holds the requests
+// slow matches for delay before sending them.
+type slowTransport struct {
+	next  http.RoundTripper
+	slow  func(*http.Request) bool
+	delay time.Duration
+	mu    sync.Mutex
+	sent  map[string]int // "METHOD path" -> requests that reached the server
+}
+
+func (t *slowTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	if n, ok := r.Context().Value(gateSent{}).(*atomic.Int32); ok {
+		n.Add(1)
+	}
+	if t.slow != nil && t.slow(r) {
+		select {
+		case <-time.After(t.delay):
+		case <-r.Context().Done():
+			return nil, r.Context().Err()
+		}
+	}
+	t.mu.Lock()
+	if t.sent == nil {
+		t.sent = map[string]int{}
+	}
+	t.sent[r.Method+" "+r.URL.Path]++
+	t.mu.Unlock()
+	return t.next.RoundTrip(r)
+}
+
+// count is the requests sent whose "METHOD path" has prefix and suffix.
+func (t *slowTransport) count(prefix, suffix string) int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	n := 0
+	for k, v := range t.sent {
+		if strings.HasPrefix(k, prefix) && strings.HasSuffix(k, suffix) {
+			n += v
+		}
+	}
+	return n
+}
+
+func (w *world) clientVia(t *testing.T, rt http.RoundTripper) *quotastack.Client {
+	t.Helper()
+	c, err := quotastack.NewClient(w.srv.APIKey, quotastack.WithBaseURL(w.srv.URL), quotastack.WithTransport(rt),
+		quotastack.WithRetry(4, time.Millisecond, 10*time.Millisecond))
+	require.NoError(t, err)
+	t.Cleanup(c.CloseIdleConnections)
+	return c
+}
+
+// Found by the request-economy benchmark (lease mode, one deadline per gate,
+// 256 goroutines): the gate that found a lease full renewed it on its own
+// deadline, sent the commit, and ran out of time before the reserve; the
+// gate failed half-done, and the gates waiting for the lease failed with it.
+// A renewal is shared work: it runs on its own, the gate that stops waiting
+// has sent nothing and is counted on nothing, and the next gate is served by
+// the renewal it left.
+func TestALeaseRenewalOutlivesTheGateThatStartedIt(t *testing.T) {
+	t.Parallel()
+	w := setup(t, 250_000)
+	w.grantPlanCredits(t, 50_000)
+	var slow atomic.Bool
+	rt := &slowTransport{next: http.DefaultTransport, delay: 300 * time.Millisecond, slow: func(r *http.Request) bool {
+		return slow.Load() && r.Method == http.MethodPost && r.URL.Path == "/v1/reserve"
+	}}
+	g, err := autobuy.New(w.clientVia(t, rt), autobuy.WithPlan(hourPlan), leaseOf(2))
+	require.NoError(t, err)
+	gate := func(ctx context.Context, event string) (autobuy.Decision, int32, error) {
+		var sent atomic.Int32
+		d, err := g.Gate(context.WithValue(ctx, gateSent{}, &sent), w.cust, "chat_message", autobuy.WithEventID(event))
+		return d, sent.Load(), err
+	}
+	for _, e := range []string{"m1", "m2"} { // the lease's two actions
+		d, _, err := gate(context.Background(), e)
+		require.NoError(t, err)
+		require.True(t, d.Leased)
+	}
+
+	slow.Store(true)
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	d, sent, err := gate(ctx, "m3") // the lease is full: a renewal, slower than m3's deadline
+	cancel()
+	require.Error(t, err)
+	assert.False(t, d.Allowed)
+	assert.Zero(t, sent, "m3 stopped waiting for the shared renewal and sent nothing of its own")
+
+	d, sent, err = gate(context.Background(), "m4")
+	require.NoError(t, err)
+	assert.True(t, d.Allowed)
+	assert.True(t, d.Leased, "served by the renewal m3 started")
+	assert.Zero(t, sent, "the renewal, not m4, sent the commit and the reserve")
+	require.NoError(t, g.Close(context.Background()))
+	assert.Equal(t, 2, rt.count("POST /v1/reserve", "/v1/reserve"), "one reserve for the first lease, one for the renewal: %v", rt.sent)
+	assert.Equal(t, int64(3_000), w.chargedChatMC(), "m1, m2 and m4; never m3")
+}
+
+// Gates of a customer known by its external id share one lookup of its
+// QuotaStack id, run on its own: a gate that stops waiting has sent nothing.
+func TestConcurrentGatesShareOneIDLookup(t *testing.T) {
+	t.Parallel()
+	w := setup(t, 250_000)
+	w.grantPlanCredits(t, 50_000)
+	rt := &slowTransport{next: http.DefaultTransport, delay: 100 * time.Millisecond, slow: func(r *http.Request) bool {
+		return r.Method == http.MethodGet
+	}}
+	g, err := autobuy.New(w.clientVia(t, rt), autobuy.WithPlan(hourPlan), leaseOf(40))
+	require.NoError(t, err)
+	var wg sync.WaitGroup
+	var own atomic.Int32
+	for i := range 32 {
+		wg.Go(func() {
+			d, err := g.Gate(context.WithValue(context.Background(), gateSent{}, &own), w.cust, "chat_message",
+				autobuy.WithEventID(fmt.Sprint("m", i)))
+			assert.NoError(t, err)
+			assert.True(t, d.Allowed)
+			assert.True(t, d.Leased)
+		})
+	}
+	wg.Wait()
+	require.NoError(t, g.Close(context.Background()))
+	assert.Equal(t, 1, rt.count("GET /v1/customer-by-external-id/", ""), "one lookup for 32 gates: %v", rt.sent)
+	assert.Zero(t, own.Load(), "the gates sent nothing of their own: the lookup and the lease are shared")
+	assert.Equal(t, int64(32_000), w.chargedChatMC())
+}
+
+// cancelOnActivate is a ChargeLog that ends a gate's context while the write
+// that activates a lease (and counts the waiting gates on it) is under way.
+type cancelOnActivate struct {
+	autobuy.ChargeLog
+	cancel func()
+}
+
+func (c *cancelOnActivate) PutLease(ctx context.Context, l *autobuy.Lease) error {
+	if l.Rev > 0 && !l.Committing && !strings.HasPrefix(l.ReservationID, "reserving:") {
+		c.cancel()
+		time.Sleep(20 * time.Millisecond) // the gate sees its context end mid-write
+	}
+	return c.ChargeLog.PutLease(ctx, l)
+}
+
+// A gate whose context ends while it is being counted on a new lease is
+// served: it was counted, so it must be let through, never charged for an
+// action it did not get. One that ends before is counted on nothing (the
+// renewal test above).
+func TestAGateCountedOnANewLeaseIsServedWhateverItsDeadline(t *testing.T) {
+	t.Parallel()
+	inChargeModes(t, 50_000, func(t *testing.T, w *world) {
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		log := &cancelOnActivate{ChargeLog: autobuy.NewMemoryChargeLog(0), cancel: cancel}
+		g := w.gate(t, autobuy.WithChargeLog(log), leaseOf(10))
+		d, err := g.Gate(ctx, w.cust, "chat_message", autobuy.WithEventID("m1"))
+		require.NoError(t, err)
+		assert.True(t, d.Allowed)
+		assert.True(t, d.Leased)
+		require.NoError(t, g.Close(context.Background()))
+		assert.Equal(t, int64(1_000), w.chargedChatMC(), "charged once, for the action it was let through")
+	})
+}
