@@ -249,12 +249,14 @@ func TestREADMERoundTrips(t *testing.T) {
 	fromGodoc := pick(godoc, map[string]string{
 		"entitled": `Round trips: (\d+) when entitled`, "record-first": `\((\d+) with WithRecordFirst\)`,
 		"paywall": `(\d+) for a paywall`, "auto-buy": `(\d+) for an auto-buy`,
-		"async auto-buy": `\((\d+) on a server that debits asynchronously`,
+		"async auto-buy":        `\((\d+) on a server that debits asynchronously`,
+		"record-first auto-buy": `(\d+) with WithRecordFirst, whose record`,
 	})
 	fromREADME := pick(string(readme), map[string]string{
 		"entitled": `Round trips: (\d+) when entitled`, "record-first": `; (\d+) with record-first\)`,
 		"paywall": `(\d+) for a paywall`, "auto-buy": `(\d+) for an auto-buy \(`,
-		"async auto-buy": `(\d+) for an auto-buy on a server that answers usage with .202 Accepted.`,
+		"async auto-buy":        `(\d+) for an auto-buy on a server that answers usage with .202 Accepted.`,
+		"record-first auto-buy": `(\d+) with record-first, whose record`,
 	})
 	assert.Equal(t, fromGodoc, fromREADME)
 }

@@ -26,8 +26,9 @@ import (
 // and when QuotaStack could not answer and the fallback policy is
 // ReturnError. Round trips: 2 when entitled (1 with WithRecordFirst), 2 for
 // a paywall, 6 for an auto-buy (the recipe's check, wallet, debit, grant,
-// re-check, record) (7 on a server that debits asynchronously: a wallet
-// read confirms the debit). A replay of a charged event (WithEventID) sends
+// re-check, record; 5 with WithRecordFirst, whose record's 402 stands for
+// the check and whose record after the grant for the re-check) (7 on a
+// server that debits asynchronously: a wallet read confirms the debit). A replay of a charged event (WithEventID) sends
 // nothing.
 func (g *Gatekeeper) Gate(ctx context.Context, customer quotastack.Customer, metric string, opts ...GateOption) (Decision, error) {
 	ctx = quotastack.BeginOperation(ctx) // one deadline, one place in the rate budget for all its calls
@@ -476,10 +477,40 @@ func (g *Gatekeeper) limitReached(ctx context.Context, customerID string) (*Limi
 // just bought (the recipe's re-check: one request per purchase), still under
 // the lock, and records the action only if it is allowed. A refusal is
 // diagnosed (a misconfigured plan or rule suspends auto-buy) and never
-// followed by the record. reservedBefore is the account's reserved balance
-// read before the purchase.
+// followed by the record. In record-first mode (a server seen to debit
+// synchronously) the record is the re-check: executed, the action was
+// allowed; refused, its 402 is diagnosed as a refused re-check would be.
+// reservedBefore is the account's reserved balance read before the purchase.
 func (g *Gatekeeper) consumeAfterPurchase(ctx context.Context, customer quotastack.Customer, metric string, cfg gateConfig, d Decision, key *usageKey, reservedBefore int64) (Decision, error) {
 	canon := canonOf(d)
+	if g.RecordFirst() && !cfg.reserve {
+		ok, err := g.consume(ctx, &d, canon, metric, cfg, key)
+		switch {
+		case err != nil:
+			return d, err
+		case ok && (d.Usage == nil || !d.Usage.Accepted):
+			d.Reason = ReasonAutoBought
+			return d, nil
+		case ok:
+			// Answered 202 after all: the action stands on its accepted record
+			// (as record-first's do), and the re-check it skipped still guards
+			// against buying a plan per action on a plan that can't pay for it.
+			d.Reason = ReasonAutoBought
+			if ent, err := g.client.Check(ctx, canon, metric, cfg.units); err == nil && !ent.Allowed {
+				if bad, err := g.misconfigured(ctx, d, ent, reservedBefore); err == nil && bad {
+					_, err := g.suspendAutoBuy(ctx, d, metric)
+					g.log.ErrorContext(ctx, "autobuy: the plan just bought doesn't entitle the action; auto-buy is suspended",
+						"customer_id", d.CustomerID, "metric", metric, "order_id", d.Purchase.OrderID, "journal_error", err)
+				}
+			}
+			return d, nil
+		}
+		if ent, ok := refusalFrom(key.refusal, d.CustomerID, metric, cfg.units); ok {
+			d.Entitlement = ent
+			return g.diagnose(ctx, customer, metric, d, reservedBefore)
+		}
+		// A 402 without its figures: the re-check tells.
+	}
 	ent, err := g.client.Check(ctx, canon, metric, cfg.units)
 	if err != nil {
 		return d, err
@@ -502,24 +533,40 @@ func (g *Gatekeeper) consumeAfterPurchase(ctx context.Context, customer quotasta
 
 // diagnose tells a misconfigured plan or rule from a plan that concurrent
 // actions used first, after the re-check refused the action on the plan just
-// bought. It blames the configuration only when the plan's block is live and
-// untouched and its credits, less the holds added since the purchase began
-// (holds that existed before, on the wallet or elsewhere, can't be on the new
-// block), still cover the action while the check refuses it: concurrency
-// can't produce that.
+// bought: the first suspends auto-buy (entitlement_failed_after_purchase).
 func (g *Gatekeeper) diagnose(ctx context.Context, customer quotastack.Customer, metric string, d Decision, reservedBefore int64) (Decision, error) {
-	ent := d.Entitlement
-	bal, err := g.client.BalanceWithBlocks(ctx, canonOf(d))
+	bad, err := g.misconfigured(ctx, d, d.Entitlement, reservedBefore)
 	if err != nil {
 		return d, err
+	}
+	if !bad {
+		return g.deny(ctx, customer, d, ReasonInsufficientCredits), nil
+	}
+	d.Limit, d.Err = g.suspendAutoBuy(ctx, d, metric)
+	return g.deny(ctx, customer, d, ReasonEntitlementFailedAfterPurchase), nil
+}
+
+// misconfigured blames the configuration only when the block of the plan
+// just bought is live and untouched and its credits, less the holds added
+// since the purchase began (holds that existed before, on the wallet or
+// elsewhere, can't be on the new block), still cover the action while ent
+// (the re-check, or the record's 402) refuses it: concurrency can't produce that.
+func (g *Gatekeeper) misconfigured(ctx context.Context, d Decision, ent *quotastack.Entitlement, reservedBefore int64) (bool, error) {
+	bal, err := g.client.BalanceWithBlocks(ctx, canonOf(d))
+	if err != nil {
+		return false, err
 	}
 	o := plan.Order{ID: d.Purchase.OrderID, Plan: d.Purchase.Plan}
 	blk, found := o.GrantIn(bal)
 	need := max(ent.EstimatedCost, 1)
 	newHolds := max(0, bal.ReservedBalance-reservedBefore)
-	if !found || blk.RemainingAmount < blk.OriginalAmount || blk.RemainingAmount-newHolds < need {
-		return g.deny(ctx, customer, d, ReasonInsufficientCredits), nil
-	}
+	return found && blk.RemainingAmount >= blk.OriginalAmount && blk.RemainingAmount-newHolds >= need, nil
+}
+
+// suspendAutoBuy suspends auto-buy for the customer and metric (the plan
+// just bought can't pay for the action) and returns the limit it sets; the
+// error is the Journal's, if it failed to record the suspension.
+func (g *Gatekeeper) suspendAutoBuy(ctx context.Context, d Decision, metric string) (*Limit, error) {
 	now := g.now()
 	s := Suspension{CustomerID: d.CustomerID, Metric: metric, Since: now,
 		Reason: "plan " + d.Purchase.Plan.Type + " (order " + d.Purchase.OrderID + ") was bought and its credits don't entitle " + metric}
@@ -528,12 +575,12 @@ func (g *Gatekeeper) diagnose(ctx context.Context, customer quotastack.Customer,
 	}
 	created, err := g.journal.Suspend(ctx, s, now)
 	if err != nil {
-		d.Err = &journalError{err}
-	} else if created && g.hooks.Suspended != nil {
+		return &Limit{Kind: "suspended", ResetsAt: s.Until}, &journalError{err}
+	}
+	if created && g.hooks.Suspended != nil {
 		g.hooks.Suspended(ctx, d.Ref(), s)
 	}
-	d.Limit = &Limit{Kind: "suspended", ResetsAt: s.Until}
-	return g.deny(ctx, customer, d, ReasonEntitlementFailedAfterPurchase), nil
+	return &Limit{Kind: "suspended", ResetsAt: s.Until}, nil
 }
 
 // LiftSuspension lets auto-buy run again for the customer (its QuotaStack

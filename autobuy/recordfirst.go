@@ -13,7 +13,8 @@ import (
 // WithRecordFirst makes the gate record an entitled action's usage without
 // checking first: 1 request per entitled action instead of 2. A 402 means
 // "not entitled" and the gate goes on as after a refused check (check, then
-// auto-buy). Only a server that debits synchronously can answer a record
+// auto-buy, whose record after the grant stands for the re-check: 5
+// requests). Only a server that debits synchronously can answer a record
 // with 402, so the mode arms itself only once this Gatekeeper has seen a
 // usage record answered 200/201 with its event (until then gates check
 // first), and any 202 Accepted switches it off for good (RecordFirst reports

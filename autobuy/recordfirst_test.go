@@ -2,6 +2,9 @@ package autobuy_test
 
 import (
 	"context"
+	"fmt"
+	"net/http"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -45,7 +48,11 @@ func TestRecordFirst(t *testing.T) {
 		require.NoError(t, err)
 		assert.True(t, d.Allowed)
 		assert.Equal(t, autobuy.ReasonAutoBought, d.Reason)
-		assert.Len(t, w.srv.Requests(), 6, "record 402 (its figures stand for the check), wallet, debit, grant, re-check, record")
+		var paths []string
+		for _, r := range w.srv.Requests() {
+			paths = append(paths, r.Method+" "+r.Path)
+		}
+		assert.Len(t, paths, 5, "record 402 (its figures stand for the check), wallet, debit, grant, record (it stands for the re-check): %v", paths)
 		chat := w.usageFor("chat_message")
 		require.Len(t, chat, 1, "charged once")
 		assert.Equal(t, "usage:"+acct.CustomerID+":m1:2", chat[0].IdempotencyKey, "the refused key is never reused")
@@ -88,6 +95,71 @@ func TestRecordFirst(t *testing.T) {
 		w.srv.FlushAsyncUsage()
 		assert.Len(t, w.usageFor("chat_message"), 2, "each action charged once")
 	})
+}
+
+// afterGrant runs hook once, right after the first plan grant is answered.
+type afterGrant struct {
+	hook func()
+	done atomic.Bool
+}
+
+func (x *afterGrant) RoundTrip(r *http.Request) (*http.Response, error) {
+	resp, err := http.DefaultTransport.RoundTrip(r)
+	if err == nil && r.URL.Path == "/v1/topup/grant" && x.done.CompareAndSwap(false, true) {
+		x.hook()
+	}
+	return resp, err
+}
+
+// Record-first's record after the grant stands for the recipe's re-check, so
+// it must stop the loop the re-check stops: a plan whose credits can't pay
+// for the action (priority 5, below chat_message's min_priority 10) is
+// bought once and auto-buy is suspended, whether the record is refused (a
+// synchronous server) or, the server having turned asynchronous, accepted.
+func TestRecordFirstRecordAfterTheGrantStopsTheLoop(t *testing.T) {
+	t.Parallel()
+	bad := hourPlan
+	bad.Priority = 5
+	for _, c := range []struct {
+		name     string
+		turn202  bool
+		want     []autobuy.Reason
+		requests int
+	}{
+		{"the record refused: its 402 is diagnosed", false,
+			[]autobuy.Reason{autobuy.ReasonEntitlementFailedAfterPurchase, autobuy.ReasonAutoBuySuspended, autobuy.ReasonAutoBuySuspended}, 6},
+		{"the record accepted (202): the action stands, the re-check it skipped suspends", true,
+			[]autobuy.Reason{autobuy.ReasonAutoBought, autobuy.ReasonAutoBuySuspended, autobuy.ReasonAutoBuySuspended}, 7},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			w := setup(t, 1_000_000)
+			acct, _ := w.srv.Account(user)
+			rt := &afterGrant{hook: func() {
+				if c.turn202 {
+					w.srv.SetAsyncUsage(&quotastacktest.AsyncUsage{})
+				}
+			}}
+			cl, err := quotastack.NewClient(w.srv.APIKey, quotastack.WithBaseURL(w.srv.URL), quotastack.WithTransport(rt),
+				quotastack.WithRetry(2, time.Millisecond, time.Millisecond))
+			require.NoError(t, err)
+			g, err := autobuy.New(cl, autobuy.WithPlan(bad), autobuy.WithRecordFirst(), autobuy.WithClock(w.srv.Now))
+			require.NoError(t, err)
+			armRecordFirst(t, w, g)
+			var reasons []autobuy.Reason
+			for i := range 3 {
+				w.srv.ResetRequests()
+				d, err := g.Gate(context.Background(), quotastack.CustomerID(acct.CustomerID), "chat_message", autobuy.WithEventID(fmt.Sprint("m", i)))
+				require.NoError(t, err)
+				reasons = append(reasons, d.Reason)
+				if i == 0 {
+					assert.Len(t, w.srv.Requests(), c.requests, "record 402, wallet, debit, grant, record, then the wallet read that diagnoses (and the re-check after a 202)")
+				}
+			}
+			assert.Equal(t, c.want, reasons)
+			assert.Equal(t, 1, w.planGrants(), "one useless plan, not one per message")
+		})
+	}
 }
 
 // armRecordFirst lets g see one synchronous usage answer: an entitled action

@@ -55,7 +55,8 @@ func TestLatencyPerPath(t *testing.T) {
 
 // latencyRow is one row of TestLatencyPerPath. A returning customer was
 // gated once before by the same Gatekeeper (for auto-buy: while its wallet
-// held half the plan's price, then topped up).
+// held half the plan's price, then topped up). A record-first Gatekeeper is
+// armed before the measurement.
 func latencyRow(t *testing.T, mode, path, who string) {
 	srv := newServer(t)
 	exts := make([]string, *latencyN)
@@ -98,6 +99,15 @@ func latencyRow(t *testing.T, mode, path, who string) {
 				return fmt.Sprint("status_", re.status), nil
 			}
 			return "allowed", err
+		}
+	}
+	if mode == modeRecordFirst {
+		// Armed, as a running service's Gatekeeper is by its first synchronous
+		// usage answer (until then it checks first): one entitled action of
+		// another customer, before the measurement.
+		grantPlanCredits(t, srv, "lat-armer", 1<<40)
+		if _, err := act(context.Background(), "lat-armer"); err != nil {
+			t.Fatal(err)
 		}
 	}
 	if who == "returning" {
