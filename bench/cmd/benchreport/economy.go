@@ -239,7 +239,7 @@ func (r report) latency(cmd string) {
 	r.section("## Latency per path",
 		"`TestLatencyPerPath`: one action at a time, a fresh customer per action, 20 ms added before every request by a delaying "+
 			"transport, no rate limit. happy: plan credits; auto-buy: a wallet holding one plan's price; paywall: a wallet holding half of it. "+
-			"A returning customer was gated once before by the same Gatekeeper (for auto-buy, while its wallet held half the price). Requests "+
+			"A returning customer was gated once before by the same Gatekeeper (for auto-buy, while its wallet held half the price). A record-first Gatekeeper is armed before the measurement (one entitled action of another customer), as a running service is by its first synchronous usage answer. Requests "+
 			"per action are counted from the fake's log (a lease's commit at the end is not in it).")
 	r.printf("```\n%s\n```\n\n", cmd)
 	r.printf("| mode | path | customer | actions | p50 | p99 | requests per action | outcomes |\n|---|---|---|--:|--:|--:|--:|---|\n")
