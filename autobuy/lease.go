@@ -487,6 +487,24 @@ func (g *Gatekeeper) activateLease(ctx context.Context, l Lease, res *quotastack
 		l.LastUsed = g.now()
 	}
 	err := g.charges.PutLease(ctx, &l)
+	if err != nil {
+		// The write may have landed with its answer lost: an error, or a
+		// conflict that the store client's own retry of it met. Read back: the
+		// gates counted in it must be served, never counted and charged again.
+		cur, found, rerr := g.charges.Lease(ctx, l.CustomerID, l.Metric)
+		switch {
+		case rerr == nil && found && cur.Rev == l.Rev+1 && cur.ReservationID == l.ReservationID &&
+			cur.Held == l.Held && cur.Used == l.Used && !cur.Committing:
+			l, err = cur, nil // it landed
+		case rerr != nil && !errors.Is(err, ErrChargeConflict):
+			// Unknown either way. The gates counted are let through: at worst
+			// free, never charged twice (the next gate resolves the lease).
+			g.log.WarnContext(ctx, "autobuy: a lease activation's outcome is unknown; its gates are let through",
+				"customer_id", l.CustomerID, "reservation", l.ReservationID, "error", err)
+			r.counted(true)
+			return l, nil
+		}
+	}
 	r.counted(err == nil)
 	if err != nil {
 		if errors.Is(err, ErrChargeConflict) {

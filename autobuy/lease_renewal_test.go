@@ -2,6 +2,7 @@ package autobuy_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"strings"
@@ -181,4 +182,65 @@ func TestAGateCountedOnANewLeaseIsServedWhateverItsDeadline(t *testing.T) {
 		require.NoError(t, g.Close(context.Background()))
 		assert.Equal(t, int64(1_000), w.chargedChatMC(), "charged once, for the action it was let through")
 	})
+}
+
+// lostActivation is a ChargeLog whose write activating a lease lands and then
+// answers err: the store's answer was lost (an error), or a retry of the write
+// by the store's client found the first attempt's revision (a conflict).
+type lostActivation struct {
+	autobuy.ChargeLog
+	err      error
+	once     atomic.Bool
+	failRead bool
+	readFail atomic.Bool // the read after the lost answer fails too
+}
+
+func (c *lostActivation) Lease(ctx context.Context, customerID, metric string) (autobuy.Lease, bool, error) {
+	if c.readFail.CompareAndSwap(true, false) {
+		return autobuy.Lease{}, false, errors.New("connection reset by peer")
+	}
+	return c.ChargeLog.Lease(ctx, customerID, metric)
+}
+
+func (c *lostActivation) PutLease(ctx context.Context, l *autobuy.Lease) error {
+	activating := l.Rev > 0 && !l.Committing && !strings.HasPrefix(l.ReservationID, "reserving:")
+	err := c.ChargeLog.PutLease(ctx, l)
+	if err == nil && activating && c.once.CompareAndSwap(false, true) {
+		l.Rev-- // the caller never learnt the new revision
+		c.readFail.Store(c.failRead)
+		return c.err
+	}
+	return err
+}
+
+// A lease activated with the waiting gates counted, whose write's answer was
+// lost: read back, the write is found, and the gates counted are served. On
+// the code before, the gate failed (and its retry was charged per action, a
+// second time) or, after a conflict, took from the lease again: two units
+// for one action.
+func TestALostActivationAnswerIsReadBack(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		name     string
+		lost     error
+		failRead bool
+	}{
+		{"an error", errors.New("connection reset by peer"), false},
+		{"a conflict met by a retry", autobuy.ErrChargeConflict, false},
+		{"an error, and the read back fails: let through, never charged twice", errors.New("connection reset by peer"), true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			inChargeModes(t, 50_000, func(t *testing.T, w *world) {
+				log := &lostActivation{ChargeLog: autobuy.NewMemoryChargeLog(0), err: c.lost, failRead: c.failRead}
+				g := w.gate(t, autobuy.WithChargeLog(log), leaseOf(10))
+				d, err := g.Gate(context.Background(), w.cust, "chat_message", autobuy.WithEventID("m1"))
+				require.NoError(t, err)
+				assert.True(t, d.Allowed)
+				assert.True(t, d.Leased)
+				require.NoError(t, g.Close(context.Background()))
+				assert.Equal(t, int64(1_000), w.chargedChatMC(), "one unit for one action")
+			})
+		})
+	}
 }
