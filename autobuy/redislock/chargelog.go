@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"slices"
 	"strconv"
 	"strings"
@@ -29,10 +30,15 @@ import (
 //	                          tests, last is LastUsed (RFC 3339, ns), data the
 //	                          rest as JSON; no TTL: a lease is money in flight,
 //	                          kept until DeleteLease (evicted by no volatile-* policy)
+//	P qs:lease:{c}:<metric>:takes
+//	                          set of the ids of the lease's takes of the last
+//	                          minute: a take resent after its reply was lost
+//	                          (go-redis resends by default) is not counted again
 //	P qs:leases               sorted set of "<c>:<metric>" (escaped) of every
 //	                          lease (a hint for Leases; scored by the wall clock, ms)
 //
-// Every write is one Lua script over one key: compare-and-set on the revision
+// Every write is one Lua script over one key (a take: over the lease and its
+// takes, one hash slot): compare-and-set on the revision
 // and TakeLease's bounds check are atomic, on a single node and on a cluster.
 // The only cross-customer key, qs:leases, is written outside the scripts,
 // before every PutLease (so no lease is ever missing from it), and pruned by
@@ -376,9 +382,17 @@ func (l *ChargeLog) PutLease(ctx context.Context, ls *autobuy.Lease) error {
 	return nil
 }
 
-// takeLeaseScript: KEYS lease; ARGV units, last. Returns the lease's fields
-// (leaseFields) after the take, or nil if it was refused.
+// takeLeaseScript: KEYS lease, the lease's recent takes; ARGV units, last,
+// the take's id. Returns the lease's fields (leaseFields) after the take, or
+// nil if it was refused. A take whose id is among the recent ones (a client
+// resending a command whose reply was lost: go-redis does by default) is not
+// counted again: it returns the lease as it is, or {"gone"} if it was
+// deleted since.
 var takeLeaseScript = redis.NewScript(`
+if redis.call('SISMEMBER', KEYS[2], ARGV[3]) == 1 then
+  if redis.call('EXISTS', KEYS[1]) == 0 then return {'gone'} end
+  return redis.call('HMGET', KEYS[1], 'rev', 'used', 'held', 'committing', 'last', 'data')
+end
 local v = redis.call('HMGET', KEYS[1], 'used', 'held', 'committing')
 if not v[1] or not v[2] or v[3] ~= '0' then return false end
 local used, held, units = tonumber(v[1]), tonumber(v[2]), tonumber(ARGV[1])
@@ -386,11 +400,16 @@ if not used or not held or not units or units <= 0 or used + units > held then r
 redis.call('HINCRBY', KEYS[1], 'used', ARGV[1])
 redis.call('HINCRBY', KEYS[1], 'rev', 1)
 redis.call('HSET', KEYS[1], 'last', ARGV[2])
+redis.call('SADD', KEYS[2], ARGV[3])
+redis.call('PEXPIRE', KEYS[2], 60000)
 return redis.call('HMGET', KEYS[1], 'rev', 'used', 'held', 'committing', 'last', 'data')
 `)
 
 // TakeLease implements autobuy.ChargeLog: one script checks and counts the
 // units. It doesn't touch the index (Leases reads LastUsed from the lease).
+// Each take carries a random id, kept a minute with the lease's recent takes,
+// so that the Redis client's resend of a take whose reply was lost is not
+// counted twice.
 func (l *ChargeLog) TakeLease(ctx context.Context, customerID, metric string, units int64, now time.Time) (autobuy.Lease, bool, error) {
 	if err := checkLease(customerID, metric); err != nil {
 		return autobuy.Lease{}, false, err
@@ -398,9 +417,11 @@ func (l *ChargeLog) TakeLease(ctx context.Context, customerID, metric string, un
 	if units <= 0 || units > maxLeaseUnits {
 		return autobuy.Lease{}, false, nil // no lease can cover it
 	}
+	key := l.leaseKey(customerID, metric)
+	id := strconv.FormatUint(rand.Uint64(), 36) + strconv.FormatUint(rand.Uint64(), 36)
 	var v []any
 	err := l.call(ctx, func(ctx context.Context) (err error) {
-		v, err = takeLeaseScript.Run(ctx, l.rdb, []string{l.leaseKey(customerID, metric)}, units, formatTime(now)).Slice()
+		v, err = takeLeaseScript.Run(ctx, l.rdb, []string{key, key + ":takes"}, units, formatTime(now), id).Slice()
 		return err
 	})
 	if errors.Is(err, redis.Nil) {
@@ -408,6 +429,10 @@ func (l *ChargeLog) TakeLease(ctx context.Context, customerID, metric string, un
 	}
 	if err != nil {
 		return autobuy.Lease{}, false, fmt.Errorf("redislock: charge log take lease: %w", err)
+	}
+	if len(v) == 1 && v[0] == "gone" {
+		// Counted, then committed and deleted before the resend's reply.
+		return autobuy.Lease{CustomerID: customerID, Metric: metric, Used: units, Held: units, Committing: true}, true, nil
 	}
 	ls, err := decodeLease(v)
 	if err != nil {

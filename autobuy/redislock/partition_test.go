@@ -29,8 +29,11 @@ type proxy struct {
 	cond   *sync.Cond
 	paused bool
 	closed bool
-	conns  []net.Conn
-	wg     sync.WaitGroup
+	// dropReply: the next bytes Redis sends are not forwarded, and that
+	// connection is closed (a reply lost after its command executed).
+	dropReply bool
+	conns     []net.Conn
+	wg        sync.WaitGroup
 }
 
 func startProxy(t *testing.T, target string) *proxy {
@@ -89,12 +92,20 @@ func (p *proxy) accept() {
 		p.conns = append(p.conns, in, out)
 		p.wg.Add(2)
 		p.mu.Unlock()
-		go p.pipe(out, in)
-		go p.pipe(in, out)
+		go p.pipe(out, in, false)
+		go p.pipe(in, out, true)
 	}
 }
 
-func (p *proxy) pipe(dst, src net.Conn) {
+// DropNextReply loses the next reply Redis sends: its command has executed,
+// and the client sees its connection closed.
+func (p *proxy) DropNextReply() {
+	p.mu.Lock()
+	p.dropReply = true
+	p.mu.Unlock()
+}
+
+func (p *proxy) pipe(dst, src net.Conn, toClient bool) {
 	defer p.wg.Done()
 	buf := make([]byte, 32<<10)
 	for {
@@ -105,8 +116,17 @@ func (p *proxy) pipe(dst, src net.Conn) {
 				p.cond.Wait()
 			}
 			closed := p.closed
+			drop := toClient && p.dropReply
+			if drop {
+				p.dropReply = false
+			}
 			p.mu.Unlock()
 			if closed {
+				return
+			}
+			if drop {
+				_ = dst.Close()
+				_ = src.Close()
 				return
 			}
 			if _, werr := dst.Write(buf[:n]); werr != nil {
@@ -207,4 +227,32 @@ func TestGateNotHeldByAPartitionedRedis(t *testing.T) {
 	debits, grants := w.planPurchases()
 	assert.Equal(t, 1, debits)
 	assert.Equal(t, 1, grants)
+}
+
+// go-redis resends a command whose reply was lost (its defaults: three
+// retries). A take of a lease is counted once all the same: a retry of it is
+// recognized by the take's id.
+func TestATakeWhoseReplyIsLostIsCountedOnce(t *testing.T) {
+	t.Parallel()
+	rdb, p := partitionable(t)
+	l, err := redislock.NewChargeLog(rdb, redislock.WithChargeLogPrefix(uniqueKey(t)))
+	require.NoError(t, err)
+	ctx := context.Background()
+	now := time.Now()
+	ls := autobuy.Lease{CustomerID: "cus_1", Metric: "chat", ReservationID: "rsv_1", Held: 10, ExpiresAt: now.Add(time.Minute),
+		CreatedAt: now, LastUsed: now}
+	require.NoError(t, l.PutLease(ctx, &ls))
+	_, ok, err := l.TakeLease(ctx, "cus_1", "chat", 1, now) // the script is loaded
+	require.NoError(t, err)
+	require.True(t, ok)
+
+	p.DropNextReply()
+	got, ok, err := l.TakeLease(ctx, "cus_1", "chat", 1, now)
+	require.NoError(t, err, "go-redis resent the take on a new connection")
+	require.True(t, ok)
+	assert.Equal(t, int64(2), got.Used)
+	cur, found, err := l.Lease(ctx, "cus_1", "chat")
+	require.NoError(t, err)
+	require.True(t, found)
+	assert.Equal(t, int64(2), cur.Used, "two takes, two units: the resent one was not counted again")
 }
