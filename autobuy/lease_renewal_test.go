@@ -29,7 +29,8 @@ type slowTransport struct {
 	slow  func(*http.Request) bool
 	delay time.Duration
 	mu    sync.Mutex
-	sent  map[string]int // "METHOD path" -> requests that reached the server
+	sent  map[string]int             // "METHOD path" -> requests that reached the server
+	keys  map[string]map[string]bool // "METHOD path" -> the Idempotency-Keys sent
 }
 
 func (t *slowTransport) RoundTrip(r *http.Request) (*http.Response, error) {
@@ -48,6 +49,15 @@ func (t *slowTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 		t.sent = map[string]int{}
 	}
 	t.sent[r.Method+" "+r.URL.Path]++
+	if k := r.Header.Get("Idempotency-Key"); k != "" {
+		if t.keys == nil {
+			t.keys = map[string]map[string]bool{}
+		}
+		if t.keys[r.Method+" "+r.URL.Path] == nil {
+			t.keys[r.Method+" "+r.URL.Path] = map[string]bool{}
+		}
+		t.keys[r.Method+" "+r.URL.Path][k] = true
+	}
 	t.mu.Unlock()
 	return t.next.RoundTrip(r)
 }
@@ -63,6 +73,14 @@ func (t *slowTransport) count(prefix, suffix string) int {
 		}
 	}
 	return n
+}
+
+// distinctKeys is the operations sent to "METHOD path": their distinct
+// Idempotency-Keys, whatever the retries of each.
+func (t *slowTransport) distinctKeys(route string) int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.keys[route])
 }
 
 func (w *world) clientVia(t *testing.T, rt http.RoundTripper) *quotastack.Client {
@@ -83,8 +101,10 @@ func (w *world) clientVia(t *testing.T, rt http.RoundTripper) *quotastack.Client
 // the renewal it left.
 func TestALeaseRenewalOutlivesTheGateThatStartedIt(t *testing.T) {
 	t.Parallel()
-	w := setup(t, 250_000)
-	w.grantPlanCredits(t, 50_000)
+	inChargeModes(t, 50_000, testRenewalOutlivesItsGate)
+}
+
+func testRenewalOutlivesItsGate(t *testing.T, w *world) {
 	var slow atomic.Bool
 	rt := &slowTransport{next: http.DefaultTransport, delay: 300 * time.Millisecond, slow: func(r *http.Request) bool {
 		return slow.Load() && r.Method == http.MethodPost && r.URL.Path == "/v1/reserve"
@@ -116,7 +136,7 @@ func TestALeaseRenewalOutlivesTheGateThatStartedIt(t *testing.T) {
 	assert.True(t, d.Leased, "served by the renewal m3 started")
 	assert.Zero(t, sent, "the renewal, not m4, sent the commit and the reserve")
 	require.NoError(t, g.Close(context.Background()))
-	assert.Equal(t, 2, rt.count("POST /v1/reserve", "/v1/reserve"), "one reserve for the first lease, one for the renewal: %v", rt.sent)
+	assert.Equal(t, 2, rt.distinctKeys("POST /v1/reserve"), "one reserve for the first lease, one for the renewal: %v", rt.sent)
 	assert.Equal(t, int64(3_000), w.chargedChatMC(), "m1, m2 and m4; never m3")
 }
 
@@ -124,8 +144,10 @@ func TestALeaseRenewalOutlivesTheGateThatStartedIt(t *testing.T) {
 // QuotaStack id, run on its own: a gate that stops waiting has sent nothing.
 func TestConcurrentGatesShareOneIDLookup(t *testing.T) {
 	t.Parallel()
-	w := setup(t, 250_000)
-	w.grantPlanCredits(t, 50_000)
+	inChargeModes(t, 50_000, testGatesShareOneIDLookup)
+}
+
+func testGatesShareOneIDLookup(t *testing.T, w *world) {
 	rt := &slowTransport{next: http.DefaultTransport, delay: 100 * time.Millisecond, slow: func(r *http.Request) bool {
 		return r.Method == http.MethodGet
 	}}

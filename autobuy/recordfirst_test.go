@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net/http"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -97,20 +96,6 @@ func TestRecordFirst(t *testing.T) {
 	})
 }
 
-// afterGrant runs hook once, right after the first plan grant is answered.
-type afterGrant struct {
-	hook func()
-	done atomic.Bool
-}
-
-func (x *afterGrant) RoundTrip(r *http.Request) (*http.Response, error) {
-	resp, err := http.DefaultTransport.RoundTrip(r)
-	if err == nil && r.URL.Path == "/v1/topup/grant" && x.done.CompareAndSwap(false, true) {
-		x.hook()
-	}
-	return resp, err
-}
-
 // Record-first's record after the grant stands for the recipe's re-check, so
 // it must stop the loop the re-check stops: a plan whose credits can't pay
 // for the action (priority 5, below chat_message's min_priority 10) is
@@ -135,9 +120,9 @@ func TestRecordFirstRecordAfterTheGrantStopsTheLoop(t *testing.T) {
 			t.Parallel()
 			w := setup(t, 1_000_000)
 			acct, _ := w.srv.Account(user)
-			rt := &afterGrant{hook: func() {
-				if c.turn202 {
-					w.srv.SetAsyncUsage(&quotastacktest.AsyncUsage{})
+			rt := &hookTransport{after: func(r *http.Request) {
+				if c.turn202 && r.URL.Path == "/v1/topup/grant" {
+					w.srv.SetAsyncUsage(&quotastacktest.AsyncUsage{}) // from the record after the grant on
 				}
 			}}
 			cl, err := quotastack.NewClient(w.srv.APIKey, quotastack.WithBaseURL(w.srv.URL), quotastack.WithTransport(rt),
