@@ -223,6 +223,15 @@ func (ls *leases) renew(g *Gatekeeper, customerID, metric string, units int64, w
 	if !running {
 		r = &renewal{units: units, done: make(chan struct{})}
 		ls.renewing[k] = r
+	}
+	if w != nil {
+		// Before the renewal starts: one that found nobody waiting would
+		// reserve nothing and leave its gate to start another.
+		r.mu.Lock()
+		r.waiters = append(r.waiters, w)
+		r.mu.Unlock()
+	}
+	if !running {
 		go func() {
 			lease, err := g.runRenewal(customerID, metric, r)
 			ls.mu.Lock()
@@ -231,11 +240,6 @@ func (ls *leases) renew(g *Gatekeeper, customerID, metric string, units int64, w
 			r.lease, r.err = lease, err
 			close(r.done)
 		}()
-	}
-	if w != nil {
-		r.mu.Lock()
-		r.waiters = append(r.waiters, w)
-		r.mu.Unlock()
 	}
 	return r
 }

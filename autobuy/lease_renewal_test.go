@@ -266,3 +266,39 @@ func TestALostActivationAnswerIsReadBack(t *testing.T) {
 		})
 	}
 }
+
+// renewalCounter counts the renewals that ran: each reads the lease once,
+// under the customer's lock, before anything else.
+type renewalCounter struct {
+	autobuy.ChargeLog
+	reads atomic.Int32
+}
+
+func (c *renewalCounter) Lease(ctx context.Context, customerID, metric string) (autobuy.Lease, bool, error) {
+	c.reads.Add(1)
+	return c.ChargeLog.Lease(ctx, customerID, metric)
+}
+
+// A gate that finds no lease starts a renewal and waits for it: it must be
+// among the renewal's waiters from the start. On the code before, the
+// renewal could see nobody waiting (the gate joined it a moment after it
+// started), reserve nothing, and leave the gate to start another; after
+// three such races the gate went the per-action way (CI saw it, under -race,
+// in TestLeaseOutageThenRetryIsCharged). Each gate here starts exactly one
+// renewal, which serves it.
+func TestAGateThatStartsARenewalWaitsForIt(t *testing.T) {
+	t.Parallel()
+	inChargeModes(t, 500_000, func(t *testing.T, w *world) {
+		log := &renewalCounter{ChargeLog: autobuy.NewMemoryChargeLog(0)}
+		g := w.gate(t, autobuy.WithChargeLog(log), leaseOf(10))
+		for i := range 100 {
+			require.NoError(t, g.Flush(context.Background())) // no lease: the next gate renews
+			log.reads.Store(0)
+			d := w.gateNoted(t, g, w.cust, fmt.Sprint("m", i))
+			require.True(t, d.Leased, "m%d: served by the renewal it started", i)
+			require.Equal(t, int32(1), log.reads.Load(), "m%d: one renewal", i)
+		}
+		require.NoError(t, g.Close(context.Background()))
+		assert.Equal(t, int64(100_000), w.chargedChatMC())
+	})
+}
