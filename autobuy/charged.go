@@ -284,8 +284,9 @@ func (e *decidedElsewhere) Error() string {
 	return "autobuy: event " + e.c.EventID + " was decided by a concurrent gate"
 }
 
-// switchVia moves a claimed event to another way of charging (a lease that
-// could not be had: the per-action path).
+// switchVia moves a claimed event to another way of charging: to the
+// per-action path when no lease could be had, to a lease before a take from
+// one on the purchase path.
 func (g *Gatekeeper) switchVia(ctx context.Context, rec *eventRecord, via string) error {
 	if !rec.claimed || rec.c.Via == via {
 		return nil

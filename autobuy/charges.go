@@ -115,8 +115,12 @@ type ChargeLog interface {
 	PutLease(ctx context.Context, l *Lease) error
 	// TakeLease adds units to Used of the customer's lease on metric, if it
 	// is not committing and Held covers it, and sets LastUsed to now. ok is
-	// false (and nothing changed) otherwise, or if there is no lease.
-	TakeLease(ctx context.Context, customerID, metric string, units int64, now time.Time) (l Lease, ok bool, err error)
+	// false (and nothing changed) otherwise, or if there is no lease. take
+	// names the take (unique per take, never empty): a take sent again with the same id
+	// within a minute (its answer was lost) is not counted again; it answers
+	// ok with the customer's lease as stored, or, if it is gone, a Lease
+	// with CustomerID, Metric and Committing set.
+	TakeLease(ctx context.Context, customerID, metric string, units int64, now time.Time, take string) (l Lease, ok bool, err error)
 	// DeleteLease removes l if the stored Rev equals l.Rev.
 	DeleteLease(ctx context.Context, l Lease) error
 	// Leases returns up to limit leases of any customers whose LastUsed is
@@ -133,7 +137,18 @@ type MemoryChargeLog struct {
 	charges   map[[2]string]*Charge
 	order     []chargeAge // creation order, for pruning
 	leases    map[[2]string]*Lease
+	takes     map[[3]string]bool // recent takes by customer, metric and id
+	takeOrder []takeAge          // their order, for pruning
 }
+
+type takeAge struct {
+	key [3]string
+	at  time.Time
+}
+
+// takeMemory is how long a ChargeLog keeps a take's id: a resend of a take
+// whose answer was lost comes well within it.
+const takeMemory = time.Minute
 
 type chargeAge struct {
 	key [2]string
@@ -146,7 +161,8 @@ func NewMemoryChargeLog(retention time.Duration) *MemoryChargeLog {
 	if retention <= 0 {
 		retention = 48 * time.Hour
 	}
-	return &MemoryChargeLog{retention: retention, charges: map[[2]string]*Charge{}, leases: map[[2]string]*Lease{}}
+	return &MemoryChargeLog{retention: retention, charges: map[[2]string]*Charge{}, leases: map[[2]string]*Lease{},
+		takes: map[[3]string]bool{}}
 }
 
 // Claim implements ChargeLog.
@@ -222,16 +238,33 @@ func (m *MemoryChargeLog) PutLease(_ context.Context, l *Lease) error {
 }
 
 // TakeLease implements ChargeLog.
-func (m *MemoryChargeLog) TakeLease(_ context.Context, customerID, metric string, units int64, now time.Time) (Lease, bool, error) {
+func (m *MemoryChargeLog) TakeLease(_ context.Context, customerID, metric string, units int64, now time.Time, take string) (Lease, bool, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	wall := time.Now() // the store's clock, never the caller's now
+	for len(m.takeOrder) > 0 && wall.Sub(m.takeOrder[0].at) > takeMemory {
+		delete(m.takes, m.takeOrder[0].key)
+		m.takeOrder = m.takeOrder[1:]
+	}
+	if take == "" {
+		return Lease{}, false, errors.New("autobuy: memory charge log: a take needs an id")
+	}
+	tk := [3]string{customerID, metric, take}
 	l, ok := m.leases[[2]string{customerID, metric}]
+	if m.takes[tk] {
+		if !ok {
+			return Lease{CustomerID: customerID, Metric: metric, Committing: true}, true, nil
+		}
+		return *l, true, nil
+	}
 	if !ok || l.Committing || units <= 0 || l.Used+units > l.Held {
 		return Lease{}, false, nil
 	}
 	l.Used += units
 	l.LastUsed = now
 	l.Rev++
+	m.takes[tk] = true
+	m.takeOrder = append(m.takeOrder, takeAge{key: tk, at: wall})
 	return *l, true, nil
 }
 

@@ -108,6 +108,12 @@ func (g *Gatekeeper) decide(ctx context.Context, customer quotastack.Customer, m
 	var refused *quotastack.Entitlement // a refusal read from a 402: no check needed
 	if known && g.leases != nil && !cfg.reserve && (!rec.claimed || rec.c.Via == viaLease) {
 		ld, ok, r, err := g.leased(ctx, id, metric, cfg)
+		var unknown *takeUnknown
+		if errors.As(err, &unknown) {
+			// A take of it may have been counted: it stays claimed for a lease
+			// (a retry answers it as let through, never charges it again).
+			return ld, err
+		}
 		if err != nil {
 			// Nothing was counted on a lease for it: the event's retry must
 			// charge it, not take it as let through on one.

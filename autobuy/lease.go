@@ -147,13 +147,12 @@ func (g *Gatekeeper) leased(ctx context.Context, customerID, metric string, cfg 
 	ls.startLinger(g)
 	k := [2]string{customerID, metric}
 	for range 3 {
-		l, took, err := g.charges.TakeLease(ctx, customerID, metric, cfg.units, g.now())
+		l, took, err := g.take(ctx, customerID, metric, cfg.units)
 		if err != nil {
-			g.log.WarnContext(ctx, "autobuy: the charge log failed; gating per action", "error", err)
-			return Decision{}, false, nil, nil // the per-action path charges per action
+			return Decision{}, false, nil, err
 		}
 		if took {
-			if g.leaseDue(l) {
+			if !l.Committing && g.leaseDue(l) {
 				// Half its TTL has passed: commit it now, ahead of its expiry,
 				// on its own (this action was served).
 				ls.renew(g, customerID, metric, cfg.units, nil)
@@ -180,6 +179,49 @@ func (g *Gatekeeper) leased(ctx context.Context, customerID, metric string, cfg 
 		}
 	}
 	return Decision{}, false, nil, nil // lost every race for the lease: per action
+}
+
+// takeTries bounds the sends of one take whose answers were lost.
+const takeTries = 4
+
+// takeUnknown is a take from a lease whose answer never came: it may have
+// been counted. The gate that sent it must not charge the action another
+// way (that would charge it twice): it fails, and the event stays claimed
+// for a lease.
+type takeUnknown struct{ err error }
+
+func (e *takeUnknown) Error() string {
+	return "autobuy: charge log: a take from a lease went unanswered: " + e.err.Error()
+}
+func (e *takeUnknown) Unwrap() error { return e.err }
+
+// take counts units on the customer's lease on metric under an id of its
+// own. A take the store didn't answer (an error: it may have been counted)
+// is sent again under the same id, which the store counts once, until it is
+// answered; past takeTries sends, or the gate's deadline, it is takeUnknown.
+// A gate whose context ended before the first send gets that error: nothing
+// was sent.
+func (g *Gatekeeper) take(ctx context.Context, customerID, metric string, units int64) (Lease, bool, error) {
+	if err := ctx.Err(); err != nil {
+		return Lease{}, false, err
+	}
+	id := idem.Join("take", strconv.FormatUint(rand.Uint64(), 36), strconv.FormatUint(rand.Uint64(), 36))
+	wait := 20 * time.Millisecond
+	for try := 1; ; try++ {
+		l, ok, err := g.charges.TakeLease(ctx, customerID, metric, units, g.now(), id)
+		if err == nil {
+			return l, ok, nil
+		}
+		g.log.WarnContext(ctx, "autobuy: a take from a lease went unanswered; sent again under its id",
+			"customer_id", customerID, "metric", metric, "try", try, "error", err)
+		if try == takeTries {
+			return Lease{}, false, &takeUnknown{err}
+		}
+		if serr := retry.Sleep(ctx, wait); serr != nil {
+			return Lease{}, false, &takeUnknown{err}
+		}
+		wait *= 2
+	}
 }
 
 // A renewal is the renewal of one customer's lease on one metric in this
@@ -610,9 +652,22 @@ func (g *Gatekeeper) leaseBeforeBuying(ctx context.Context, d Decision, metric s
 		return d, false, nil
 	}
 	if !cfg.reserve && !l.Committing && !g.leaseDue(l) {
-		if got, took, err := g.charges.TakeLease(ctx, d.CustomerID, metric, cfg.units, g.now()); err == nil && took {
+		// The event is marked for a lease before the take: a take counted and
+		// never answered (or a crash after it) leaves it claimed for one, and
+		// a later gate of the event never charges it again per action.
+		if err := g.switchVia(ctx, key.rec, viaLease); err != nil {
+			return d, false, err
+		}
+		got, took, err := g.take(ctx, d.CustomerID, metric, cfg.units)
+		if err != nil {
+			return d, false, err
+		}
+		if took {
 			d.Allowed, d.Reason, d.Leased, d.leaseID = true, ReasonEntitled, true, got.ReservationID
 			return d, true, nil
+		}
+		if err := g.switchVia(ctx, key.rec, viaUsage); err != nil {
+			return d, false, err // nothing counted: the claim for a lease stays, and a retry waits it out
 		}
 	}
 	// Settled, and checked under the lease lock: no lease of ours takes the

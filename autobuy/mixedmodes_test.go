@@ -371,13 +371,15 @@ type drainOnActivate struct {
 	drained atomic.Int64
 }
 
+var drainTakes atomic.Int64 // ids of drainOnActivate's takes
+
 func (d *drainOnActivate) PutLease(ctx context.Context, l *autobuy.Lease) error {
 	activating := l.Rev > 0 && !l.Committing && !strings.HasPrefix(l.ReservationID, "reserving:")
 	if err := d.ChargeLog.PutLease(ctx, l); err != nil || !activating {
 		return err
 	}
 	for {
-		_, ok, err := d.TakeLease(ctx, l.CustomerID, l.Metric, 1, time.Now())
+		_, ok, err := d.TakeLease(ctx, l.CustomerID, l.Metric, 1, time.Now(), fmt.Sprint("drain-", drainTakes.Add(1)))
 		if err != nil || !ok {
 			return err
 		}

@@ -85,11 +85,11 @@ func (l crashLog) PutLease(ctx context.Context, ls *autobuy.Lease) error {
 	return l.ChargeLog.PutLease(ctx, ls)
 }
 
-func (l crashLog) TakeLease(ctx context.Context, customerID, metric string, units int64, now time.Time) (autobuy.Lease, bool, error) {
+func (l crashLog) TakeLease(ctx context.Context, customerID, metric string, units int64, now time.Time, take string) (autobuy.Lease, bool, error) {
 	if l.dead.Load() {
 		return autobuy.Lease{}, false, errProcessDied
 	}
-	return l.ChargeLog.TakeLease(ctx, customerID, metric, units, now)
+	return l.ChargeLog.TakeLease(ctx, customerID, metric, units, now, take)
 }
 
 func (l crashLog) DeleteLease(ctx context.Context, ls autobuy.Lease) error {

@@ -10,8 +10,9 @@
 // concurrent claimers wins, and the others read the winner's record),
 // compare-and-set on revisions, records keyed by customer and event (never
 // confused across customers), lease creation once per customer and metric,
-// TakeLease never letting Used pass Held under concurrency and refusing a
-// committing lease, and round trips of every field (times by their instant).
+// TakeLease never letting Used pass Held under concurrency, refusing a
+// committing lease and counting a take sent again under its id once (also
+// when the lease was deleted since, or when the two race), and round trips of every field (times by their instant).
 package chargelogtest
 
 import (
@@ -34,6 +35,11 @@ var t0 = time.Date(2026, 3, 14, 15, 9, 26, 535897000, time.FixedZone("UTC+5:30",
 
 var ctx = context.Background()
 
+var takes atomic.Int64
+
+// newTake returns a take id no other take of the run has.
+func newTake() string { return fmt.Sprintf("take-%d-%d", time.Now().UnixNano(), takes.Add(1)) }
+
 // Run runs the suite; newLog must return an empty log (or one whose keys no
 // other test of the run touches) for each subtest. Subtests run in parallel.
 func Run(t *testing.T, newLog func(t *testing.T) autobuy.ChargeLog) {
@@ -52,6 +58,7 @@ func Run(t *testing.T, newLog func(t *testing.T) autobuy.ChargeLog) {
 		{"TakeLeaseBounded", testTakeLease},
 		{"TakeLeaseConcurrent", testTakeLeaseConcurrent},
 		{"TakeLeaseRefusesCommitting", testTakeCommitting},
+		{"TakeLeaseCountsATakeOnce", testTakeOnce},
 		{"DeleteLeaseCompareAndSet", testDeleteLease},
 		{"LeasesIdleOldestFirst", testLeases},
 	}
@@ -207,21 +214,21 @@ func testLeaseRoundTrips(t *testing.T, l autobuy.ChargeLog) {
 }
 
 func testTakeLease(t *testing.T, l autobuy.ChargeLog) {
-	_, ok, err := l.TakeLease(ctx, "cus_a", "chat", 1, t0)
+	_, ok, err := l.TakeLease(ctx, "cus_a", "chat", 1, t0, newTake())
 	require.NoError(t, err)
 	assert.False(t, ok, "no lease")
 	a := newLease("cus_a", "chat")
 	require.NoError(t, l.PutLease(ctx, &a))
-	got, ok, err := l.TakeLease(ctx, "cus_a", "chat", 4, t0.Add(time.Second))
+	got, ok, err := l.TakeLease(ctx, "cus_a", "chat", 4, t0.Add(time.Second), newTake())
 	require.NoError(t, err)
 	require.True(t, ok)
 	assert.Equal(t, int64(4), got.Used)
 	assert.True(t, got.LastUsed.Equal(t0.Add(time.Second)))
 	assert.Greater(t, got.Rev, a.Rev, "a take is a new revision")
-	_, ok, err = l.TakeLease(ctx, "cus_a", "chat", 7, t0)
+	_, ok, err = l.TakeLease(ctx, "cus_a", "chat", 7, t0, newTake())
 	require.NoError(t, err)
 	assert.False(t, ok, "4+7 > 10 held")
-	got, ok, err = l.TakeLease(ctx, "cus_a", "chat", 6, t0)
+	got, ok, err = l.TakeLease(ctx, "cus_a", "chat", 6, t0, newTake())
 	require.NoError(t, err)
 	require.True(t, ok)
 	assert.Equal(t, int64(10), got.Used)
@@ -239,7 +246,7 @@ func testTakeLeaseConcurrent(t *testing.T, l autobuy.ChargeLog) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if _, ok, err := l.TakeLease(ctx, "cus_a", "chat", 1, t0); assert.NoError(t, err) && ok {
+			if _, ok, err := l.TakeLease(ctx, "cus_a", "chat", 1, t0, newTake()); assert.NoError(t, err) && ok {
 				taken.Add(1)
 			}
 		}()
@@ -256,16 +263,93 @@ func testTakeCommitting(t *testing.T, l autobuy.ChargeLog) {
 	require.NoError(t, l.PutLease(ctx, &a))
 	a.Committing = true
 	require.NoError(t, l.PutLease(ctx, &a))
-	_, ok, err := l.TakeLease(ctx, "cus_a", "chat", 1, t0)
+	_, ok, err := l.TakeLease(ctx, "cus_a", "chat", 1, t0, newTake())
 	require.NoError(t, err)
 	assert.False(t, ok, "a committing lease serves nothing")
+}
+
+// used is the Used of the customer's lease on chat.
+func used(t *testing.T, l autobuy.ChargeLog, customer string) int64 {
+	t.Helper()
+	got, ok, err := l.Lease(ctx, customer, "chat")
+	require.NoError(t, err)
+	require.True(t, ok)
+	return got.Used
+}
+
+func testTakeOnce(t *testing.T, l autobuy.ChargeLog) {
+	empty := newLease("cus_c", "chat")
+	require.NoError(t, l.PutLease(ctx, &empty))
+	_, _, err := l.TakeLease(ctx, "cus_c", "chat", 1, t0, "")
+	require.Error(t, err, "a take without an id could never be told from another")
+	assert.Zero(t, used(t, l, "cus_c"))
+
+	first := newTake()
+	_, ok, err := l.TakeLease(ctx, "cus_a", "chat", 2, t0, first)
+	require.NoError(t, err)
+	require.False(t, ok, "no lease: a refused take records nothing")
+	a := newLease("cus_a", "chat")
+	a.Held = 20
+	require.NoError(t, l.PutLease(ctx, &a))
+	b := newLease("cus_b", "chat")
+	require.NoError(t, l.PutLease(ctx, &b))
+
+	_, ok, err = l.TakeLease(ctx, "cus_a", "chat", 2, t0, first)
+	require.NoError(t, err)
+	require.True(t, ok)
+	got, ok, err := l.TakeLease(ctx, "cus_a", "chat", 2, t0, first)
+	require.NoError(t, err)
+	require.True(t, ok, "the same take sent again: counted, once")
+	assert.Equal(t, "cus_a", got.CustomerID)
+	assert.Equal(t, int64(2), used(t, l, "cus_a"))
+	_, ok, err = l.TakeLease(ctx, "cus_b", "chat", 2, t0, first)
+	require.NoError(t, err)
+	require.True(t, ok, "another customer's take of the same id is its own")
+	assert.Equal(t, int64(2), used(t, l, "cus_b"))
+
+	// Concurrent sends of one take (a resend racing the first attempt): one unit.
+	racing := newTake()
+	var wg sync.WaitGroup
+	for range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			// A store may refuse a racing copy with an error (it is sent again);
+			// none counts a second unit.
+			if _, ok, err := l.TakeLease(ctx, "cus_a", "chat", 1, t0, racing); err == nil {
+				assert.True(t, ok)
+			}
+		}()
+	}
+	wg.Wait()
+	_, ok, err = l.TakeLease(ctx, "cus_a", "chat", 1, t0, racing)
+	require.NoError(t, err)
+	require.True(t, ok)
+	assert.Equal(t, int64(3), used(t, l, "cus_a"), "16 copies of one take: one unit")
+
+	// The lease is settled and deleted before the take's resend: the resend
+	// answers counted, and counts nothing on the next lease.
+	cur, _, err := l.Lease(ctx, "cus_a", "chat")
+	require.NoError(t, err)
+	require.NoError(t, l.DeleteLease(ctx, cur))
+	got, ok, err = l.TakeLease(ctx, "cus_a", "chat", 1, t0, racing)
+	require.NoError(t, err)
+	require.True(t, ok, "counted on the lease deleted since")
+	assert.Equal(t, "cus_a", got.CustomerID)
+	assert.Equal(t, "chat", got.Metric)
+	next := newLease("cus_a", "chat")
+	require.NoError(t, l.PutLease(ctx, &next))
+	_, ok, err = l.TakeLease(ctx, "cus_a", "chat", 1, t0, racing)
+	require.NoError(t, err)
+	require.True(t, ok)
+	assert.Zero(t, used(t, l, "cus_a"), "not counted again on the next lease")
 }
 
 func testDeleteLease(t *testing.T, l autobuy.ChargeLog) {
 	a := newLease("cus_a", "chat")
 	require.NoError(t, l.PutLease(ctx, &a))
 	stale := a
-	_, _, err := l.TakeLease(ctx, "cus_a", "chat", 1, t0)
+	_, _, err := l.TakeLease(ctx, "cus_a", "chat", 1, t0, newTake())
 	require.NoError(t, err)
 	assert.ErrorIs(t, l.DeleteLease(ctx, stale), autobuy.ErrChargeConflict, "moved since read")
 	cur, _, err := l.Lease(ctx, "cus_a", "chat")

@@ -189,15 +189,26 @@ func (l *ChargeLog) PutLease(ctx context.Context, ls *autobuy.Lease) error {
 	return nil
 }
 
-// TakeLease implements autobuy.ChargeLog: one conditional UPDATE that adds
-// units to Used only while the lease is not committing and Held covers them.
-func (l *ChargeLog) TakeLease(ctx context.Context, customerID, metric string, units int64, now time.Time) (autobuy.Lease, bool, error) {
+// TakeLease implements autobuy.ChargeLog: one statement that adds units to
+// Used only while the lease is not committing and Held covers them, and
+// records the take's id for a minute (a resend of it counts nothing). When
+// the connection fails after it was sent, it is sent again under its id.
+func (l *ChargeLog) TakeLease(ctx context.Context, customerID, metric string, units int64, now time.Time, take string) (autobuy.Lease, bool, error) {
+	if take == "" {
+		return autobuy.Lease{}, false, errors.New("pgstore: take lease: a take needs an id")
+	}
 	var ls autobuy.Lease
-	err := l.s.db.run(ctx, func(conn *pgx.Conn) error {
-		var err error
-		ls, err = scanLease(conn.QueryRow(ctx, l.s.sql.takeLease, esc(customerID), esc(metric), units, ts(now)))
-		return err
-	})
+	send := func() error {
+		return l.s.db.run(ctx, func(conn *pgx.Conn) error {
+			var err error
+			ls, err = scanLease(conn.QueryRow(ctx, l.s.sql.takeLease, esc(customerID), esc(metric), units, ts(now), esc(take)))
+			return err
+		})
+	}
+	err := send()
+	if isUnknownOutcome(err) {
+		err = send() // under the same id: counted once, whether or not the first landed
+	}
 	if errors.Is(err, pgx.ErrNoRows) {
 		return autobuy.Lease{}, false, nil
 	}

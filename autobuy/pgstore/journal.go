@@ -106,9 +106,33 @@ func buildStatements(s *Store) statements {
 		leaseUpdate: s.expand(`UPDATE {leases} SET reservation_id = $3, units_per_event = $4, held = $5, used = $6,
   committing = $7, expires_at = $8, created_at = $9, last_used = $10, rev = rev + 1
   WHERE customer_id = $1 AND metric = $2 AND rev = $11 RETURNING rev`),
-		takeLease: s.expand(`UPDATE {leases} SET used = used + $3, last_used = $4, rev = rev + 1
+		// A take counts once per id: a take whose id is recorded answers the
+		// lease as it is (or a stand-in if it is gone) and counts nothing. Two
+		// copies of one take racing both pass the check; the second's insert
+		// of the id then fails, and with it the whole statement (its caller
+		// sends it again). The ids of more than a minute ago go once the
+		// take holds the lease's row, so two takes never lock them in
+		// opposite orders.
+		takeLease: s.expand(`WITH prior AS (
+  SELECT 1 FROM {lease_takes} WHERE customer_id = $1 AND metric = $2 AND take_id = $5
+), took AS (
+  UPDATE {leases} SET used = used + $3, last_used = $4, rev = rev + 1
   WHERE customer_id = $1 AND metric = $2 AND NOT committing AND $3::bigint > 0 AND held - used >= $3::bigint
-  RETURNING ` + cols),
+    AND NOT EXISTS (SELECT 1 FROM prior)
+  RETURNING ` + cols + `
+), kept AS (
+  INSERT INTO {lease_takes} (customer_id, metric, take_id) SELECT $1, $2, $5 FROM took
+), dropped AS (
+  DELETE FROM {lease_takes} WHERE customer_id = $1 AND metric = $2 AND take_id <> $5
+    AND taken_at < now() - interval '1 minute' AND EXISTS (SELECT 1 FROM took)
+)
+SELECT ` + cols + ` FROM took
+UNION ALL
+SELECT ` + cols + ` FROM {leases} WHERE customer_id = $1 AND metric = $2 AND EXISTS (SELECT 1 FROM prior)
+UNION ALL
+SELECT $1::text, $2::text, ''::text, 0::bigint, 0::bigint, 0::bigint, true, NULL::timestamptz, NULL::timestamptz,
+  NULL::timestamptz, 0::bigint
+WHERE EXISTS (SELECT 1 FROM prior) AND NOT EXISTS (SELECT 1 FROM {leases} WHERE customer_id = $1 AND metric = $2)`),
 		deleteLease: s.expand(`DELETE FROM {leases} WHERE customer_id = $1 AND metric = $2 AND rev = $3`),
 		leases: s.expand(`SELECT ` + cols + ` FROM {leases}
   WHERE $1::timestamptz IS NULL OR last_used < $1 ORDER BY last_used, customer_id, metric LIMIT $2`),
@@ -128,6 +152,10 @@ func buildStatements(s *Store) statements {
   WHERE until_at < ` + cutoff + ` AND written_at < ` + cutoff + ` LIMIT $2 FOR UPDATE SKIP LOCKED)`),
 			s.expand(`DELETE FROM {locks} WHERE lock_key IN (SELECT lock_key FROM {locks}
   WHERE locked_at < ` + cutoff + ` LIMIT $2 FOR UPDATE SKIP LOCKED)`),
+			// Take ids live a minute, whatever the retention ($1 is unused).
+			s.expand(`DELETE FROM {lease_takes} WHERE (customer_id, metric, take_id) IN (
+  SELECT customer_id, metric, take_id FROM {lease_takes}
+  WHERE $1::bigint IS NOT NULL AND taken_at < now() - interval '1 minute' LIMIT $2 FOR UPDATE SKIP LOCKED)`),
 		},
 	}
 }

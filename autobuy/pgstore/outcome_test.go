@@ -192,3 +192,25 @@ func TestPutChargeUnknownOutcome(t *testing.T) {
 	require.Equal(t, int32(1), p.cuts.Load())
 	assert.Equal(t, int64(3), c.Rev)
 }
+
+// TestTakeLeaseUnknownOutcome: a take whose answer is lost after it
+// committed is sent again under its id and answered counted, once.
+func TestTakeLeaseUnknownOutcome(t *testing.T) {
+	t.Parallel()
+	s, p := proxiedStore(t)
+	l := s.ChargeLog()
+	ls := autobuy.Lease{CustomerID: "cus_a", Metric: "m", ReservationID: "rsv_1", Held: 5, LastUsed: time.Now()}
+	require.NoError(t, l.PutLease(ctx, &ls))
+	_, ok, err := l.TakeLease(ctx, "cus_a", "m", 1, time.Now(), "t0") // prepared on the connection now
+	require.NoError(t, err)
+	require.True(t, ok)
+	p.armed.Store(true)
+	got, ok, err := l.TakeLease(ctx, "cus_a", "m", 1, time.Now(), "t1")
+	require.NoError(t, err, "committed, answer lost: sent again")
+	require.Equal(t, int32(1), p.cuts.Load(), "the answer was cut")
+	assert.True(t, ok)
+	assert.Equal(t, "rsv_1", got.ReservationID)
+	cur, _, err := l.Lease(ctx, "cus_a", "m")
+	require.NoError(t, err)
+	assert.Equal(t, int64(2), cur.Used, "two takes, two units")
+}

@@ -12,7 +12,7 @@ import (
 )
 
 // schemaVersion is the version of the tables Migrate creates.
-const schemaVersion = 1
+const schemaVersion = 2
 
 // ddl is the schema; {name} stands for the qualified table name, {name:bare}
 // for an unqualified index name.
@@ -96,6 +96,18 @@ CREATE TABLE IF NOT EXISTS {leases} (
 );
 CREATE INDEX IF NOT EXISTS {ix:leases_last_used} ON {leases} (last_used);
 
+-- The ids of the takes from each customer's leases of the last minute (by
+-- the database's clock; version 2): a take sent again after its answer was
+-- lost is not counted twice.
+CREATE TABLE IF NOT EXISTS {lease_takes} (
+  customer_id text        NOT NULL,
+  metric      text        NOT NULL,
+  take_id     text        NOT NULL,
+  taken_at    timestamptz NOT NULL DEFAULT now(),
+  PRIMARY KEY (customer_id, metric, take_id)
+);
+CREATE INDEX IF NOT EXISTS {ix:lease_takes_age} ON {lease_takes} (taken_at);
+
 -- Fencing tokens of the customer locks: the latest holder's token.
 CREATE SEQUENCE IF NOT EXISTS {lock_fences};
 CREATE TABLE IF NOT EXISTS {locks} (
@@ -109,7 +121,8 @@ CREATE TABLE IF NOT EXISTS {schema_version} (
 );
 `
 
-var tables = []string{"intents", "journal_revs", "suspensions", "charges", "leases", "lock_fences", "locks", "schema_version"}
+var tables = []string{"intents", "journal_revs", "suspensions", "charges", "leases", "lease_takes", "lock_fences", "locks",
+	"schema_version"}
 
 // Schema returns the SQL that Migrate runs, with the store's table names.
 func (s *Store) Schema() string {

@@ -2,6 +2,8 @@ package pgstore_test
 
 import (
 	"fmt"
+	"os"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -148,7 +150,7 @@ func TestMigrateConcurrently(t *testing.T) {
 	require.NoError(t, s.Migrate(ctx), "idempotent")
 	var tables int
 	require.NoError(t, pool.QueryRow(ctx, `SELECT count(*) FROM pg_tables WHERE schemaname = $1 AND tablename LIKE 'app\_%'`, schema).Scan(&tables))
-	assert.Equal(t, 7, tables)
+	assert.Equal(t, 8, tables)
 	in := pending("cus_a", "ord_1")
 	require.NoError(t, s.Journal().Put(ctx, &in))
 }
@@ -239,4 +241,73 @@ func TestEscapeInjective(t *testing.T) {
 		seen[e] = s
 	}
 	assert.Equal(t, "0b6f1d3e-9c1a-4c53", pgstore.Esc("0b6f1d3e-9c1a-4c53"), "ordinary ids are stored as they are")
+}
+
+// The ids of takes from leases live a minute: the next take of the
+// customer drops the older ones of its lease, and Prune every table's.
+func TestTakeIDsLiveAMinute(t *testing.T) {
+	t.Parallel()
+	pool := testPool(t, 4)
+	s := newStore(t, pool)
+	l := s.ChargeLog()
+	takes := func() (n int) {
+		require.NoError(t, pool.QueryRow(ctx, "SELECT count(*) FROM "+s.Table("lease_takes")).Scan(&n))
+		return n
+	}
+	for _, c := range []string{"cus_a", "cus_b"} {
+		ls := autobuy.Lease{CustomerID: c, Metric: "m", Held: 50, LastUsed: time.Now()}
+		require.NoError(t, l.PutLease(ctx, &ls))
+		for i := range 5 {
+			_, ok, err := l.TakeLease(ctx, c, "m", 1, time.Now(), fmt.Sprint("old-", i))
+			require.NoError(t, err)
+			require.True(t, ok)
+		}
+	}
+	_, err := pool.Exec(ctx, "UPDATE "+s.Table("lease_takes")+" SET taken_at = now() - interval '61 seconds'")
+	require.NoError(t, err)
+	_, ok, err := l.TakeLease(ctx, "cus_a", "m", 1, time.Now(), "new")
+	require.NoError(t, err)
+	require.True(t, ok)
+	assert.Equal(t, 6, takes(), "cus_a's old ids went with its take; cus_b's wait for Prune")
+	_, err = s.Prune(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, 1, takes(), "the one of the last minute stays")
+}
+
+// Tables of version 1 (no take ids) are brought to version 2 by Migrate.
+func TestMigrateFromVersion1(t *testing.T) {
+	t.Parallel()
+	pool := testPool(t, 4)
+	s := newStore(t, pool)
+	_, err := pool.Exec(ctx, "DROP TABLE "+s.Table("lease_takes")+"; UPDATE "+s.Table("schema_version")+" SET version = 1")
+	require.NoError(t, err)
+	l := s.ChargeLog()
+	ls := autobuy.Lease{CustomerID: "cus_a", Metric: "m", Held: 5, LastUsed: time.Now()}
+	require.NoError(t, l.PutLease(ctx, &ls))
+	_, _, err = l.TakeLease(ctx, "cus_a", "m", 1, time.Now(), "t1")
+	require.Error(t, err, "version 1 tables: run Migrate")
+	require.NoError(t, s.Migrate(ctx))
+	_, ok, err := l.TakeLease(ctx, "cus_a", "m", 1, time.Now(), "t1")
+	require.NoError(t, err)
+	require.True(t, ok)
+	var v int
+	require.NoError(t, pool.QueryRow(ctx, "SELECT version FROM "+s.Table("schema_version")).Scan(&v))
+	assert.Equal(t, 2, v)
+}
+
+// The README shows the schema Migrate runs, exactly.
+func TestREADMEShowsTheSchema(t *testing.T) {
+	t.Parallel()
+	pool, err := pgxpool.New(ctx, "postgres://127.0.0.1:1/none") // not dialled
+	require.NoError(t, err)
+	defer pool.Close()
+	s, err := pgstore.New(pool)
+	require.NoError(t, err)
+	readme, err := os.ReadFile("../../README.md")
+	require.NoError(t, err)
+	_, rest, ok := strings.Cut(string(readme), "```sql\n")
+	require.True(t, ok, "the README has an sql block")
+	block, _, ok := strings.Cut(rest, "```")
+	require.True(t, ok)
+	assert.Equal(t, s.Schema(), block)
 }

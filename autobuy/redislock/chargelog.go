@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"slices"
 	"strconv"
 	"strings"
@@ -31,9 +30,11 @@ import (
 //	                          rest as JSON; no TTL: a lease is money in flight,
 //	                          kept until DeleteLease (evicted by no volatile-* policy)
 //	P qs:lease:{c}:<metric>:takes
-//	                          set of the ids of the lease's takes of the last
-//	                          minute: a take resent after its reply was lost
-//	                          (go-redis resends by default) is not counted again
+//	                          sorted set of the ids of the customer's takes on
+//	                          metric of the last minute, scored by Redis's
+//	                          clock (ms): a take resent after its reply was lost
+//	                          (go-redis resends by default, the gate after an
+//	                          error) is not counted again
 //	P qs:leases               sorted set of "<c>:<metric>" (escaped) of every
 //	                          lease (a hint for Leases; scored by the wall clock, ms)
 //
@@ -382,14 +383,17 @@ func (l *ChargeLog) PutLease(ctx context.Context, ls *autobuy.Lease) error {
 	return nil
 }
 
-// takeLeaseScript: KEYS lease, the lease's recent takes; ARGV units, last,
-// the take's id. Returns the lease's fields (leaseFields) after the take, or
-// nil if it was refused. A take whose id is among the recent ones (a client
-// resending a command whose reply was lost: go-redis does by default) is not
-// counted again: it returns the lease as it is, or {"gone"} if it was
-// deleted since.
+// takeLeaseScript: KEYS lease, the recent takes; ARGV units, last, the
+// take's id. Returns the lease's fields (leaseFields) after the take, or nil
+// if it was refused. A take whose id is among the recent ones (its reply was
+// lost, and go-redis or the gate sent it again) is not counted again: it
+// returns the lease as it is, or {"gone"} if it was deleted since. Recent is
+// the last minute by Redis's clock; older ids are dropped on every take, so
+// the set holds a minute of takes however busy the customer.
 var takeLeaseScript = redis.NewScript(`
-if redis.call('SISMEMBER', KEYS[2], ARGV[3]) == 1 then
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if redis.call('ZSCORE', KEYS[2], ARGV[3]) then
   if redis.call('EXISTS', KEYS[1]) == 0 then return {'gone'} end
   return redis.call('HMGET', KEYS[1], 'rev', 'used', 'held', 'committing', 'last', 'data')
 end
@@ -400,28 +404,29 @@ if not used or not held or not units or units <= 0 or used + units > held then r
 redis.call('HINCRBY', KEYS[1], 'used', ARGV[1])
 redis.call('HINCRBY', KEYS[1], 'rev', 1)
 redis.call('HSET', KEYS[1], 'last', ARGV[2])
-redis.call('SADD', KEYS[2], ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - 60000)
+redis.call('ZADD', KEYS[2], now, ARGV[3])
 redis.call('PEXPIRE', KEYS[2], 60000)
 return redis.call('HMGET', KEYS[1], 'rev', 'used', 'held', 'committing', 'last', 'data')
 `)
 
 // TakeLease implements autobuy.ChargeLog: one script checks and counts the
-// units. It doesn't touch the index (Leases reads LastUsed from the lease).
-// Each take carries a random id, kept a minute with the lease's recent takes,
-// so that the Redis client's resend of a take whose reply was lost is not
-// counted twice.
-func (l *ChargeLog) TakeLease(ctx context.Context, customerID, metric string, units int64, now time.Time) (autobuy.Lease, bool, error) {
+// units, and keeps the take's id a minute. It doesn't touch the index
+// (Leases reads LastUsed from the lease).
+func (l *ChargeLog) TakeLease(ctx context.Context, customerID, metric string, units int64, now time.Time, take string) (autobuy.Lease, bool, error) {
 	if err := checkLease(customerID, metric); err != nil {
 		return autobuy.Lease{}, false, err
+	}
+	if take == "" {
+		return autobuy.Lease{}, false, errors.New("redislock: charge log take lease: a take needs an id")
 	}
 	if units <= 0 || units > maxLeaseUnits {
 		return autobuy.Lease{}, false, nil // no lease can cover it
 	}
 	key := l.leaseKey(customerID, metric)
-	id := strconv.FormatUint(rand.Uint64(), 36) + strconv.FormatUint(rand.Uint64(), 36)
 	var v []any
 	err := l.call(ctx, func(ctx context.Context) (err error) {
-		v, err = takeLeaseScript.Run(ctx, l.rdb, []string{key, key + ":takes"}, units, formatTime(now), id).Slice()
+		v, err = takeLeaseScript.Run(ctx, l.rdb, []string{key, key + ":takes"}, units, formatTime(now), take).Slice()
 		return err
 	})
 	if errors.Is(err, redis.Nil) {
@@ -432,7 +437,7 @@ func (l *ChargeLog) TakeLease(ctx context.Context, customerID, metric string, un
 	}
 	if len(v) == 1 && v[0] == "gone" {
 		// Counted, then committed and deleted before the resend's reply.
-		return autobuy.Lease{CustomerID: customerID, Metric: metric, Used: units, Held: units, Committing: true}, true, nil
+		return autobuy.Lease{CustomerID: customerID, Metric: metric, Committing: true}, true, nil
 	}
 	ls, err := decodeLease(v)
 	if err != nil {

@@ -67,6 +67,11 @@ func TestNewChargeLogRefusesBadOptions(t *testing.T) {
 
 var clT0 = time.Date(2026, 3, 14, 15, 9, 26, 535897000, time.UTC)
 
+var takes atomic.Int64
+
+// takeID returns a take id no other take of the run has.
+func takeID() string { return fmt.Sprint("take-", takes.Add(1)) }
+
 func testCharge(customer, event string) autobuy.Charge {
 	return autobuy.Charge{CustomerID: customer, EventID: event, Metric: "chat_message", Units: 1, Via: "usage",
 		Ref: "k", Attempt: 1, State: autobuy.ChargePending, CreatedAt: clT0, UpdatedAt: clT0}
@@ -178,7 +183,7 @@ func TestChargeLogTTL(t *testing.T) {
 
 			ls := testLease("cus_a", "chat")
 			require.NoError(t, l.PutLease(ctx, &ls))
-			_, ok, err := l.TakeLease(ctx, "cus_a", "chat", 1, time.Now())
+			_, ok, err := l.TakeLease(ctx, "cus_a", "chat", 1, time.Now(), takeID())
 			require.NoError(t, err)
 			require.True(t, ok)
 			assert.Equal(t, time.Duration(-1), ttl(t, rdb, leaseKey), "a lease never expires by itself")
@@ -275,20 +280,20 @@ func TestChargeLogLeaseUnitsRange(t *testing.T) {
 	ls := testLease("cus_a", "chat")
 	ls.Held, ls.Used = top, top-2
 	require.NoError(t, l.PutLease(ctx, &ls))
-	got, ok, err := l.TakeLease(ctx, "cus_a", "chat", 1, clT0)
+	got, ok, err := l.TakeLease(ctx, "cus_a", "chat", 1, clT0, takeID())
 	require.NoError(t, err)
 	require.True(t, ok)
 	assert.Equal(t, int64(top-1), got.Used)
-	_, ok, err = l.TakeLease(ctx, "cus_a", "chat", 2, clT0)
+	_, ok, err = l.TakeLease(ctx, "cus_a", "chat", 2, clT0, takeID())
 	require.NoError(t, err)
 	assert.False(t, ok, "top-1+2 > top")
-	got, ok, err = l.TakeLease(ctx, "cus_a", "chat", 1, clT0)
+	got, ok, err = l.TakeLease(ctx, "cus_a", "chat", 1, clT0, takeID())
 	require.NoError(t, err)
 	require.True(t, ok)
 	assert.Equal(t, int64(top), got.Used)
 
 	for _, units := range []int64{0, -1, top + 1, 1 << 62} {
-		_, ok, err := l.TakeLease(ctx, "cus_b", "chat", units, clT0)
+		_, ok, err := l.TakeLease(ctx, "cus_b", "chat", units, clT0, takeID())
 		assert.NoError(t, err)
 		assert.False(t, ok, "units %d", units)
 	}
@@ -317,7 +322,7 @@ func TestChargeLogRefusesEmptyIDs(t *testing.T) {
 		assert.Error(t, l.PutLease(ctx, &ls))
 		_, _, err := l.Lease(ctx, ls.CustomerID, ls.Metric)
 		assert.Error(t, err)
-		_, _, err = l.TakeLease(ctx, ls.CustomerID, ls.Metric, 1, clT0)
+		_, _, err = l.TakeLease(ctx, ls.CustomerID, ls.Metric, 1, clT0, takeID())
 		assert.Error(t, err)
 		assert.Error(t, l.DeleteLease(ctx, ls))
 	}
@@ -383,7 +388,7 @@ func lease(l *redislock.ChargeLog) error {
 }
 
 func take(l *redislock.ChargeLog) error {
-	_, ok, err := l.TakeLease(context.Background(), "c", "m", 1, clT0)
+	_, ok, err := l.TakeLease(context.Background(), "c", "m", 1, clT0, takeID())
 	if err == nil {
 		if ok {
 			return nil // served: the test fails
@@ -452,7 +457,7 @@ func TestChargeLogConformanceCluster(t *testing.T) {
 			ls := testLease(fmt.Sprint("cus_", i), "chat")
 			ls.LastUsed = clT0.Add(time.Duration(customers-i) * time.Second)
 			require.NoError(t, l.PutLease(ctx, &ls))
-			_, ok, err := l.TakeLease(ctx, ls.CustomerID, "chat", 1, ls.LastUsed)
+			_, ok, err := l.TakeLease(ctx, ls.CustomerID, "chat", 1, ls.LastUsed, takeID())
 			require.NoError(t, err)
 			require.True(t, ok)
 			c := testCharge(ls.CustomerID, "evt")
@@ -494,7 +499,7 @@ func TestChargeLogBoundedWhenRedisIsPartitioned(t *testing.T) {
 			return l.PutLease(ctx, &ls)
 		},
 		"TakeLease": func(ctx context.Context, l *redislock.ChargeLog) error {
-			_, _, err := l.TakeLease(ctx, "cus_a", "chat", 1, clT0)
+			_, _, err := l.TakeLease(ctx, "cus_a", "chat", 1, clT0, takeID())
 			return err
 		},
 		"DeleteLease": func(ctx context.Context, l *redislock.ChargeLog) error {
@@ -524,4 +529,36 @@ func TestChargeLogBoundedWhenRedisIsPartitioned(t *testing.T) {
 			assert.ErrorIs(t, err, context.DeadlineExceeded)
 		})
 	}
+}
+
+// The ids of a customer's recent takes are a minute of takes, however busy
+// the customer: the set was refreshed by every take and grew for as long as
+// takes kept coming (a hot customer's set never expired).
+func TestRecentTakesAreAMinuteOfTakes(t *testing.T) {
+	t.Parallel()
+	mr, rdb := miniClient(t)
+	l := newChargeLog(t, rdb)
+	ctx := context.Background()
+	ls := testLease("cus_a", "chat")
+	ls.Held = 100
+	require.NoError(t, l.PutLease(ctx, &ls))
+	start := time.Now()
+	takesKey := ""
+	for i := range 10 {
+		mr.SetTime(start.Add(time.Duration(i) * 20 * time.Second)) // a take every 20 s, for 3 minutes
+		_, ok, err := l.TakeLease(ctx, "cus_a", "chat", 1, clT0, takeID())
+		require.NoError(t, err)
+		require.True(t, ok)
+		if takesKey == "" {
+			for _, k := range mr.Keys() {
+				if strings.HasSuffix(k, ":takes") {
+					takesKey = k
+				}
+			}
+			require.NotEmpty(t, takesKey)
+		}
+	}
+	n, err := rdb.ZCard(ctx, takesKey).Result()
+	require.NoError(t, err)
+	assert.LessOrEqual(t, n, int64(4), "the takes of the last minute (and the one at its edge)")
 }

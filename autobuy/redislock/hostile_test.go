@@ -276,7 +276,7 @@ var pieces = []struct {
 	{"ChargeLog lease take", func(ctx context.Context, t *testing.T, rdb *redis.Client) error {
 		s, err := redislock.NewChargeLog(rdb, redislock.WithChargeLogTimeout(hostileBound))
 		require.NoError(t, err)
-		_, _, err = s.TakeLease(ctx, "c", "chat", 1, time.Now())
+		_, _, err = s.TakeLease(ctx, "c", "chat", 1, time.Now(), takeID())
 		return err
 	}},
 	{"WebhookStore", func(ctx context.Context, _ *testing.T, rdb *redis.Client) error {

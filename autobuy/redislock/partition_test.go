@@ -242,12 +242,12 @@ func TestATakeWhoseReplyIsLostIsCountedOnce(t *testing.T) {
 	ls := autobuy.Lease{CustomerID: "cus_1", Metric: "chat", ReservationID: "rsv_1", Held: 10, ExpiresAt: now.Add(time.Minute),
 		CreatedAt: now, LastUsed: now}
 	require.NoError(t, l.PutLease(ctx, &ls))
-	_, ok, err := l.TakeLease(ctx, "cus_1", "chat", 1, now) // the script is loaded
+	_, ok, err := l.TakeLease(ctx, "cus_1", "chat", 1, now, takeID()) // the script is loaded
 	require.NoError(t, err)
 	require.True(t, ok)
 
 	p.DropNextReply()
-	got, ok, err := l.TakeLease(ctx, "cus_1", "chat", 1, now)
+	got, ok, err := l.TakeLease(ctx, "cus_1", "chat", 1, now, takeID())
 	require.NoError(t, err, "go-redis resent the take on a new connection")
 	require.True(t, ok)
 	assert.Equal(t, int64(2), got.Used)
