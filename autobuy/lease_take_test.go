@@ -36,6 +36,16 @@ func (c *lostTakes) TakeLease(ctx context.Context, customerID, metric string, un
 	return l, ok, err
 }
 
+// leasedOnLostTakes returns a lease-mode gate on a lostTakes log, its lease
+// reserved by a first message (m0).
+func leasedOnLostTakes(t *testing.T, w *world) (*lostTakes, *autobuy.Gatekeeper) {
+	t.Helper()
+	log := &lostTakes{ChargeLog: autobuy.NewMemoryChargeLog(0)}
+	g := w.gate(t, autobuy.WithChargeLog(log), leaseOf(10))
+	w.gateNoted(t, g, w.cust, "m0")
+	return log, g
+}
+
 // A take from a lease that was counted and whose answer was lost: on the
 // code before, the gate went the per-action way, and the action was charged
 // twice (a usage record, and the unit committed with the lease). The take is
@@ -44,9 +54,7 @@ func (c *lostTakes) TakeLease(ctx context.Context, customerID, metric string, un
 func TestATakeWhoseAnswerIsLostIsCountedOnce(t *testing.T) {
 	t.Parallel()
 	inChargeModes(t, 50_000, func(t *testing.T, w *world) {
-		log := &lostTakes{ChargeLog: autobuy.NewMemoryChargeLog(0)}
-		g := w.gate(t, autobuy.WithChargeLog(log), leaseOf(10))
-		w.gateNoted(t, g, w.cust, "m0") // reserves the lease
+		log, g := leasedOnLostTakes(t, w)
 		log.lose.Store(2)
 		d := w.gateNoted(t, g, w.cust, "m1")
 		assert.True(t, d.Leased, "served by the take whose answer was lost")
@@ -64,9 +72,7 @@ func TestATakeWhoseAnswerIsLostIsCountedOnce(t *testing.T) {
 func TestATakeNeverAnsweredFailsTheGate(t *testing.T) {
 	t.Parallel()
 	inChargeModes(t, 50_000, func(t *testing.T, w *world) {
-		log := &lostTakes{ChargeLog: autobuy.NewMemoryChargeLog(0)}
-		g := w.gate(t, autobuy.WithChargeLog(log), leaseOf(10))
-		w.gateNoted(t, g, w.cust, "m0")
+		log, g := leasedOnLostTakes(t, w)
 		log.down.Store(true)
 		_, err := g.Gate(context.Background(), w.cust, "chat_message", autobuy.WithEventID("m1"))
 		require.Error(t, err)
