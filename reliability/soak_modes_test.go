@@ -2,6 +2,7 @@ package reliability_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -54,8 +55,20 @@ const pHandlerFails = 0.15
 // lease committer included). What it wrote before stays in the shared log.
 type crashLog struct {
 	autobuy.ChargeLog
-	dead *atomic.Bool
+	dead  *atomic.Bool
+	takes *takeFaults
 }
+
+// takeFaults loses the answer of every takeAnswerLostEvery-th take that was
+// counted (a store's connection reset after the write): the gate sends it
+// again under its id, and must not charge the action twice.
+type takeFaults struct {
+	n, lost atomic.Int64
+}
+
+const takeAnswerLostEvery = 16
+
+var errTakeAnswerLost = errors.New("soak: the answer of a take from a lease was lost")
 
 func (l crashLog) Claim(ctx context.Context, c *autobuy.Charge) (autobuy.Charge, bool, error) {
 	if l.dead.Load() {
@@ -89,7 +102,12 @@ func (l crashLog) TakeLease(ctx context.Context, customerID, metric string, unit
 	if l.dead.Load() {
 		return autobuy.Lease{}, false, errProcessDied
 	}
-	return l.ChargeLog.TakeLease(ctx, customerID, metric, units, now, take)
+	ls, ok, err := l.ChargeLog.TakeLease(ctx, customerID, metric, units, now, take)
+	if err == nil && ok && l.takes.n.Add(1)%takeAnswerLostEvery == 0 {
+		l.takes.lost.Add(1)
+		return autobuy.Lease{}, false, errTakeAnswerLost
+	}
+	return ls, ok, err
 }
 
 func (l crashLog) DeleteLease(ctx context.Context, ls autobuy.Lease) error {
@@ -191,8 +209,8 @@ func (f *soakFigures) modesReport(b *strings.Builder) {
 			fmt.Fprintf(b, "; handler failures retried %d, settle errors %d", mf.HandlerFailures, mf.SettleErrors)
 		}
 	}
-	fmt.Fprintf(b, "\n  leases: %d actions served on leases, %d units committed for them (%d double, %d never charged); %d leases reserved, %d commits, %d expired leases charged by a usage record; %d lease reservations still holding credits at the end",
-		f.LeaseActions, f.LeaseUnits, f.LeaseDouble, f.LeaseNeverCharged, f.LeasesReserved, f.LeaseCommits, f.LeaseSettles, f.LeaseOrphans)
+	fmt.Fprintf(b, "\n  leases: %d actions served on leases, %d units committed for them (%d double, %d never charged); %d leases reserved, %d commits, %d expired leases charged by a usage record; %d lease reservations still holding credits at the end; %d take answers lost after the take was counted",
+		f.LeaseActions, f.LeaseUnits, f.LeaseDouble, f.LeaseNeverCharged, f.LeasesReserved, f.LeaseCommits, f.LeaseSettles, f.LeaseOrphans, f.TakeAnswersLost)
 	fmt.Fprintf(b, "\n  allowed but never charged, accepted as the exception (AllowUncharged, not counted as charged): %d units, of %d events answered as let through after the process that claimed them for a lease died",
 		f.UnchargedAllowed, f.LetThrough)
 }

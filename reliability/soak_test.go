@@ -96,6 +96,7 @@ type replica struct {
 	transport *countingTransport
 	crash     *crashingTransport
 	calls     *callCounter
+	takes     *takeFaults
 }
 
 // soakSkews are the replicas' clock offsets, by slot: up to a minute either way.
@@ -107,7 +108,7 @@ var soakSkews = []time.Duration{-time.Minute, 40 * time.Second, -15 * time.Secon
 func newReplica(srv *quotastacktest.Server, waitMax, skew time.Duration, pCrash float64, log autobuy.ChargeLog, modes bool,
 	shared ...autobuy.Option,
 ) (*replica, error) {
-	r := &replica{transport: newCountingTransport(), calls: &callCounter{}}
+	r := &replica{transport: newCountingTransport(), calls: &callCounter{}, takes: &takeFaults{}}
 	r.crash = &crashingTransport{next: r.transport.base, p: pCrash}
 	r.transport.next = r.crash
 	var err error
@@ -120,7 +121,7 @@ func newReplica(srv *quotastacktest.Server, waitMax, skew time.Duration, pCrash 
 	clock := func() time.Time { return time.Now().Add(skew) }
 	base := append([]autobuy.Option{autobuy.WithPlan(soakPlan), autobuy.WithClock(clock)}, shared...)
 	if log != nil {
-		base = append(base, autobuy.WithChargeLog(crashLog{ChargeLog: log, dead: &r.crash.dead}))
+		base = append(base, autobuy.WithChargeLog(crashLog{ChargeLog: log, dead: &r.crash.dead, takes: r.takes}))
 	}
 	r.modes = []gateMode{modeGate, modeGate}
 	if modes {
@@ -426,6 +427,9 @@ func runSoak(t *testing.T, cfg soakConfig) {
 		Customers: len(customers), Replicas: cfg.replicas, Workers: soakWorkers, Crashes: fl.crashes, Resumed: resumed,
 		Denied: map[autobuy.Reason]int{}, ErrKinds: map[string]int{}, Faults: srv.FaultCounts(),
 		ServerRequests: len(srv.Requests())}
+	for _, r := range append(slices.Clone(fl.all), finisher) {
+		figs.TakeAnswersLost += r.takes.lost.Load()
+	}
 	for _, r := range srv.Requests() {
 		if r.Status == http.StatusTooManyRequests && r.Fault == "ratelimit" {
 			figs.Limited++
@@ -1103,6 +1107,7 @@ type soakFigures struct {
 	// pass as a documented exception (AllowUncharged): none.
 	UnchargedAllowed int
 	LetThrough       int // events answered as let through on a lease after their claimer died
+	TakeAnswersLost  int64
 }
 
 func (f soakFigures) String() string {
