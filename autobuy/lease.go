@@ -420,7 +420,11 @@ func (g *Gatekeeper) renewLease(ctx context.Context, customerID, metric string, 
 		// under its key; the server replays it, and the lease serves.
 		res, err := g.sendReserve(ctx, l)
 		if err == nil {
-			return g.activateLease(ctx, l, res, r)
+			// Another renewal's reserve (its lock may have been lost, and it may
+			// still activate it): counted on by its creator only, so that an
+			// activation read back is never taken for another's. The gates
+			// waiting here take from it.
+			return g.activateLease(ctx, l, res, nil)
 		}
 		if quotastack.IsOutage(ctx, err) {
 			return Lease{}, err
@@ -518,9 +522,11 @@ func (g *Gatekeeper) sendReserve(ctx context.Context, l Lease) (*quotastack.Rese
 }
 
 // activateLease turns a reserving lease into the reservation res: it serves
-// from now on, and the gates waiting for r that fit are counted on it in the
-// same write.
+// from now on, and the gates waiting for r (nil: none; only the renewal that
+// sent the reserve counts gates in its activation) that fit are counted on
+// it in the same write.
 func (g *Gatekeeper) activateLease(ctx context.Context, l Lease, res *quotastack.Reservation, r *renewal) (Lease, error) {
+	reserving := l.ReservationID
 	l.ReservationID, l.Committing = res.ID, false
 	if res.EstimatedUnits > 0 {
 		l.Held = res.EstimatedUnits
@@ -528,30 +534,33 @@ func (g *Gatekeeper) activateLease(ctx context.Context, l Lease, res *quotastack
 	if !res.ExpiresAt.IsZero() {
 		l.ExpiresAt = res.ExpiresAt // the server's; without it, our clock and our TTL
 	}
-	if take := r.count(l.Held - l.Used); take > 0 {
-		l.Used += take
-		l.LastUsed = g.now()
+	if r != nil {
+		if take := r.count(l.Held - l.Used); take > 0 {
+			l.Used += take
+			l.LastUsed = g.now()
+		}
 	}
 	err := g.charges.PutLease(ctx, &l)
-	if err != nil {
-		// The write may have landed with its answer lost: an error, or a
-		// conflict that the store client's own retry of it met. Read back: the
-		// gates counted in it must be served, never counted and charged again.
-		cur, found, rerr := g.charges.Lease(ctx, l.CustomerID, l.Metric)
-		switch {
-		case rerr == nil && found && cur.Rev == l.Rev+1 && cur.ReservationID == l.ReservationID &&
-			cur.Held == l.Held && cur.Used == l.Used && !cur.Committing:
-			l, err = cur, nil // it landed
-		case rerr != nil && !errors.Is(err, ErrChargeConflict):
-			// Unknown either way. The gates counted are let through: at worst
-			// free, never charged twice (the next gate resolves the lease).
+	if err != nil && !errors.Is(err, ErrChargeConflict) && l.Used > 0 {
+		// The write may have landed with its answer lost (a conflict never
+		// did: a store answers its own client's resend of a write that landed
+		// as done). The gates counted in it must be served if it landed, and
+		// counted again never.
+		switch g.activationLanded(ctx, l, reserving) {
+		case activationLanded:
+			l.Rev++
+			err = nil
+		case activationUnknown:
+			// At worst free, never charged twice (the next gate resolves the lease).
 			g.log.WarnContext(ctx, "autobuy: a lease activation's outcome is unknown; its gates are let through",
 				"customer_id", l.CustomerID, "reservation", l.ReservationID, "error", err)
 			r.counted(true)
 			return l, nil
 		}
 	}
-	r.counted(err == nil)
+	if r != nil {
+		r.counted(err == nil)
+	}
 	if err != nil {
 		if errors.Is(err, ErrChargeConflict) {
 			return Lease{}, nil // moved meanwhile (another gate resolved it): the gates look again
@@ -559,6 +568,44 @@ func (g *Gatekeeper) activateLease(ctx context.Context, l Lease, res *quotastack
 		return Lease{}, &chargeLogError{err}
 	}
 	return l, nil
+}
+
+type activationOutcome int
+
+const (
+	activationLost activationOutcome = iota
+	activationLanded
+	activationUnknown
+)
+
+// activationLanded reads back an activation l (counting gates, Used > 0)
+// whose write failed. Landed: the store holds exactly l, one revision on (no
+// resolver's activation matches it: those count nothing). Lost: the
+// reserving record is still there as it was, or a resolver activated the
+// reservation with nothing counted and nothing happened since. Anything else
+// (the lease moved on, was settled, or can't be read) is unknown.
+func (g *Gatekeeper) activationLanded(ctx context.Context, l Lease, reserving string) activationOutcome {
+	var cur Lease
+	var found bool
+	var err error
+	for try := range 3 {
+		if cur, found, err = g.charges.Lease(ctx, l.CustomerID, l.Metric); err == nil {
+			break
+		}
+		if try < 2 && retry.Sleep(ctx, 20*time.Millisecond) != nil {
+			break
+		}
+	}
+	switch {
+	case err != nil || !found:
+		return activationUnknown
+	case cur.ReservationID == l.ReservationID && cur.Rev == l.Rev+1 && cur.Held == l.Held && cur.Used == l.Used && !cur.Committing:
+		return activationLanded
+	case cur.ReservationID == reserving && cur.Rev == l.Rev,
+		cur.ReservationID == l.ReservationID && cur.Rev == l.Rev+1 && cur.Used == 0:
+		return activationLost
+	}
+	return activationUnknown
 }
 
 // settleLease commits what l counted (or releases an unused one) and

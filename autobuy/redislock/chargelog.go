@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"slices"
 	"strconv"
 	"strings"
@@ -24,11 +25,13 @@ import (
 //
 //	P qs:charge:{c}:<event>   hash {rev, data}: the charge as JSON and its revision;
 //	                          expires the retention after its last write
-//	P qs:lease:{c}:<metric>   hash {rev, used, held, committing, last, data}: a lease;
+//	P qs:lease:{c}:<metric>   hash {rev, used, held, committing, last, data, wid}: a lease;
 //	                          used, held and committing are what TakeLease
 //	                          tests, last is LastUsed (RFC 3339, ns), data the
-//	                          rest as JSON; no TTL: a lease is money in flight,
-//	                          kept until DeleteLease (evicted by no volatile-* policy)
+//	                          rest as JSON, wid the id of its last write (a
+//	                          resent write is answered as done); no TTL: a
+//	                          lease is money in flight, kept until DeleteLease
+//	                          (evicted by no volatile-* policy)
 //	P qs:lease:{c}:<metric>:takes
 //	                          sorted set of the ids of the customer's takes on
 //	                          metric of the last minute, scored by Redis's
@@ -323,21 +326,29 @@ func (l *ChargeLog) Lease(ctx context.Context, customerID, metric string) (autob
 }
 
 // putLeaseScript: KEYS lease; ARGV expected rev ('0': create), used, held,
-// committing, last, data. Returns the new revision, or 0 on a conflict.
+// committing, last, data, the write's id. Returns the new revision, or 0 on
+// a conflict. A write found already done (its id is the lease's last
+// write's: go-redis resent it after its reply was lost, and only takes came
+// since) answers the revision it made, not a conflict.
 var putLeaseScript = redis.NewScript(`
+local cur = redis.call('HMGET', KEYS[1], 'rev', 'wid')
+if cur[2] == ARGV[7] then return tonumber(ARGV[1]) + 1 end
 if ARGV[1] == '0' then
-  if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-elseif redis.call('HGET', KEYS[1], 'rev') ~= ARGV[1] then
+  if cur[1] then return 0 end
+elseif cur[1] ~= ARGV[1] then
   return 0
 end
 local rev = redis.call('HINCRBY', KEYS[1], 'rev', 1)
-redis.call('HSET', KEYS[1], 'used', ARGV[2], 'held', ARGV[3], 'committing', ARGV[4], 'last', ARGV[5], 'data', ARGV[6])
+redis.call('HSET', KEYS[1], 'used', ARGV[2], 'held', ARGV[3], 'committing', ARGV[4], 'last', ARGV[5], 'data', ARGV[6],
+  'wid', ARGV[7])
 redis.call('PERSIST', KEYS[1])
 return rev
 `)
 
 // PutLease implements autobuy.ChargeLog: the lease's index entry first, then
-// one script (create if Rev is 0, else compare-and-set on Rev).
+// one script (create if Rev is 0, else compare-and-set on Rev). Each write
+// carries an id, so go-redis's resend of a write that landed is answered as
+// done, never as a conflict.
 func (l *ChargeLog) PutLease(ctx context.Context, ls *autobuy.Lease) error {
 	if ls == nil {
 		return errors.New("redislock: nil lease")
@@ -365,9 +376,10 @@ func (l *ChargeLog) PutLease(ctx context.Context, ls *autobuy.Lease) error {
 		return fmt.Errorf("redislock: charge log lease index: %w", err)
 	}
 	var rev int64
+	wid := strconv.FormatUint(rand.Uint64(), 36) + strconv.FormatUint(rand.Uint64(), 36)
 	err = l.call(ctx, func(ctx context.Context) (err error) {
 		rev, err = putLeaseScript.Run(ctx, l.rdb, []string{l.leaseKey(ls.CustomerID, ls.Metric)},
-			ls.Rev, ls.Used, ls.Held, committing, formatTime(ls.LastUsed), data).Int64()
+			ls.Rev, ls.Used, ls.Held, committing, formatTime(ls.LastUsed), data, wid).Int64()
 		return err
 	})
 	if err != nil {

@@ -256,3 +256,31 @@ func TestATakeWhoseReplyIsLostIsCountedOnce(t *testing.T) {
 	require.True(t, found)
 	assert.Equal(t, int64(2), cur.Used, "two takes, two units: the resent one was not counted again")
 }
+
+// A lease write whose reply was lost is resent by go-redis; the resend finds
+// the write done. It was answered as a conflict (the revision had moved: by
+// the write itself), and the gate took its own activation for another's.
+func TestALeaseWriteWhoseReplyIsLostIsDone(t *testing.T) {
+	t.Parallel()
+	rdb, p := partitionable(t)
+	l, err := redislock.NewChargeLog(rdb, redislock.WithChargeLogPrefix(uniqueKey(t)))
+	require.NoError(t, err)
+	ctx := context.Background()
+	now := time.Now()
+	ls := autobuy.Lease{CustomerID: "cus_1", Metric: "chat", ReservationID: "reserving:k", Held: 10, Committing: true,
+		ExpiresAt: now.Add(time.Minute), CreatedAt: now, LastUsed: now}
+	require.NoError(t, l.PutLease(ctx, &ls)) // the script is loaded
+
+	ls.ReservationID, ls.Committing, ls.Used = "rsv_1", false, 3
+	p.DropNextReply()
+	require.NoError(t, l.PutLease(ctx, &ls), "go-redis resent the write: done, not a conflict")
+	assert.Equal(t, int64(2), ls.Rev)
+	got, ok, err := l.TakeLease(ctx, "cus_1", "chat", 1, now, takeID())
+	require.NoError(t, err)
+	require.True(t, ok)
+	assert.Equal(t, int64(4), got.Used)
+
+	stale := ls
+	stale.Used = 9
+	assert.ErrorIs(t, l.PutLease(ctx, &stale), autobuy.ErrChargeConflict, "another write at that revision is still a conflict")
+}
