@@ -1,9 +1,11 @@
 package pgstore_test
 
 import (
+	"fmt"
 	"io"
 	"net"
 	"net/url"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -213,4 +215,29 @@ func TestTakeLeaseUnknownOutcome(t *testing.T) {
 	cur, _, err := l.Lease(ctx, "cus_a", "m")
 	require.NoError(t, err)
 	assert.Equal(t, int64(2), cur.Used, "two takes, two units")
+}
+
+// TestATerminatedIdleConnectionIsReplaced: a pooled connection that the
+// server terminated while it sat idle (a failover, an idle timeout, an
+// administrator) fails the next statement before it runs; the store runs it
+// again on a fresh connection instead of failing the gate.
+func TestATerminatedIdleConnectionIsReplaced(t *testing.T) {
+	t.Parallel()
+	admin := testPool(t, 1)
+	app := "qs_terminated_" + strconv.FormatInt(time.Now().UnixNano(), 36)
+	pool := testPool(t, 1, func(c *pgxpool.Config) { c.ConnConfig.RuntimeParams["application_name"] = app })
+	s := newStore(t, pool)
+	l := s.ChargeLog()
+	for i := range 3 {
+		_, err := admin.Exec(ctx, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1", app)
+		require.NoError(t, err)
+		require.Eventually(t, func() bool {
+			var n int
+			return admin.QueryRow(ctx, "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", app).Scan(&n) == nil && n == 0
+		}, 5*time.Second, 5*time.Millisecond)
+		c := autobuy.Charge{CustomerID: "cus_a", EventID: fmt.Sprint("e", i), Via: "usage", State: autobuy.ChargeClaimed, CreatedAt: time.Now()}
+		_, created, err := l.Claim(ctx, &c)
+		require.NoError(t, err, "claim %d on a connection terminated while idle", i)
+		assert.True(t, created)
+	}
 }

@@ -192,12 +192,43 @@ type heldConn interface {
 type poolBackend struct{ p *pgxpool.Pool }
 
 func (b poolBackend) run(ctx context.Context, fn func(*pgx.Conn) error) error {
-	c, err := b.p.Acquire(ctx)
-	if err != nil {
-		return err
+	return runAgainIfNotRun(func() error {
+		c, err := b.p.Acquire(ctx)
+		if err != nil {
+			return err
+		}
+		defer c.Release()
+		return fn(c.Conn())
+	})
+}
+
+// runTries bounds the runs of one operation whose connection had died.
+const runTries = 3
+
+// runAgainIfNotRun runs op, again (on another connection) while it fails
+// without having run: nothing was sent, or the server had ended the session
+// (a pooled connection terminated while idle, a failover), which rolls back
+// whatever it was running. An operation is one statement or one transaction,
+// so running it again never applies it twice.
+func runAgainIfNotRun(op func() error) error {
+	var err error
+	for range runTries {
+		if err = op(); err == nil || !notRun(err) {
+			return err
+		}
 	}
-	defer c.Release()
-	return fn(c.Conn())
+	return err
+}
+
+// notRun reports whether err says the operation did not run: nothing was
+// sent, or the session was terminated before it completed (SQLSTATE class
+// 57P: admin or crash shutdown, cannot connect now).
+func notRun(err error) bool {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		return strings.HasPrefix(pgErr.Code, "57P")
+	}
+	return pgconn.SafeToRetry(err)
 }
 
 func (b poolBackend) hold(ctx context.Context) (heldConn, error) {
@@ -238,12 +269,14 @@ func rawPgx(c *sql.Conn, fn func(*pgx.Conn) error) error {
 }
 
 func (b sqlBackend) run(ctx context.Context, fn func(*pgx.Conn) error) error {
-	c, err := b.db.Conn(ctx)
-	if err != nil {
-		return err
-	}
-	defer func() { _ = c.Close() }()
-	return rawPgx(c, fn)
+	return runAgainIfNotRun(func() error {
+		c, err := b.db.Conn(ctx)
+		if err != nil {
+			return err
+		}
+		defer func() { _ = c.Close() }()
+		return rawPgx(c, fn)
+	})
 }
 
 func (b sqlBackend) hold(ctx context.Context) (heldConn, error) {
