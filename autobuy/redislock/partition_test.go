@@ -229,19 +229,28 @@ func TestGateNotHeldByAPartitionedRedis(t *testing.T) {
 	assert.Equal(t, 1, grants)
 }
 
+// partitionedLog returns a ChargeLog through a partitionable proxy, with a
+// lease of 10 units stored for cus_1 on chat (ReservationID reservation).
+func partitionedLog(t *testing.T, reservation string) (*redislock.ChargeLog, *proxy, autobuy.Lease) {
+	t.Helper()
+	rdb, p := partitionable(t)
+	l, err := redislock.NewChargeLog(rdb, redislock.WithChargeLogPrefix(uniqueKey(t)))
+	require.NoError(t, err)
+	now := time.Now()
+	ls := autobuy.Lease{CustomerID: "cus_1", Metric: "chat", ReservationID: reservation, Held: 10, ExpiresAt: now.Add(time.Minute),
+		CreatedAt: now, LastUsed: now}
+	require.NoError(t, l.PutLease(context.Background(), &ls)) // the scripts are loaded
+	return l, p, ls
+}
+
 // go-redis resends a command whose reply was lost (its defaults: three
 // retries). A take of a lease is counted once all the same: a retry of it is
 // recognized by the take's id.
 func TestATakeWhoseReplyIsLostIsCountedOnce(t *testing.T) {
 	t.Parallel()
-	rdb, p := partitionable(t)
-	l, err := redislock.NewChargeLog(rdb, redislock.WithChargeLogPrefix(uniqueKey(t)))
-	require.NoError(t, err)
+	l, p, _ := partitionedLog(t, "rsv_1")
 	ctx := context.Background()
 	now := time.Now()
-	ls := autobuy.Lease{CustomerID: "cus_1", Metric: "chat", ReservationID: "rsv_1", Held: 10, ExpiresAt: now.Add(time.Minute),
-		CreatedAt: now, LastUsed: now}
-	require.NoError(t, l.PutLease(ctx, &ls))
 	_, ok, err := l.TakeLease(ctx, "cus_1", "chat", 1, now, takeID()) // the script is loaded
 	require.NoError(t, err)
 	require.True(t, ok)
@@ -262,16 +271,11 @@ func TestATakeWhoseReplyIsLostIsCountedOnce(t *testing.T) {
 // the write itself), and the gate took its own activation for another's.
 func TestALeaseWriteWhoseReplyIsLostIsDone(t *testing.T) {
 	t.Parallel()
-	rdb, p := partitionable(t)
-	l, err := redislock.NewChargeLog(rdb, redislock.WithChargeLogPrefix(uniqueKey(t)))
-	require.NoError(t, err)
+	l, p, ls := partitionedLog(t, "reserving:k")
 	ctx := context.Background()
 	now := time.Now()
-	ls := autobuy.Lease{CustomerID: "cus_1", Metric: "chat", ReservationID: "reserving:k", Held: 10, Committing: true,
-		ExpiresAt: now.Add(time.Minute), CreatedAt: now, LastUsed: now}
-	require.NoError(t, l.PutLease(ctx, &ls)) // the script is loaded
 
-	ls.ReservationID, ls.Committing, ls.Used = "rsv_1", false, 3
+	ls.ReservationID, ls.Used = "rsv_1", 3
 	p.DropNextReply()
 	require.NoError(t, l.PutLease(ctx, &ls), "go-redis resent the write: done, not a conflict")
 	assert.Equal(t, int64(2), ls.Rev)
