@@ -534,14 +534,15 @@ func (g *Gatekeeper) activateLease(ctx context.Context, l Lease, res *quotastack
 	if !res.ExpiresAt.IsZero() {
 		l.ExpiresAt = res.ExpiresAt // the server's; without it, our clock and our TTL
 	}
+	var counted int64 // the units of the gates counted in this write
 	if r != nil {
-		if take := r.count(l.Held - l.Used); take > 0 {
-			l.Used += take
+		if counted = r.count(l.Held - l.Used); counted > 0 {
+			l.Used += counted
 			l.LastUsed = g.now()
 		}
 	}
 	err := g.charges.PutLease(ctx, &l)
-	if err != nil && !errors.Is(err, ErrChargeConflict) && l.Used > 0 {
+	if err != nil && !errors.Is(err, ErrChargeConflict) && counted > 0 {
 		// The write may have landed with its answer lost (a conflict never
 		// did: a store answers its own client's resend of a write that landed
 		// as done). The gates counted in it must be served if it landed, and
@@ -553,7 +554,7 @@ func (g *Gatekeeper) activateLease(ctx context.Context, l Lease, res *quotastack
 		case activationUnknown:
 			// At worst free, never charged twice (the next gate resolves the lease).
 			g.log.WarnContext(ctx, "autobuy: a lease activation's outcome is unknown; its gates are let through",
-				"customer_id", l.CustomerID, "reservation", l.ReservationID, "error", err)
+				"customer_id", l.CustomerID, "metric", l.Metric, "reservation", l.ReservationID, "units", counted, "error", err)
 			r.counted(true)
 			return l, nil
 		}
