@@ -579,7 +579,7 @@ const (
 	activationUnknown
 )
 
-// activationLanded reads back an activation l (counting gates, Used > 0)
+// activationLanded reads back an activation l that counted gates and
 // whose write failed. Landed: the store holds exactly l, one revision on (no
 // resolver's activation matches it: those count nothing). Lost: the
 // reserving record is still there as it was, or a resolver activated the
