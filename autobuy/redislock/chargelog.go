@@ -23,8 +23,9 @@ import (
 // Keys (P is the prefix, {c} the escaped customer id as a Redis Cluster hash
 // tag, ids escaped as in the Journal so keys are injective):
 //
-//	P qs:charge:{c}:<event>   hash {rev, data}: the charge as JSON and its revision;
-//	                          expires the retention after its last write
+//	P qs:charge:{c}:<event>   hash {rev, data, wid}: the charge as JSON, its
+//	                          revision and its last write's id; expires the
+//	                          retention after its last write
 //	P qs:lease:{c}:<metric>   hash {rev, used, held, committing, last, data, wid}: a lease;
 //	                          used, held and committing are what TakeLease
 //	                          tests, last is LastUsed (RFC 3339, ns), data the
@@ -157,14 +158,17 @@ func checkLease(customerID, metric string) error {
 	return nil
 }
 
-// claimScript: KEYS charge; ARGV data, retention ms. Returns {1, rev, data}
-// when it created the charge, {0, rev, data} of the stored one otherwise.
+// claimScript: KEYS charge; ARGV data, retention ms, the write's id.
+// Returns {1, rev, data} when it created the charge (or had: go-redis resent
+// the claim after its reply was lost, and nothing wrote it since), {0, rev,
+// data} of the stored one otherwise.
 var claimScript = redis.NewScript(`
 if redis.call('EXISTS', KEYS[1]) == 1 then
-  local cur = redis.call('HMGET', KEYS[1], 'rev', 'data')
+  local cur = redis.call('HMGET', KEYS[1], 'rev', 'data', 'wid')
+  if cur[3] == ARGV[3] then return {1, cur[1], cur[2]} end
   return {0, cur[1], cur[2]}
 end
-redis.call('HSET', KEYS[1], 'rev', '1', 'data', ARGV[1])
+redis.call('HSET', KEYS[1], 'rev', '1', 'data', ARGV[1], 'wid', ARGV[3])
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return {1, '1', ARGV[1]}
 `)
@@ -180,9 +184,10 @@ func (l *ChargeLog) Claim(ctx context.Context, c *autobuy.Charge) (autobuy.Charg
 		return autobuy.Charge{}, false, fmt.Errorf("redislock: encoding charge %s: %w", c.EventID, err)
 	}
 	var reply []any
+	wid := writeID()
 	err = l.call(ctx, func(ctx context.Context) (err error) {
 		reply, err = claimScript.Run(ctx, l.rdb, []string{l.chargeKey(c.CustomerID, c.EventID)},
-			data, l.retention.Milliseconds()).Slice()
+			data, l.retention.Milliseconds(), wid).Slice()
 		return err
 	})
 	if err != nil {
@@ -223,12 +228,16 @@ func decodeCharge(revV, dataV any) (autobuy.Charge, error) {
 	return c, nil
 }
 
-// putChargeScript: KEYS charge; ARGV expected rev, data, retention ms.
-// Returns the new revision, or 0 on a conflict (absent or moved).
+// putChargeScript: KEYS charge; ARGV expected rev, data, retention ms, the
+// write's id. Returns the new revision, or 0 on a conflict (absent or
+// moved); a write found already done (go-redis resent it) answers the
+// revision it made.
 var putChargeScript = redis.NewScript(`
-if redis.call('HGET', KEYS[1], 'rev') ~= ARGV[1] then return 0 end
+local cur = redis.call('HMGET', KEYS[1], 'rev', 'wid')
+if cur[2] == ARGV[4] then return tonumber(ARGV[1]) + 1 end
+if cur[1] ~= ARGV[1] then return 0 end
 local rev = redis.call('HINCRBY', KEYS[1], 'rev', 1)
-redis.call('HSET', KEYS[1], 'data', ARGV[2])
+redis.call('HSET', KEYS[1], 'data', ARGV[2], 'wid', ARGV[4])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return rev
 `)
@@ -247,9 +256,10 @@ func (l *ChargeLog) PutCharge(ctx context.Context, c *autobuy.Charge) error {
 		return fmt.Errorf("redislock: encoding charge %s: %w", c.EventID, err)
 	}
 	var rev int64
+	wid := writeID()
 	err = l.call(ctx, func(ctx context.Context) (err error) {
 		rev, err = putChargeScript.Run(ctx, l.rdb, []string{l.chargeKey(c.CustomerID, c.EventID)},
-			c.Rev, data, l.retention.Milliseconds()).Int64()
+			c.Rev, data, l.retention.Milliseconds(), wid).Int64()
 		return err
 	})
 	if err != nil {
@@ -325,6 +335,13 @@ func (l *ChargeLog) Lease(ctx context.Context, customerID, metric string) (autob
 	return ls, true, nil
 }
 
+// writeID returns the id of one write: go-redis resends a command whose
+// reply was lost, and a script that finds its own id stored answers the
+// write as done instead of as a conflict with itself.
+func writeID() string {
+	return strconv.FormatUint(rand.Uint64(), 36) + strconv.FormatUint(rand.Uint64(), 36)
+}
+
 // putLeaseScript: KEYS lease; ARGV expected rev ('0': create), used, held,
 // committing, last, data, the write's id. Returns the new revision, or 0 on
 // a conflict. A write found already done (its id is the lease's last
@@ -376,7 +393,7 @@ func (l *ChargeLog) PutLease(ctx context.Context, ls *autobuy.Lease) error {
 		return fmt.Errorf("redislock: charge log lease index: %w", err)
 	}
 	var rev int64
-	wid := strconv.FormatUint(rand.Uint64(), 36) + strconv.FormatUint(rand.Uint64(), 36)
+	wid := writeID()
 	err = l.call(ctx, func(ctx context.Context) (err error) {
 		rev, err = putLeaseScript.Run(ctx, l.rdb, []string{l.leaseKey(ls.CustomerID, ls.Metric)},
 			ls.Rev, ls.Used, ls.Held, committing, formatTime(ls.LastUsed), data, wid).Int64()

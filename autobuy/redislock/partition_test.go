@@ -288,3 +288,35 @@ func TestALeaseWriteWhoseReplyIsLostIsDone(t *testing.T) {
 	stale.Used = 9
 	assert.ErrorIs(t, l.PutLease(ctx, &stale), autobuy.ErrChargeConflict, "another write at that revision is still a conflict")
 }
+
+// A claim or a charge update whose reply was lost is resent by go-redis and
+// found done: the claim is this caller's (it was answered as another
+// claimer's, and the gate waited for itself, then let its own action
+// through uncounted), the update is done (it was a conflict with itself).
+func TestAChargeWriteWhoseReplyIsLostIsOurs(t *testing.T) {
+	t.Parallel()
+	l, p, _ := partitionedLog(t, "rsv_1")
+	ctx := context.Background()
+	warm := autobuy.Charge{CustomerID: "cus_1", EventID: "e0", Via: "lease", State: autobuy.ChargeClaimed, CreatedAt: time.Now()}
+	_, _, err := l.Claim(ctx, &warm) // the scripts are loaded
+	require.NoError(t, err)
+	require.NoError(t, l.PutCharge(ctx, &warm))
+
+	c := autobuy.Charge{CustomerID: "cus_1", EventID: "e1", Via: "lease", State: autobuy.ChargeClaimed, CreatedAt: time.Now()}
+	p.DropNextReply()
+	_, created, err := l.Claim(ctx, &c)
+	require.NoError(t, err)
+	assert.True(t, created, "our claim, resent by go-redis")
+	assert.Equal(t, int64(1), c.Rev)
+
+	c.State = autobuy.ChargeLeased
+	p.DropNextReply()
+	require.NoError(t, l.PutCharge(ctx, &c), "our update, resent by go-redis: done")
+	assert.Equal(t, int64(2), c.Rev)
+
+	other := autobuy.Charge{CustomerID: "cus_1", EventID: "e1", Via: "usage", State: autobuy.ChargeClaimed, CreatedAt: time.Now()}
+	stored, created, err := l.Claim(ctx, &other)
+	require.NoError(t, err)
+	assert.False(t, created, "another claimer reads ours")
+	assert.Equal(t, autobuy.ChargeLeased, stored.State)
+}
