@@ -136,12 +136,17 @@ func (g *Gatekeeper) claimEvent(ctx context.Context, rec *eventRecord, customerI
 			}
 		case stored.Via == viaLease:
 			// Another gate is letting it through on a lease. Past the wait it
-			// is taken as let through: its gate counted it (or died between
-			// the count and the record, the one window where an action may be free).
+			// is taken as let through: its gate counted it, or died or failed
+			// between its claim and its count (a take never answered): the one
+			// window where an action may be free (Hooks.LetThrough).
 			if time.Now().After(waitUntil) {
 				stored.State = ChargeLeased
 				g.log.WarnContext(ctx, "autobuy: an event claimed for a lease was never marked; answered as let through",
 					"customer_id", customerID, "event_id", cfg.eventID)
+				if g.hooks.LetThrough != nil {
+					g.hooks.LetThrough(ctx, CustomerRef{Given: quotastack.CustomerID(customerID), ID: customerID}, stored.Metric,
+						stored.Units, cfg.eventID)
+				}
 				d := replayDecision(stored)
 				return &d, nil
 			}

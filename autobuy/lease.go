@@ -555,6 +555,9 @@ func (g *Gatekeeper) activateLease(ctx context.Context, l Lease, res *quotastack
 			// At worst free, never charged twice (the next gate resolves the lease).
 			g.log.WarnContext(ctx, "autobuy: a lease activation's outcome is unknown; its gates are let through",
 				"customer_id", l.CustomerID, "metric", l.Metric, "reservation", l.ReservationID, "units", counted, "error", err)
+			if g.hooks.LetThrough != nil {
+				g.hooks.LetThrough(ctx, CustomerRef{Given: customerOf(l.CustomerID), ID: l.CustomerID}, l.Metric, counted, "")
+			}
 			r.counted(true)
 			return l, nil
 		}

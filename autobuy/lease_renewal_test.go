@@ -255,13 +255,23 @@ func TestALostActivationAnswerIsReadBack(t *testing.T) {
 			inChargeModes(t, 50_000, func(t *testing.T, w *world) {
 				log := &lostActivation{ChargeLog: autobuy.NewMemoryChargeLog(0), err: errors.New("connection reset by peer"),
 					failReads: c.failReads}
-				g := w.gate(t, autobuy.WithChargeLog(log), leaseOf(10))
+				var letThrough atomic.Int64
+				g := w.gate(t, autobuy.WithChargeLog(log), leaseOf(10), autobuy.WithHooks(autobuy.Hooks{
+					LetThrough: func(_ context.Context, _ autobuy.CustomerRef, _ string, units int64, event string) {
+						assert.Empty(t, event, "an activation's gates, not an event")
+						letThrough.Add(units)
+					}}))
 				d, err := g.Gate(context.Background(), w.cust, "chat_message", autobuy.WithEventID("m1"))
 				require.NoError(t, err)
 				assert.True(t, d.Allowed)
 				assert.True(t, d.Leased)
 				require.NoError(t, g.Close(context.Background()))
 				assert.Equal(t, int64(1_000), w.chargedChatMC(), "one unit for one action")
+				want := int64(0)
+				if c.failReads >= 3 {
+					want = 1 // unknown: reported as let through (it was counted after all)
+				}
+				assert.Equal(t, want, letThrough.Load())
 			})
 		})
 	}

@@ -3,6 +3,7 @@ package autobuy_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -38,10 +39,10 @@ func (c *lostTakes) TakeLease(ctx context.Context, customerID, metric string, un
 
 // leasedOnLostTakes returns a lease-mode gate on a lostTakes log, its lease
 // reserved by a first message (m0).
-func leasedOnLostTakes(t *testing.T, w *world) (*lostTakes, *autobuy.Gatekeeper) {
+func leasedOnLostTakes(t *testing.T, w *world, opts ...autobuy.Option) (*lostTakes, *autobuy.Gatekeeper) {
 	t.Helper()
 	log := &lostTakes{ChargeLog: autobuy.NewMemoryChargeLog(0)}
-	g := w.gate(t, autobuy.WithChargeLog(log), leaseOf(10))
+	g := w.gate(t, append([]autobuy.Option{autobuy.WithChargeLog(log), leaseOf(10)}, opts...)...)
 	w.gateNoted(t, g, w.cust, "m0")
 	return log, g
 }
@@ -72,7 +73,11 @@ func TestATakeWhoseAnswerIsLostIsCountedOnce(t *testing.T) {
 func TestATakeNeverAnsweredFailsTheGate(t *testing.T) {
 	t.Parallel()
 	inChargeModes(t, 50_000, func(t *testing.T, w *world) {
-		log, g := leasedOnLostTakes(t, w)
+		var reported []string
+		log, g := leasedOnLostTakes(t, w, autobuy.WithHooks(autobuy.Hooks{
+			LetThrough: func(_ context.Context, c autobuy.CustomerRef, metric string, units int64, event string) {
+				reported = append(reported, fmt.Sprintf("%v %s %d %s", c.ID == w.uuid(t), metric, units, event))
+			}}))
 		log.down.Store(true)
 		_, err := g.Gate(context.Background(), w.cust, "chat_message", autobuy.WithEventID("m1"))
 		require.Error(t, err)
@@ -83,6 +88,7 @@ func TestATakeNeverAnsweredFailsTheGate(t *testing.T) {
 		require.NoError(t, err)
 		assert.True(t, d.Allowed)
 		assert.True(t, d.Replayed, "answered as let through on a lease")
+		assert.Equal(t, []string{"true chat_message 1 m1"}, reported, "Hooks.LetThrough names what may go unpaid")
 		require.NoError(t, g.Close(context.Background()))
 		assert.Equal(t, int64(2_000), w.chargedChatMC(), "m0 and m1, once each")
 	})

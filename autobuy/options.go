@@ -39,6 +39,14 @@ type Hooks struct {
 	// Decided is called once per Gate call with its outcome (the decision, or
 	// the error returned), for tracing and metrics; metric is the gated metric.
 	Decided func(ctx context.Context, customer CustomerRef, metric string, d Decision, err error)
+	// LetThrough is called when lease mode lets units of metric through
+	// without knowing whether they were counted on a lease: an event claimed
+	// for a lease and never marked (its take went unanswered, or its gate
+	// died), or gates counted in a lease activation whose outcome stayed
+	// unknown (eventID ""). Counted, they are charged with the lease; not,
+	// they were free. Never charged twice. For monitoring what may go unpaid;
+	// an event gated again is answered (and reported) again: count by eventID.
+	LetThrough func(ctx context.Context, customer CustomerRef, metric string, units int64, eventID string)
 }
 
 // add returns h with the hooks of next added: where both are set, both run,
@@ -75,6 +83,14 @@ func (h Hooks) add(next Hooks) Hooks {
 		h.Decided = func(ctx context.Context, c CustomerRef, m string, d Decision, err error) {
 			a(ctx, c, m, d, err)
 			b(ctx, c, m, d, err)
+		}
+	}
+	if a, b := h.LetThrough, next.LetThrough; a == nil {
+		h.LetThrough = b
+	} else if b != nil {
+		h.LetThrough = func(ctx context.Context, c CustomerRef, m string, units int64, event string) {
+			a(ctx, c, m, units, event)
+			b(ctx, c, m, units, event)
 		}
 	}
 	return h

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -215,56 +214,40 @@ func (f *soakFigures) modesReport(b *strings.Builder) {
 		f.UnchargedAllowed, f.LetThrough)
 }
 
-// letThroughMsg is the SDK's warning when it answers an event another gate
-// claimed for a lease, and never marked, as let through: the claiming
-// process died between its claim and its mark, and whether it counted the
-// action on the lease before dying is unknown. Counted, it is charged with
-// the lease; not counted, it was free: the one allowed-but-never-charged
-// case the soak accepts (AllowUncharged), at most once per such event,
-// reported apart from the charged ones.
-const letThroughMsg = "autobuy: an event claimed for a lease was never marked; answered as let through"
-
-// letThrough is a slog.Handler of the replicas' Gatekeepers that collects
-// the events answered as let through (letThroughMsg), by QuotaStack customer id.
+// letThrough collects, by QuotaStack customer id, the events the replicas'
+// Gatekeepers answered as let through (Hooks.LetThrough): claimed for a
+// lease by a process that died between its claim and its mark, so whether
+// it counted the action on the lease before dying is unknown. Counted, it is
+// charged with the lease; not counted, it was free: the one allowed-but-never-
+// charged case the soak accepts (AllowUncharged), at most once per such
+// event, reported apart from the charged ones. An activation whose outcome
+// stayed unknown lets its gates through the same way (their units count).
 type letThrough struct {
 	mu     sync.Mutex
 	events map[string]map[string]bool // customer id: event ids
+	units  map[string]int             // customer id: units of activations of unknown outcome
 }
 
-func (l *letThrough) Enabled(context.Context, slog.Level) bool { return true }
-
-func (l *letThrough) Handle(_ context.Context, r slog.Record) error {
-	if r.Message != letThroughMsg {
-		return nil
-	}
-	var customer, event string
-	r.Attrs(func(a slog.Attr) bool {
-		switch a.Key {
-		case "customer_id":
-			customer = a.Value.String()
-		case "event_id":
-			event = a.Value.String()
-		}
-		return true
-	})
+func (l *letThrough) hook(_ context.Context, c autobuy.CustomerRef, _ string, units int64, event string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.events == nil {
-		l.events = map[string]map[string]bool{}
+		l.events, l.units = map[string]map[string]bool{}, map[string]int{}
 	}
-	if l.events[customer] == nil {
-		l.events[customer] = map[string]bool{}
+	if event == "" {
+		l.units[c.ID] += int(units) // an activation's gates: one unit each here
+		return
 	}
-	l.events[customer][event] = true
-	return nil
+	if l.events[c.ID] == nil {
+		l.events[c.ID] = map[string]bool{}
+	}
+	l.events[c.ID][event] = true
 }
 
-func (l *letThrough) WithAttrs([]slog.Attr) slog.Handler { return l }
-func (l *letThrough) WithGroup(string) slog.Handler      { return l }
-
-// count returns how many events of the customer were answered as let through.
+// count returns how many actions of the customer were let through: its
+// events answered so, and its gates counted in activations of unknown outcome.
 func (l *letThrough) count(customerID string) int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return len(l.events[customerID])
+	return len(l.events[customerID]) + l.units[customerID]
 }

@@ -372,7 +372,7 @@ func runSoak(t *testing.T, cfg soakConfig) {
 		if cfg.ownStores {
 			opts = []autobuy.Option{autobuy.WithJournal(autobuy.NewMemoryJournal(0)), autobuy.WithLocker(autobuy.NewLocalLocker())}
 		}
-		opts = append(slices.Clone(opts), autobuy.WithLogger(slog.New(lt)))
+		opts = append(slices.Clone(opts), autobuy.WithHooks(autobuy.Hooks{LetThrough: lt.hook}))
 		return newReplica(srv, waitMax, soakSkews[i%len(soakSkews)], cfg.pCrash, log, cfg.modes, opts...)
 	}}
 	for i := range cfg.replicas {

@@ -21,26 +21,38 @@ import (
 	"github.com/quotastack/quotastack-go/quotastacktest"
 )
 
-// letThroughMsg is the SDK's warning when it answers an event claimed for a
-// lease, and never marked, as let through: whether its take was counted is
-// unknown (a take never answered, or a gate that died after its claim).
-// Counted, it is charged with the lease; not, it was free: the one
-// allowed-but-never-charged case the soak accepts, once per such event.
-const letThroughMsg = "autobuy: an event claimed for a lease was never marked; answered as let through"
-
-// activationMsg is the SDK's warning when a lease activation's outcome stays
-// unknown: the gates counted in it (its units) are let through, free at
-// worst, never charged twice.
-const activationMsg = "autobuy: a lease activation's outcome is unknown; its gates are let through"
-
-// letThroughs counts the events answered as let through, by QuotaStack
-// customer id, the units of activations of unknown outcome, and the takes
-// sent again under their id.
+// letThroughs adds up, by QuotaStack customer id, the units the SDK let
+// through without knowing whether they were counted (Hooks.LetThrough), and
+// counts the takes sent again under their id (its log).
 type letThroughs struct {
 	mu     sync.Mutex
-	events map[string]map[string]bool
-	units  map[string]int64 // customer id: units let through on unknown activations
+	units  map[string]int64            // activations' units, by customer
+	events map[string]map[string]int64 // events' units, by customer and event (an event is reported per answer)
 	resent atomic.Int64
+}
+
+func (l *letThroughs) hook(_ context.Context, c autobuy.CustomerRef, _ string, units int64, event string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if event == "" {
+		l.units[c.ID] += units
+		return
+	}
+	if l.events[c.ID] == nil {
+		l.events[c.ID] = map[string]int64{}
+	}
+	l.events[c.ID][event] = units
+}
+
+// total returns the customer's units let through, and its events.
+func (l *letThroughs) total(id string) (units int64, events int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	units = l.units[id]
+	for _, u := range l.events[id] {
+		units += u
+	}
+	return units, len(l.events[id])
 }
 
 func (l *letThroughs) Enabled(context.Context, slog.Level) bool { return true }
@@ -51,42 +63,6 @@ func (l *letThroughs) Handle(_ context.Context, r slog.Record) error {
 	if r.Message == "autobuy: a take from a lease went unanswered; sent again under its id" {
 		l.resent.Add(1)
 	}
-	if r.Message == activationMsg {
-		var customer string
-		var units int64
-		r.Attrs(func(a slog.Attr) bool {
-			switch a.Key {
-			case "customer_id":
-				customer = a.Value.String()
-			case "units":
-				units = a.Value.Int64()
-			}
-			return true
-		})
-		l.mu.Lock()
-		l.units[customer] += units
-		l.mu.Unlock()
-		return nil
-	}
-	if r.Message != letThroughMsg {
-		return nil
-	}
-	var customer, event string
-	r.Attrs(func(a slog.Attr) bool {
-		switch a.Key {
-		case "customer_id":
-			customer = a.Value.String()
-		case "event_id":
-			event = a.Value.String()
-		}
-		return true
-	})
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.events[customer] == nil {
-		l.events[customer] = map[string]bool{}
-	}
-	l.events[customer][event] = true
 	return nil
 }
 
@@ -95,9 +71,8 @@ func (l *letThroughs) Handle(_ context.Context, r slog.Record) error {
 // connections every 40 ms, mid-take included, and the fake answers with
 // random execute-then-500s, 503s and drops. Every action the gates allowed
 // is charged exactly once (the fake's CheckInvariants over NoteAllowed),
-// except what the SDK says it let through not knowing whether it was counted
-// (events answered as let through, activations of unknown outcome): free at
-// worst, never charged twice.
+// except what the SDK reports let through not knowing whether it was counted
+// (Hooks.LetThrough): free at worst, never charged twice.
 // It found a renewal whose lock was lost taking another replica's activation
 // of its reserve for its own (its gates let through, never charged), and
 // gates failing for good on pooled connections the server had terminated.
@@ -135,7 +110,7 @@ func TestLeaseSoak(t *testing.T) {
 	require.NoError(t, err)
 	pcfg.MaxConns = 4
 	pcfg.ConnConfig.RuntimeParams["application_name"] = app
-	lt := &letThroughs{events: map[string]map[string]bool{}, units: map[string]int64{}}
+	lt := &letThroughs{units: map[string]int64{}, events: map[string]map[string]int64{}}
 	gates := make([]*autobuy.Gatekeeper, replicas)
 	for i := range gates {
 		pool, err := pgxpool.NewWithConfig(ctx, pcfg.Copy()) // connects lazily
@@ -148,7 +123,7 @@ func TestLeaseSoak(t *testing.T) {
 		require.NoError(t, err)
 		gates[i], err = autobuy.New(c, autobuy.WithPlan(soakPlan), autobuy.WithJournal(s.Journal()), autobuy.WithLocker(s.Locker()),
 			autobuy.WithChargeLog(s.ChargeLog()), autobuy.WithLease(autobuy.LeaseConfig{Actions: 5, Linger: 300 * time.Millisecond}),
-			autobuy.WithLogger(slog.New(lt)))
+			autobuy.WithLogger(slog.New(lt)), autobuy.WithHooks(autobuy.Hooks{LetThrough: lt.hook}))
 		require.NoError(t, err)
 	}
 
@@ -220,22 +195,21 @@ func TestLeaseSoak(t *testing.T) {
 		require.NoError(t, g.Close(context.Background()), "every lease committed")
 	}
 	var allowances []quotastacktest.CheckOption
-	free, unknown := 0, int64(0)
+	free, events := int64(0), 0
 	for id, ext := range external { // QuotaStack id: external id
-		free += len(lt.events[id])
-		unknown += lt.units[id]
-		if n := int64(len(lt.events[id])) + lt.units[id]; n > 0 {
+		if n, e := lt.total(id); n > 0 {
+			free, events = free+n, events+e
 			allowances = append(allowances, quotastacktest.AllowUncharged(ext, "chat_message", n))
 		}
 	}
 	t.Logf("lease soak (PostgreSQL): %d actions, %d allowed (%d on a lease), %d undecided; %d connections killed; "+
-		"%d takes sent again under their id; %d events answered as let through, %d units let through on activations of unknown outcome",
-		actions, allowed.Load(), leased.Load(), undecided.Load(), k.locks.Load()+k.others.Load(), lt.resent.Load(), free, unknown)
+		"%d takes sent again under their id; %d units let through not known to be counted (%d events)",
+		actions, allowed.Load(), leased.Load(), undecided.Load(), k.locks.Load()+k.others.Load(), lt.resent.Load(), free, events)
 	if path := os.Getenv("QUOTASTACK_SOAK_REPORT"); path != "" {
 		if fh, err := os.OpenFile(path, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o600); err == nil {
 			_, _ = fmt.Fprintf(fh, "pgstore lease soak: %d actions, %d allowed (%d on a lease), %d connections killed, "+
-				"%d takes sent again under their id, %d events answered as let through, %d units let through on activations of unknown outcome\n",
-				actions, allowed.Load(), leased.Load(), k.locks.Load()+k.others.Load(), lt.resent.Load(), free, unknown)
+				"%d takes sent again under their id, %d units let through not known to be counted\n",
+				actions, allowed.Load(), leased.Load(), k.locks.Load()+k.others.Load(), lt.resent.Load(), free)
 			_ = fh.Close()
 		}
 	}
