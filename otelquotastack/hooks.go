@@ -10,9 +10,9 @@ import (
 	"github.com/quotastack/quotastack-go/autobuy"
 )
 
-// Hooks returns next with counters added to its Decided hook (next's own
-// Decided, if any, still runs first). Pass the result to autobuy.WithHooks.
-// The counters, each once per Gate call:
+// Hooks returns next with counters added to its Decided and LetThrough
+// hooks (next's own, if any, still run first). Pass the result to
+// autobuy.WithHooks. The counters, the first three once per Gate call:
 //
 //   - quotastack.gate.decisions: every decision, by reason, allowed and
 //     fallback; a Gate call that returned an error is counted with reason
@@ -21,6 +21,9 @@ import (
 //     plan type and whether a step was a replay.
 //   - quotastack.gate.retries: HTTP retries of the calls behind a decision
 //     (see Retries).
+//   - quotastack.gate.let_through: units lease mode let through without
+//     knowing whether they were counted (autobuy.Hooks.LetThrough), by
+//     metric: free at worst; alert on it.
 func Hooks(next autobuy.Hooks, opts ...Option) (autobuy.Hooks, error) {
 	cfg := newConfig(opts)
 	m := cfg.mp.Meter(ScopeName)
@@ -38,6 +41,19 @@ func Hooks(next autobuy.Hooks, opts ...Option) (autobuy.Hooks, error) {
 		metric.WithDescription("HTTP retries of the calls behind gate decisions"), metric.WithUnit("{retry}"))
 	if err != nil {
 		return next, err
+	}
+	letThrough, err := m.Int64Counter("quotastack.gate.let_through",
+		metric.WithDescription("Units lease mode let through without knowing whether they were counted on a lease: free at worst, never charged twice"),
+		metric.WithUnit("{unit}"))
+	if err != nil {
+		return next, err
+	}
+	prevLet := next.LetThrough
+	next.LetThrough = func(ctx context.Context, customer autobuy.CustomerRef, metricKey string, units int64, eventID string) {
+		if prevLet != nil {
+			prevLet(ctx, customer, metricKey, units, eventID)
+		}
+		letThrough.Add(ctx, units, metric.WithAttributes(AttrMetric.String(metricKey)))
 	}
 	prev := next.Decided
 	next.Decided = func(ctx context.Context, customer autobuy.CustomerRef, metricKey string, d autobuy.Decision, err error) {

@@ -335,3 +335,20 @@ func TestMiddlewareGatesThroughTheTracer(t *testing.T) {
 	assert.Equal(t, 1, commits)
 	assert.Len(t, srv.UsageEvents(user), 2, "the plan's debit and the committed message")
 }
+
+// Units let through not known to be counted are counted by metric, and the
+// application's own LetThrough hook still runs.
+func TestLetThroughCounter(t *testing.T) {
+	t.Parallel()
+	tm := newTelemetry(t)
+	var own int64
+	hooks, err := otelquotastack.Hooks(autobuy.Hooks{LetThrough: func(_ context.Context, _ autobuy.CustomerRef, _ string, units int64, _ string) {
+		own += units
+	}}, tm.opts...)
+	require.NoError(t, err)
+	ref := autobuy.CustomerRef{Given: quotastack.ExternalID(user), ID: "cus_uuid"}
+	hooks.LetThrough(context.Background(), ref, "chat_message", 2, "m1")
+	hooks.LetThrough(context.Background(), ref, "chat_message", 1, "")
+	assert.Equal(t, int64(3), tm.counter(t, "quotastack.gate.let_through", otelquotastack.AttrMetric.String("chat_message")))
+	assert.Equal(t, int64(3), own)
+}
