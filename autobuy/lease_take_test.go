@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -13,6 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/quotastack/quotastack-go/autobuy"
+	"github.com/quotastack/quotastack-go/autobuy/chargelogtest"
 )
 
 // lostTakes is a ChargeLog whose takes from a lease land and then answer an
@@ -22,13 +24,14 @@ type lostTakes struct {
 	autobuy.ChargeLog
 	lose   atomic.Int32
 	down   atomic.Bool
+	chance float64      // and each counted take's answer is lost with this chance
 	landed atomic.Int32 // takes counted whose answer was lost, by id
 	ids    sync.Map
 }
 
 func (c *lostTakes) TakeLease(ctx context.Context, customerID, metric string, units int64, now time.Time, take string) (autobuy.Lease, bool, error) {
 	l, ok, err := c.ChargeLog.TakeLease(ctx, customerID, metric, units, now, take)
-	if err == nil && (c.down.Load() || c.lose.Add(-1) >= 0) {
+	if err == nil && (c.down.Load() || c.lose.Add(-1) >= 0 || (ok && rand.Float64() < c.chance)) {
 		if _, seen := c.ids.LoadOrStore(take, true); ok && !seen {
 			c.landed.Add(1)
 		}
@@ -118,4 +121,20 @@ func TestATakeOnThePurchasePathWhoseAnswerIsLostIsCountedOnce(t *testing.T) {
 		assert.Zero(t, w.planGrants())
 		assert.Equal(t, int64(2_000), w.chargedChatMC(), "l1 and p1, once each")
 	})
+}
+
+// chargelogtest.LeaseSoak on the in-process stores, the answers of 15% of
+// the counted takes lost: every take is sent again under its id and counted
+// once.
+func TestLeaseSoakInMemory(t *testing.T) {
+	t.Parallel()
+	shared := newStores()
+	log := &lostTakes{ChargeLog: shared.charges, chance: 0.15}
+	figs := chargelogtest.LeaseSoak(t, chargelogtest.LeaseSoakConfig{
+		Replica: func(*testing.T, int) []autobuy.Option {
+			return []autobuy.Option{autobuy.WithJournal(shared.journal), autobuy.WithLocker(shared.locker), autobuy.WithChargeLog(log)}
+		},
+	})
+	t.Logf("lease soak (memory): %+v; %d take answers lost after the take was counted", figs, log.landed.Load())
+	assert.Positive(t, log.landed.Load(), "take answers were lost")
 }

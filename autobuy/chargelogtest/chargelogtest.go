@@ -12,7 +12,12 @@
 // confused across customers), lease creation once per customer and metric,
 // TakeLease never letting Used pass Held under concurrency, refusing a
 // committing lease and counting a take sent again under its id once (also
-// when the lease was deleted since, or when the two race), and round trips of every field (times by their instant).
+// when the lease was deleted since, or when the two race), and round trips
+// of every field (times by their instant).
+//
+// LeaseSoak runs replicas in lease mode on a store against the in-memory
+// QuotaStack, under the faults a test injects (killed connections, lost
+// replies), and checks that every action allowed was charged exactly once.
 package chargelogtest
 
 import (
