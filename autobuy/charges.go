@@ -116,10 +116,10 @@ type ChargeLog interface {
 	// TakeLease adds units to Used of the customer's lease on metric, if it
 	// is not committing and Held covers it, and sets LastUsed to now. ok is
 	// false (and nothing changed) otherwise, or if there is no lease. take
-	// names the take (unique per take, never empty): a take sent again with the same id
-	// within a minute (its answer was lost) is not counted again; it answers
-	// ok with the customer's lease as stored, or, if it is gone, a Lease
-	// with CustomerID, Metric and Committing set.
+	// names the take (unique per take, never empty): a take sent again with
+	// the same id within a minute (its answer was lost) is not counted
+	// again; it answers ok with the customer's lease as stored, or, if it is
+	// gone, a Lease with CustomerID, Metric and Committing set.
 	TakeLease(ctx context.Context, customerID, metric string, units int64, now time.Time, take string) (l Lease, ok bool, err error)
 	// DeleteLease removes l if the stored Rev equals l.Rev.
 	DeleteLease(ctx context.Context, l Lease) error
