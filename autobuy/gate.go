@@ -117,7 +117,7 @@ func (g *Gatekeeper) decide(ctx context.Context, customer quotastack.Customer, m
 		if err != nil {
 			// Nothing was counted on a lease for it: the event's retry must
 			// charge it, not take it as let through on one.
-			if serr := g.switchVia(ctx, rec, viaUsage); serr != nil {
+			if serr := g.switchVia(context.WithoutCancel(ctx), rec, viaUsage); serr != nil {
 				g.log.WarnContext(ctx, "autobuy: un-marking an event's lease claim failed", "event_id", cfg.eventID, "error", serr)
 			}
 			return ld, err

@@ -710,15 +710,21 @@ func (g *Gatekeeper) leaseBeforeBuying(ctx context.Context, d Decision, metric s
 			return d, false, err
 		}
 		got, took, err := g.take(ctx, d.CustomerID, metric, cfg.units)
-		if err != nil {
-			return d, false, err
+		var unknown *takeUnknown
+		if errors.As(err, &unknown) {
+			return d, false, err // it may have been counted: the claim for a lease stays
 		}
 		if took {
 			d.Allowed, d.Reason, d.Leased, d.leaseID = true, ReasonEntitled, true, got.ReservationID
 			return d, true, nil
 		}
-		if err := g.switchVia(ctx, key.rec, viaUsage); err != nil {
-			return d, false, err // nothing counted: the claim for a lease stays, and a retry waits it out
+		// Nothing was counted (refused, or never sent): un-marked, so that a
+		// retry of the event charges it rather than take it as let through.
+		if serr := g.switchVia(context.WithoutCancel(ctx), key.rec, viaUsage); serr != nil {
+			return d, false, serr // the claim for a lease stays, and a retry waits it out
+		}
+		if err != nil {
+			return d, false, err
 		}
 	}
 	// Settled, and checked under the lease lock: no lease of ours takes the

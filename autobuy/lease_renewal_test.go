@@ -355,3 +355,44 @@ func TestAnActivationByAnotherReplicaIsNotTakenForOurs(t *testing.T) {
 		assert.Equal(t, int64(2_000), w.chargedChatMC(), "a1 and b1, one unit each")
 	})
 }
+
+// ctxLog is a ChargeLog whose writes fail once the caller's context has
+// ended, as a network store's do.
+type ctxLog struct{ autobuy.ChargeLog }
+
+func (c ctxLog) PutCharge(ctx context.Context, ch *autobuy.Charge) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return c.ChargeLog.PutCharge(ctx, ch)
+}
+
+// A gate whose deadline ends while it waits for a lease renewal was counted
+// on nothing; its event, claimed for a lease, must be un-marked even though
+// its context is over. On the code before, a store honouring the context
+// refused the un-marking, and the event's retry was answered as let
+// through: an action never charged.
+func TestAGateThatLeftARenewalLeavesItsEventToCharge(t *testing.T) {
+	t.Parallel()
+	inChargeModes(t, 50_000, func(t *testing.T, w *world) {
+		var slow atomic.Bool
+		rt := &slowTransport{next: http.DefaultTransport, delay: 300 * time.Millisecond, slow: func(r *http.Request) bool {
+			return slow.Load() && r.Method == http.MethodPost && r.URL.Path == "/v1/reserve"
+		}}
+		var letThrough atomic.Int64
+		g, err := autobuy.New(w.clientVia(t, rt), autobuy.WithPlan(hourPlan), leaseOf(2),
+			autobuy.WithChargeLog(ctxLog{autobuy.NewMemoryChargeLog(0)}), autobuy.WithHooks(autobuy.Hooks{
+				LetThrough: func(context.Context, autobuy.CustomerRef, string, int64, string) { letThrough.Add(1) }}))
+		require.NoError(t, err)
+		slow.Store(true)
+		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+		_, err = g.Gate(ctx, w.cust, "chat_message", autobuy.WithEventID("m1")) // the renewal is slower than m1's deadline
+		cancel()
+		require.Error(t, err)
+		d := w.gateNoted(t, g, w.cust, "m1") // the caller repeats the event
+		assert.True(t, d.Allowed)
+		assert.Zero(t, letThrough.Load(), "nothing was counted for m1: it is charged, not let through")
+		require.NoError(t, g.Close(context.Background()))
+		assert.Equal(t, int64(1_000), w.chargedChatMC(), "m1, once")
+	})
+}

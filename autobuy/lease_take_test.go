@@ -138,3 +138,49 @@ func TestLeaseSoakInMemory(t *testing.T) {
 	t.Logf("lease soak (memory): %+v; %d take answers lost after the take was counted", figs, log.landed.Load())
 	assert.Positive(t, log.landed.Load(), "take answers were lost")
 }
+
+// cancelAtLeaseRead is a ChargeLog that cancels a gate's context when it
+// reads the customer's lease on the purchase path (armed): the take that
+// follows is never sent.
+type cancelAtLeaseRead struct {
+	autobuy.ChargeLog
+	armed  atomic.Bool
+	cancel context.CancelFunc
+}
+
+func (c *cancelAtLeaseRead) Lease(ctx context.Context, customerID, metric string) (autobuy.Lease, bool, error) {
+	if c.armed.CompareAndSwap(true, false) {
+		c.cancel()
+	}
+	return c.ChargeLog.Lease(ctx, customerID, metric)
+}
+
+// On the purchase path the event is marked for the lease before the take; a
+// take never sent (the gate's context ended first) must un-mark it: left
+// claimed for a lease, its retry was answered as let through, and the action
+// was never charged.
+func TestATakeNeverSentOnThePurchasePathLeavesTheEventToCharge(t *testing.T) {
+	t.Parallel()
+	inChargeModes(t, 50_000, func(t *testing.T, w *world) {
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		shared := &cancelAtLeaseRead{ChargeLog: autobuy.NewMemoryChargeLog(0), cancel: cancel}
+		opts := []autobuy.Option{autobuy.WithJournal(autobuy.NewMemoryJournal(0)), autobuy.WithLocker(autobuy.NewLocalLocker()),
+			autobuy.WithChargeLog(shared)}
+		leased := w.gate(t, append(opts, leaseOf(50))...)
+		var letThrough atomic.Int64
+		plain := w.gate(t, append(opts, autobuy.WithHooks(autobuy.Hooks{
+			LetThrough: func(context.Context, autobuy.CustomerRef, string, int64, string) { letThrough.Add(1) }}))...)
+		d := w.gateNoted(t, leased, w.cust, "l1") // the lease holds all 50 actions' credits
+		require.True(t, d.Leased)
+		shared.armed.Store(true)
+		_, err := plain.Gate(ctx, w.cust, "chat_message", autobuy.WithEventID("p1"))
+		require.Error(t, err, "its context ended before the take")
+		d = w.gateNoted(t, plain, w.cust, "p1") // the caller repeats the event
+		assert.True(t, d.Allowed)
+		assert.Zero(t, letThrough.Load(), "nothing was counted for p1: it is charged, not let through")
+		require.NoError(t, leased.Close(context.Background()))
+		require.NoError(t, plain.Close(context.Background()))
+		assert.Equal(t, int64(2_000), w.chargedChatMC(), "l1 and p1, once each")
+	})
+}
